@@ -1,0 +1,12 @@
+/* commands: the subcommands of the multi-call program. Each entry names the
+ * command, its main function (declared in its module's header, included
+ * below) and a one-line summary. Add a line when a module lands. */
+#ifndef PIPEPS_COMMANDS_H
+#define PIPEPS_COMMANDS_H
+
+#define PIPEPS_COMMANDS(X)                                                    \
+    X("version", version_main, "print the version")
+
+int version_main(int argc, char **argv);
+
+#endif
