@@ -1,0 +1,192 @@
+/* graph: the in-memory description of a model (the contract between the
+ * model library, the batcher, the serializer and the executor).
+ *
+ * A model is an ordered list of nodes. Each node is one operation named and
+ * parameterised after its ONNX (opset 17) definition, reads activations
+ * (value ids) and parameters (param ids), and produces exactly one new value.
+ * Values 0..ninputs-1 are the model inputs; node i produces value
+ * ninputs + i. Nodes only read values produced earlier, so the node order is
+ * an execution order.
+ *
+ * Parameters are float32 tensors stored in parameter batches: param->batch
+ * says which batch holds it and param->offset where (512-byte aligned) in
+ * that batch. node->wait_batch is the batch the executor must have before it
+ * runs the node: the highest batch among the node's own parameters, or for a
+ * node without parameters the wait_batch of the node before it (-1 before the
+ * first parameter). It never decreases along the node list, which is what
+ * lets layer group i run while batch i+1 is still in flight.
+ *
+ * Deviations from ONNX, kept small on purpose (the ONNX importer folds the
+ * ONNX form into these):
+ *  - Gemm accepts A of rank >= 2 and flattens its leading dimensions
+ *    ([.., K] x B -> [.., N]), so a transformer's Linear is one Gemm with
+ *    transB=1 and the weight in PyTorch's [out, in] layout.
+ *  - Reshape takes its target shape as the "shape" ints attribute (0 copies
+ *    the input dimension, -1 is inferred), not as a tensor input.
+ *  - Constant operands (a scalar scale, a causal mask) are parameters: they
+ *    travel in a batch like weights.
+ *  - Gelu is the exact (erf) GELU; attribute "approximate" = 1 selects tanh.
+ */
+#ifndef PIPEPS_GRAPH_H
+#define PIPEPS_GRAPH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define GRAPH_MAX_DIMS 8
+#define GRAPH_MAX_INPUTS 8     /* activation inputs per node */
+#define GRAPH_MAX_PARAMS 8     /* parameters per node */
+#define GRAPH_MAX_ATTRS 8
+#define GRAPH_MAX_ATTR_INTS 8
+#define GRAPH_NAME_MAX 95      /* names are at most this many bytes */
+#define GRAPH_PARAM_ALIGN 512  /* every parameter is padded to this in a batch */
+
+/* Operation list; the name string is the ONNX op_type. Append only: the
+ * numeric value is stored in the METADATA blob. */
+#define GRAPH_OP_LIST(X)                                                      \
+    X(CONV, 1, "Conv")                                                        \
+    X(BATCHNORM, 2, "BatchNormalization")                                     \
+    X(RELU, 3, "Relu")                                                        \
+    X(MAXPOOL, 4, "MaxPool")                                                  \
+    X(AVGPOOL, 5, "AveragePool")                                              \
+    X(GLOBALAVGPOOL, 6, "GlobalAveragePool")                                  \
+    X(CONCAT, 7, "Concat")                                                    \
+    X(ADD, 8, "Add")                                                          \
+    X(SUB, 9, "Sub")                                                          \
+    X(MUL, 10, "Mul")                                                         \
+    X(DIV, 11, "Div")                                                         \
+    X(GEMM, 12, "Gemm")                                                       \
+    X(MATMUL, 13, "MatMul")                                                   \
+    X(FLATTEN, 14, "Flatten")                                                 \
+    X(RESHAPE, 15, "Reshape")                                                 \
+    X(TRANSPOSE, 16, "Transpose")                                             \
+    X(GATHER, 17, "Gather")                                                   \
+    X(LAYERNORM, 18, "LayerNormalization")                                    \
+    X(SOFTMAX, 19, "Softmax")                                                 \
+    X(GELU, 20, "Gelu")                                                       \
+    X(ERF, 21, "Erf")                                                         \
+    X(TANH, 22, "Tanh")                                                       \
+    X(WHERE, 23, "Where")                                                     \
+    X(SLICE, 24, "Slice")                                                     \
+    X(SIGMOID, 25, "Sigmoid")                                                 \
+    X(SQRT, 26, "Sqrt")                                                       \
+    X(POW, 27, "Pow")                                                         \
+    X(IDENTITY, 28, "Identity")
+
+enum graph_op {
+    GRAPH_OP_INVALID = 0,
+#define GRAPH_OP_ENUM(name, value, onnx) GRAPH_OP_##name = (value),
+    GRAPH_OP_LIST(GRAPH_OP_ENUM)
+#undef GRAPH_OP_ENUM
+    GRAPH_OP_COUNT
+};
+
+enum graph_dtype { GRAPH_F32 = 1, GRAPH_I64 = 2 };
+
+enum graph_attr_kind { GRAPH_ATTR_INT = 1, GRAPH_ATTR_FLOAT = 2, GRAPH_ATTR_INTS = 3 };
+
+/* One ONNX attribute: "group" = 32, "epsilon" = 1e-5, "pads" = [1,1,1,1]. */
+struct graph_attr {
+    char name[24];
+    enum graph_attr_kind kind;
+    int64_t i;
+    float f;
+    int nints;
+    int64_t ints[GRAPH_MAX_ATTR_INTS];
+};
+
+struct graph_param {
+    char name[GRAPH_NAME_MAX + 1]; /* torchvision state_dict name, e.g. "layer1.0.conv1.weight" */
+    int ndims;
+    int64_t dims[GRAPH_MAX_DIMS];
+    uint64_t nbytes;               /* float32 bytes, unpadded */
+    int32_t batch;                 /* parameter batch holding it (set by batching) */
+    uint64_t offset;               /* byte offset inside that batch, 512-aligned */
+};
+
+struct graph_node {
+    enum graph_op op;
+    char name[GRAPH_NAME_MAX + 1];
+    int ninputs;
+    int32_t inputs[GRAPH_MAX_INPUTS]; /* value ids */
+    int nparams;
+    int32_t params[GRAPH_MAX_PARAMS]; /* param ids, in the ONNX input order after the activations */
+    int nattrs;
+    struct graph_attr attrs[GRAPH_MAX_ATTRS];
+    int32_t wait_batch;               /* see the file comment; -1 = waits for nothing */
+};
+
+/* A model input or output: dims[0] is the dynamic batch dimension (stored
+ * as -1); other dims are fixed. */
+struct graph_io {
+    char name[GRAPH_NAME_MAX + 1];
+    enum graph_dtype dtype;
+    int ndims;
+    int64_t dims[GRAPH_MAX_DIMS];
+    int32_t value;                    /* value id (inputs: 0..ninputs-1) */
+};
+
+struct graph_batch {
+    uint64_t nbytes;                  /* padded size of the batch's data */
+    int32_t first_param, nparams;     /* params of a batch are contiguous in id order */
+};
+
+struct graph {
+    char name[GRAPH_NAME_MAX + 1];    /* architecture name, e.g. "resnet152" */
+    int ninputs, noutputs;
+    struct graph_io inputs[4];
+    struct graph_io outputs[4];
+    int nnodes, node_cap;
+    struct graph_node *nodes;
+    int nparams, param_cap;
+    struct graph_param *params;
+    int nbatches;                     /* 0 until graph_batch_params ran */
+    struct graph_batch *batches;
+    uint64_t max_batch_size;          /* the limit batching used */
+};
+
+const char *graph_op_name(enum graph_op op);          /* ONNX op_type, "?" if invalid */
+enum graph_op graph_op_from_name(const char *onnx_name); /* GRAPH_OP_INVALID if unknown */
+
+/* Building (the model library and the ONNX importer use these). Names are
+ * truncated to GRAPH_NAME_MAX. Functions abort on out-of-memory; models are
+ * built from trusted code. */
+void graph_init(struct graph *g, const char *name);
+void graph_free(struct graph *g);
+int32_t graph_add_input(struct graph *g, const char *name, enum graph_dtype dtype, int ndims,
+                        const int64_t *dims);
+void graph_add_output(struct graph *g, const char *name, int32_t value);
+int32_t graph_add_param(struct graph *g, const char *name, int ndims, const int64_t *dims);
+/* Append a node; returns its output value id. */
+int32_t graph_add_node(struct graph *g, enum graph_op op, const char *name, int ninputs,
+                       const int32_t *inputs, int nparams, const int32_t *params);
+/* Attributes for the most recently added node. */
+void graph_set_int(struct graph *g, const char *attr, int64_t v);
+void graph_set_float(struct graph *g, const char *attr, float v);
+void graph_set_ints(struct graph *g, const char *attr, int n, const int64_t *v);
+
+/* Reading attributes. */
+const struct graph_attr *graph_attr_find(const struct graph_node *n, const char *attr);
+int64_t graph_attr_int(const struct graph_node *n, const char *attr, int64_t dflt);
+float graph_attr_float(const struct graph_node *n, const char *attr, float dflt);
+/* Copies up to max ints into out, returns how many the attribute has (0 if absent). */
+int graph_attr_ints(const struct graph_node *n, const char *attr, int64_t *out, int max);
+
+static inline int32_t graph_node_output(const struct graph *g, int node_index)
+{
+    return g->ninputs + node_index;
+}
+/* Total number of values: inputs plus one per node. */
+static inline int32_t graph_nvalues(const struct graph *g) { return g->ninputs + g->nnodes; }
+
+uint64_t graph_param_elems(const struct graph_param *p);
+/* nbytes rounded up to GRAPH_PARAM_ALIGN. */
+uint64_t graph_param_padded(const struct graph_param *p);
+
+/* Structural validation of a graph that came from a file or the wire: value
+ * references point backwards, param ids and batches are in range, offsets
+ * fit their batch, wait_batch is monotone, dims are positive. Returns 0 or
+ * PPS_ECORRUPT with a message in err (may be NULL). */
+int graph_validate(const struct graph *g, char *err, size_t errlen);
+
+#endif
