@@ -13,8 +13,11 @@
  * that batch. node->wait_batch is the batch the executor must have before it
  * runs the node: the highest batch among the node's own parameters, or for a
  * node without parameters the wait_batch of the node before it (-1 before the
- * first parameter). It never decreases along the node list, which is what
- * lets layer group i run while batch i+1 is still in flight.
+ * first parameter). Precisely: max(own parameters' batches, previous node's
+ * wait_batch), so a parameter shared with an earlier node (GPT-2's tied
+ * embedding, used again by the final projection) does not lower it. It never
+ * decreases along the node list, which is what lets layer group i run while
+ * batch i+1 is still in flight.
  *
  * Deviations from ONNX, kept small on purpose (the ONNX importer folds the
  * ONNX form into these):
@@ -117,7 +120,8 @@ struct graph_node {
 };
 
 /* A model input or output: dims[0] is the dynamic batch dimension (stored
- * as -1); other dims are fixed. */
+ * as -1); other dims are fixed. Outputs are float32; an output's ndims may
+ * be 0 (shape not recorded; the executor infers it). */
 struct graph_io {
     char name[GRAPH_NAME_MAX + 1];
     enum graph_dtype dtype;
@@ -146,6 +150,7 @@ struct graph {
 };
 
 const char *graph_op_name(enum graph_op op);          /* ONNX op_type, "?" if invalid */
+const char *graph_dtype_name(enum graph_dtype t);     /* "float32", "int64", "?" */
 enum graph_op graph_op_from_name(const char *onnx_name); /* GRAPH_OP_INVALID if unknown */
 
 /* Building (the model library and the ONNX importer use these). Names are
@@ -156,6 +161,8 @@ void graph_free(struct graph *g);
 int32_t graph_add_input(struct graph *g, const char *name, enum graph_dtype dtype, int ndims,
                         const int64_t *dims);
 void graph_add_output(struct graph *g, const char *name, int32_t value);
+/* Record output index's shape (dims[0] is stored as -1, the batch). */
+void graph_set_output_dims(struct graph *g, int index, int ndims, const int64_t *dims);
 int32_t graph_add_param(struct graph *g, const char *name, int ndims, const int64_t *dims);
 /* Append a node; returns its output value id. */
 int32_t graph_add_node(struct graph *g, enum graph_op op, const char *name, int ninputs,
@@ -179,14 +186,23 @@ static inline int32_t graph_node_output(const struct graph *g, int node_index)
 /* Total number of values: inputs plus one per node. */
 static inline int32_t graph_nvalues(const struct graph *g) { return g->ninputs + g->nnodes; }
 
+/* Param id by name, -1 if absent (linear search). */
+int32_t graph_find_param(const struct graph *g, const char *name);
+
 uint64_t graph_param_elems(const struct graph_param *p);
 /* nbytes rounded up to GRAPH_PARAM_ALIGN. */
 uint64_t graph_param_padded(const struct graph_param *p);
+/* Sum of graph_param_padded over all params (= the sum of batch sizes). */
+uint64_t graph_total_padded(const struct graph *g);
 
 /* Structural validation of a graph that came from a file or the wire: value
  * references point backwards, param ids and batches are in range, offsets
- * fit their batch, wait_batch is monotone, dims are positive. Returns 0 or
- * PPS_ECORRUPT with a message in err (may be NULL). */
+ * fit their batch without overlap, batches cover the params contiguously,
+ * wait_batch is exactly the rule above (or -1 everywhere for an unbatched
+ * graph, nbatches == 0), dims are positive, counts and names in range.
+ * It does not check op semantics (operand counts, attribute values, shapes):
+ * the executor's shape inference does. Returns 0 or PPS_ECORRUPT with a
+ * message in err (may be NULL). */
 int graph_validate(const struct graph *g, char *err, size_t errlen);
 
 #endif
