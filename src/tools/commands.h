@@ -5,8 +5,10 @@
 #define PIPEPS_COMMANDS_H
 
 #define PIPEPS_COMMANDS(X)                                                    \
-    X("version", version_main, "print the version")
+    X("version", version_main, "print the version")                          \
+    X("inspect", inspect_main, "list the models and keys of a kv.bin file")
 
 int version_main(int argc, char **argv);
+#include "deploy/inspect.h"
 
 #endif
