@@ -6,9 +6,12 @@
 
 #define PIPEPS_COMMANDS(X)                                                    \
     X("version", version_main, "print the version")                          \
-    X("inspect", inspect_main, "list the models and keys of a kv.bin file")
+    X("inspect", inspect_main, "list the models and keys of a kv.bin file")   \
+    X("metadata_storage", metadata_storage_main, "key-value server for metadata (durable log)")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
+
+#include "metadata/meta_server.h"
 
 #endif

@@ -1,0 +1,1083 @@
+/* meta_server: the metadata storage daemon; see meta_server.h.
+ *
+ * Flow of a write: the loop thread decodes a META_PUT/META_DELETE, applies it
+ * to the index at once, appends its log record to `pending` and gives it the
+ * next sequence number. A low-priority event runs after every connection
+ * callback of the loop iteration and hands all pending records to the sync
+ * thread as one job (one write + one fdatasync). When the job comes back,
+ * durable_seq advances and the held answers are sent.
+ *
+ * Answers are never sent before the state they reveal is durable: every
+ * answer carries the sequence number it depends on (a PUT/DELETE its own, a
+ * GET the write that set the value, a miss the latest delete, a LIST the
+ * latest write) and waits in the connection's `held` queue until durable_seq
+ * reaches it. Answers on one connection leave in request order, so
+ * pipelined requests behind a write wait for it too (and see it: the index
+ * was already updated). The one thing easy to get wrong: a reader on another
+ * connection must not see a write that a crash could still undo; that is
+ * what holding GET answers by the entry's sequence number prevents.
+ *
+ * Bad input: a header that cannot be trusted (bad magic, flags, version) or
+ * a length over the type's limit is answered with an error, logged with the
+ * peer's address, and that connection is closed once the answer is out. A
+ * well-framed request with a bad payload gets an error answer and the
+ * connection stays usable (the byte stream is still in step). */
+#include "metadata/meta_server.h"
+#include "common/args.h"
+#include "common/buf.h"
+#include "common/err.h"
+#include "common/frame.h"
+#include "common/log.h"
+#include "common/net.h"
+#include "metadata/meta_client.h"
+#include "metadata/meta_index.h"
+#include "metadata/meta_log.h"
+#include "metadata/meta_sync.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Pause reading a connection whose unsent answers pass HIGH; resume below LOW. */
+#define CONN_OUT_HIGH (8u << 20)
+#define CONN_OUT_LOW (1u << 20)
+#define CONN_MAX_SINGLE_READ (256 * 1024)
+/* Payload limits per request type, checked on the header before buffering. */
+#define LIMIT_KEY_MSG (4u + META_MAX_KEY)
+#define LIMIT_PUT ((uint64_t)4 + META_MAX_KEY + META_MAX_VALUE)
+#define LIMIT_PING (64u << 10)
+#define LIMIT_STAT 4096u
+
+struct held {
+    struct held *next;
+    uint64_t seq; /* send once durable_seq >= seq */
+    struct evbuffer *buf;
+};
+
+struct conn {
+    struct meta_server *srv;
+    struct bufferevent *bev;
+    char peer[64];
+    struct held *held_head, *held_tail;
+    size_t held_bytes;
+    uint64_t discard;  /* payload bytes of a refused request still to skip */
+    int closing;       /* no more requests; close once answers are out */
+    int paused;        /* reading stopped for output backpressure */
+    int waiting;       /* on srv->waiting (has held answers) */
+    struct conn *prev, *next;   /* srv->conns */
+    struct conn *wprev, *wnext; /* srv->waiting */
+};
+
+struct meta_server {
+    struct event_base *base;
+    struct evconnlistener *listener;
+    struct event *flush_ev, *sync_ev, *sigterm_ev, *sigint_ev;
+    struct meta_index index;
+    struct meta_log log;
+    struct meta_sync *sync;
+    struct meta_sync_job job; /* the one job slot */
+    int job_inflight;
+    struct wbuf pending;      /* encoded records not yet handed to the sync thread */
+    uint32_t pending_records;
+    uint64_t last_seq;        /* last write accepted */
+    uint64_t durable_seq;     /* last write fsync'd */
+    uint64_t last_delete_seq; /* a miss depends on this */
+    uint64_t log_bytes;       /* log file size + pending */
+    uint64_t live_bytes;      /* record bytes of the live entries */
+    uint64_t compact_min;
+    double compact_ratio;
+    uint64_t compact_floor;   /* after a failed compaction: wait for this size */
+    int flush_scheduled;
+    int stopping;
+    int failed;
+    struct conn *conns, *waiting;
+    /* statistics */
+    uint64_t n_get, n_put, n_delete, n_list, n_ping, n_stat, n_miss;
+    uint64_t n_bad_frames, n_bad_requests, n_conn_total, n_conn_now;
+    uint64_t n_fsync, fsync_ns_total, fsync_ns_max, batch_records_max, batch_records_total;
+    uint64_t n_compactions, n_compaction_failures;
+};
+
+static void conn_free(struct conn *c);
+static void conn_process(struct conn *c);
+static void conn_after_output(struct conn *c);
+
+/* ---- answers ---- */
+
+static void waiting_add(struct meta_server *srv, struct conn *c)
+{
+    if (c->waiting)
+        return;
+    c->waiting = 1;
+    c->wprev = NULL;
+    c->wnext = srv->waiting;
+    if (srv->waiting)
+        srv->waiting->wprev = c;
+    srv->waiting = c;
+}
+
+static void waiting_remove(struct meta_server *srv, struct conn *c)
+{
+    if (!c->waiting)
+        return;
+    c->waiting = 0;
+    if (c->wprev)
+        c->wprev->wnext = c->wnext;
+    else
+        srv->waiting = c->wnext;
+    if (c->wnext)
+        c->wnext->wprev = c->wprev;
+}
+
+static size_t conn_pressure(struct conn *c)
+{
+    return evbuffer_get_length(bufferevent_get_output(c->bev)) + c->held_bytes;
+}
+
+/* Queue an answer that may be sent once write `seq` is durable. */
+static void conn_answer(struct conn *c, uint16_t type, uint64_t request_id, int status,
+                        const void *p1, size_t n1, const void *p2, size_t n2, uint64_t seq)
+{
+    struct meta_server *srv = c->srv;
+    struct frame_header h = {.type = type,
+                             .flags = FRAME_FLAG_RESPONSE,
+                             .status = status,
+                             .request_id = request_id,
+                             .payload_len = (uint64_t)n1 + n2};
+    uint8_t hdr[FRAME_HEADER_SIZE];
+    frame_encode_header(hdr, &h);
+    struct evbuffer *out;
+    if (!c->held_head && seq <= srv->durable_seq) {
+        out = bufferevent_get_output(c->bev);
+    } else {
+        struct held *t = c->held_tail;
+        if (!t || t->seq < seq) {
+            t = pps_xcalloc(1, sizeof *t);
+            t->seq = seq;
+            t->buf = evbuffer_new();
+            PPS_ASSERT(t->buf);
+            if (c->held_tail)
+                c->held_tail->next = t;
+            else
+                c->held_head = t;
+            c->held_tail = t;
+        }
+        out = t->buf;
+        c->held_bytes += sizeof hdr + n1 + n2;
+        waiting_add(srv, c);
+    }
+    if (evbuffer_add(out, hdr, sizeof hdr) || (n1 && evbuffer_add(out, p1, n1)) ||
+        (n2 && evbuffer_add(out, p2, n2)))
+        PPS_ASSERT(!"evbuffer_add failed (out of memory)");
+}
+
+static void printable_key(char *dst, size_t dstlen, const uint8_t *key, size_t n)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < n && j + 5 < dstlen; i++) {
+        uint8_t ch = key[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\')
+            dst[j++] = (char)ch;
+        else
+            j += (size_t)snprintf(dst + j, dstlen - j, "\\x%02x", ch);
+    }
+    dst[j < dstlen ? j : dstlen - 1] = '\0';
+}
+
+/* Answer a failed request with a message, and log it with the peer. */
+static void conn_fail(struct conn *c, uint16_t type, uint64_t request_id, int status,
+                      enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static void conn_fail(struct conn *c, uint16_t type, uint64_t request_id, int status,
+                      enum log_level level, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_write(level, "peer %s: %s request %llu: %s (%s)", c->peer, frame_type_name(type),
+              (unsigned long long)request_id, msg, pps_errname(status));
+    conn_answer(c, type, request_id, status, msg, strlen(msg), NULL, 0, 0);
+}
+
+/* Stop reading; close once everything queued has been sent. */
+static void conn_close_after_answers(struct conn *c)
+{
+    c->closing = 1;
+    bufferevent_disable(c->bev, EV_READ);
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    /* A peer that never reads its answers must not pin the connection. */
+    struct timeval tv = {10, 0};
+    bufferevent_set_timeouts(c->bev, NULL, &tv);
+    conn_after_output(c);
+}
+
+/* Called whenever output drained or held answers were released. */
+static void conn_after_output(struct conn *c)
+{
+    if (c->closing) {
+        if (!c->held_head && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            conn_free(c);
+        return;
+    }
+    if (c->paused && conn_pressure(c) <= CONN_OUT_LOW) {
+        c->paused = 0;
+        bufferevent_enable(c->bev, EV_READ);
+        conn_process(c);
+    }
+}
+
+static void release_held(struct meta_server *srv)
+{
+    struct conn *c = srv->waiting;
+    while (c) {
+        struct conn *next = c->wnext;
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        while (c->held_head && c->held_head->seq <= srv->durable_seq) {
+            struct held *h = c->held_head;
+            c->held_bytes -= evbuffer_get_length(h->buf);
+            evbuffer_add_buffer(out, h->buf);
+            evbuffer_free(h->buf);
+            c->held_head = h->next;
+            free(h);
+        }
+        if (!c->held_head) {
+            c->held_tail = NULL;
+            waiting_remove(srv, c);
+        }
+        conn_after_output(c); /* may free c */
+        c = next;
+    }
+}
+
+/* ---- group commit ---- */
+
+static int compaction_due(const struct meta_server *srv)
+{
+    uint64_t live = META_LOG_HEADER_SIZE + srv->live_bytes;
+    return srv->log_bytes > srv->compact_min && srv->log_bytes > srv->compact_floor &&
+           (double)srv->log_bytes > srv->compact_ratio * (double)live;
+}
+
+static int snapshot_entry(void *ctx, const struct meta_entry *e)
+{
+    meta_record_encode(ctx, META_REC_PUT, e->key, e->key_len, e->value, e->value_len);
+    return 0;
+}
+
+/* Hand the pending records to the sync thread if it is idle. */
+static void submit_pending(struct meta_server *srv)
+{
+    if (srv->job_inflight || srv->failed || srv->pending.len == 0)
+        return;
+    struct meta_sync_job *job = &srv->job;
+    wbuf_reset(&job->records);
+    wbuf_reset(&job->snapshot);
+    struct wbuf t = job->records; /* swap: reuse the last job's buffer for pending */
+    job->records = srv->pending;
+    srv->pending = t;
+    job->nrecords = srv->pending_records;
+    srv->pending_records = 0;
+    job->seq_end = srv->last_seq;
+    job->kind = META_SYNC_APPEND;
+    if (compaction_due(srv)) {
+        /* The snapshot is the index, which already holds the pending writes. */
+        job->kind = META_SYNC_REWRITE;
+        meta_index_foreach(&srv->index, snapshot_entry, &job->snapshot);
+        log_info("compacting the metadata log: %llu bytes, %llu live (%zu keys)",
+                 (unsigned long long)srv->log_bytes, (unsigned long long)job->snapshot.len,
+                 srv->index.count);
+    }
+    srv->job_inflight = 1;
+    meta_sync_submit(srv->sync, job);
+}
+
+static void schedule_flush(struct meta_server *srv)
+{
+    if (!srv->flush_scheduled) {
+        srv->flush_scheduled = 1;
+        event_active(srv->flush_ev, 0, 0);
+    }
+}
+
+/* Runs after every connection callback of the loop iteration (lower priority). */
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct meta_server *srv = arg;
+    srv->flush_scheduled = 0;
+    submit_pending(srv);
+}
+
+static void job_done(struct meta_server *srv, struct meta_sync_job *job)
+{
+    srv->job_inflight = 0;
+    if (job->rc) {
+        log_error("metadata log %s: write/fsync failed: %s; stopping without acknowledging "
+                  "%llu write(s) (restart replays the log)",
+                  srv->log.path, pps_strerror(job->rc),
+                  (unsigned long long)(srv->last_seq - srv->durable_seq));
+        srv->failed = job->rc;
+        event_base_loopbreak(srv->base);
+        return;
+    }
+    srv->durable_seq = job->seq_end;
+    srv->n_fsync++;
+    srv->fsync_ns_total += job->sync_ns;
+    if (job->sync_ns > srv->fsync_ns_max)
+        srv->fsync_ns_max = job->sync_ns;
+    srv->batch_records_total += job->nrecords;
+    if (job->nrecords > srv->batch_records_max)
+        srv->batch_records_max = job->nrecords;
+    if (job->kind == META_SYNC_REWRITE) {
+        wbuf_free(&job->snapshot); /* as large as the live data: do not keep it */
+        if (job->compacted) {
+            srv->n_compactions++;
+            log_info("compaction done: log is %llu bytes (%.1f ms)",
+                     (unsigned long long)job->file_size, (double)job->sync_ns / 1e6);
+        } else {
+            srv->n_compaction_failures++;
+            srv->compact_floor = 2 * (job->file_size + srv->pending.len);
+        }
+    }
+    srv->log_bytes = job->file_size + srv->pending.len;
+}
+
+static void sync_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct meta_server *srv = arg;
+    struct meta_sync_job *job = meta_sync_collect(srv->sync);
+    if (!job)
+        return;
+    job_done(srv, job);
+    if (srv->failed)
+        return;
+    release_held(srv);
+    submit_pending(srv); /* writes that arrived during the fsync */
+    if (srv->stopping && !srv->job_inflight)
+        event_base_loopbreak(srv->base);
+}
+
+/* ---- requests ---- */
+
+/* Parse "str key" occupying the whole payload. */
+static int parse_key(struct conn *c, const struct frame_header *h, const uint8_t *p, size_t n,
+                     const uint8_t **key, uint32_t *key_len, int allow_empty)
+{
+    struct rbuf rb;
+    rbuf_init(&rb, p, n);
+    int rc = rbuf_bytes(&rb, key, key_len, META_MAX_KEY);
+    if (rc == PPS_ETOOBIG) {
+        uint32_t claimed = n >= 4 ? load_le32(p) : 0;
+        conn_fail(c, h->type, h->request_id, PPS_ETOOBIG, LOG_WARN,
+                  "key of %u bytes is over the limit of %d", claimed, META_MAX_KEY);
+        return rc;
+    }
+    if (rc) {
+        conn_fail(c, h->type, h->request_id, PPS_EPROTO, LOG_WARN,
+                  "malformed payload: key length %u beyond the %zu-byte payload",
+                  n >= 4 ? load_le32(p) : 0, n);
+        return PPS_EPROTO;
+    }
+    if (rbuf_left(&rb)) {
+        conn_fail(c, h->type, h->request_id, PPS_EPROTO, LOG_WARN,
+                  "malformed payload: %zu bytes after the key", rbuf_left(&rb));
+        return PPS_EPROTO;
+    }
+    if ((!allow_empty && *key_len == 0) || memchr(*key, '\0', *key_len)) {
+        conn_fail(c, h->type, h->request_id, PPS_EINVAL, LOG_WARN,
+                  *key_len ? "key contains a NUL byte" : "empty key");
+        return PPS_EINVAL;
+    }
+    return 0;
+}
+
+static void do_get(struct conn *c, const struct frame_header *h, const uint8_t *p, size_t n)
+{
+    struct meta_server *srv = c->srv;
+    const uint8_t *key;
+    uint32_t key_len;
+    if (parse_key(c, h, p, n, &key, &key_len, 0))
+        return;
+    srv->n_get++;
+    const struct meta_entry *e = meta_index_get(&srv->index, key, key_len);
+    if (!e) {
+        char pk[160];
+        char msg[256];
+        srv->n_miss++;
+        printable_key(pk, sizeof pk, key, key_len);
+        int m = snprintf(msg, sizeof msg, "no key '%s'", pk);
+        conn_answer(c, h->type, h->request_id, PPS_ENOTFOUND, msg, (size_t)m, NULL, 0,
+                    srv->last_delete_seq);
+        return;
+    }
+    conn_answer(c, h->type, h->request_id, 0, e->value, e->value_len, NULL, 0, e->seq);
+}
+
+static void add_record(struct meta_server *srv, uint8_t type, const void *key, uint32_t key_len,
+                       const void *value, uint32_t value_len)
+{
+    meta_record_encode(&srv->pending, type, key, key_len, value, value_len);
+    srv->pending_records++;
+    srv->log_bytes += meta_record_size(key_len, value_len);
+    schedule_flush(srv);
+}
+
+/* META_PUT: the value is taken from the input buffer straight into its own
+ * allocation (it can be up to 64 MiB). */
+static void do_put(struct conn *c, const struct frame_header *h, struct evbuffer *in)
+{
+    struct meta_server *srv = c->srv;
+    uint64_t plen = h->payload_len;
+    uint8_t kbuf[4 + META_MAX_KEY];
+    size_t head = plen < sizeof kbuf ? (size_t)plen : sizeof kbuf;
+    if (evbuffer_copyout(in, kbuf, head) != (ev_ssize_t)head)
+        PPS_ASSERT(!"input shorter than its complete frame");
+    if (plen < 4) {
+        conn_fail(c, h->type, h->request_id, PPS_EPROTO, LOG_WARN,
+                  "malformed payload: %llu bytes, too short for a key length",
+                  (unsigned long long)plen);
+        return;
+    }
+    uint32_t key_len = load_le32(kbuf);
+    if (key_len > META_MAX_KEY) {
+        conn_fail(c, h->type, h->request_id, PPS_ETOOBIG, LOG_WARN,
+                  "key of %u bytes is over the limit of %d", key_len, META_MAX_KEY);
+        return;
+    }
+    if (4 + (uint64_t)key_len > plen) {
+        conn_fail(c, h->type, h->request_id, PPS_EPROTO, LOG_WARN,
+                  "malformed payload: key length %u beyond the %llu-byte payload", key_len,
+                  (unsigned long long)plen);
+        return;
+    }
+    const uint8_t *key = kbuf + 4;
+    if (key_len == 0 || memchr(key, '\0', key_len)) {
+        conn_fail(c, h->type, h->request_id, PPS_EINVAL, LOG_WARN,
+                  key_len ? "key contains a NUL byte" : "empty key");
+        return;
+    }
+    uint64_t value_len = plen - 4 - key_len;
+    if (value_len > META_MAX_VALUE) {
+        conn_fail(c, h->type, h->request_id, PPS_ETOOBIG, LOG_WARN,
+                  "value of %llu bytes is over the limit of %u", (unsigned long long)value_len,
+                  META_MAX_VALUE);
+        return;
+    }
+    uint8_t *value = malloc(value_len ? (size_t)value_len : 1);
+    if (!value) {
+        conn_fail(c, h->type, h->request_id, PPS_ENOMEM, LOG_ERROR,
+                  "cannot allocate %llu bytes for the value", (unsigned long long)value_len);
+        return;
+    }
+    evbuffer_drain(in, 4 + key_len);
+    if (value_len && evbuffer_remove(in, value, (size_t)value_len) != (ev_ssize_t)value_len)
+        PPS_ASSERT(!"input shorter than its complete frame");
+    uint64_t seq = ++srv->last_seq;
+    int64_t old_len;
+    meta_index_put(&srv->index, key, key_len, value, (uint32_t)value_len, seq, &old_len);
+    srv->live_bytes += meta_record_size(key_len, (uint32_t)value_len);
+    if (old_len >= 0)
+        srv->live_bytes -= meta_record_size(key_len, (uint32_t)old_len);
+    add_record(srv, META_REC_PUT, key, key_len, value, (uint32_t)value_len);
+    srv->n_put++;
+    conn_answer(c, h->type, h->request_id, 0, NULL, 0, NULL, 0, seq);
+}
+
+static void do_delete(struct conn *c, const struct frame_header *h, const uint8_t *p, size_t n)
+{
+    struct meta_server *srv = c->srv;
+    const uint8_t *key;
+    uint32_t key_len, old_len;
+    if (parse_key(c, h, p, n, &key, &key_len, 0))
+        return;
+    srv->n_delete++;
+    if (meta_index_delete(&srv->index, key, key_len, &old_len) != 0) {
+        char pk[160];
+        char msg[256];
+        srv->n_miss++;
+        printable_key(pk, sizeof pk, key, key_len);
+        int m = snprintf(msg, sizeof msg, "no key '%s'", pk);
+        conn_answer(c, h->type, h->request_id, PPS_ENOTFOUND, msg, (size_t)m, NULL, 0,
+                    srv->last_delete_seq);
+        return;
+    }
+    uint64_t seq = ++srv->last_seq;
+    srv->last_delete_seq = seq;
+    srv->live_bytes -= meta_record_size(key_len, old_len);
+    add_record(srv, META_REC_DELETE, key, key_len, NULL, 0);
+    conn_answer(c, h->type, h->request_id, 0, NULL, 0, NULL, 0, seq);
+}
+
+static void do_list(struct conn *c, const struct frame_header *h, const uint8_t *p, size_t n)
+{
+    struct meta_server *srv = c->srv;
+    const uint8_t *prefix;
+    uint32_t prefix_len;
+    if (parse_key(c, h, p, n, &prefix, &prefix_len, 1))
+        return;
+    srv->n_list++;
+    const struct meta_entry **arr;
+    size_t count;
+    if (meta_index_list(&srv->index, prefix, prefix_len, &arr, &count)) {
+        conn_fail(c, h->type, h->request_id, PPS_ENOMEM, LOG_ERROR, "cannot list %zu keys",
+                  srv->index.count);
+        return;
+    }
+    uint64_t total = 4;
+    for (size_t i = 0; i < count; i++)
+        total += 4 + (uint64_t)arr[i]->key_len;
+    if (total > META_MAX_VALUE) {
+        conn_fail(c, h->type, h->request_id, PPS_ETOOBIG, LOG_WARN,
+                  "listing of %zu keys would take %llu bytes, over the limit of %u; use a "
+                  "longer prefix", count, (unsigned long long)total, META_MAX_VALUE);
+        free(arr);
+        return;
+    }
+    struct wbuf wb;
+    wbuf_init(&wb);
+    wbuf_u32(&wb, (uint32_t)count);
+    for (size_t i = 0; i < count; i++)
+        wbuf_bytes(&wb, arr[i]->key, arr[i]->key_len);
+    free(arr);
+    conn_answer(c, h->type, h->request_id, 0, wb.data, wb.len, NULL, 0, srv->last_seq);
+    wbuf_free(&wb);
+}
+
+static void do_stat(struct conn *c, const struct frame_header *h)
+{
+    struct meta_server *srv = c->srv;
+    char text[2048];
+    uint64_t avg_us = srv->n_fsync ? srv->fsync_ns_total / srv->n_fsync / 1000 : 0;
+    double avg_batch = srv->n_fsync ? (double)srv->batch_records_total / (double)srv->n_fsync : 0;
+    srv->n_stat++;
+    int m = snprintf(
+        text, sizeof text,
+        "keys %zu\nkey_bytes %llu\nvalue_bytes %llu\nlog_bytes %llu\nlive_log_bytes %llu\n"
+        "gets %llu\nputs %llu\ndeletes %llu\nlists %llu\nmisses %llu\npings %llu\nstats %llu\n"
+        "fsyncs %llu\nfsync_avg_us %llu\nfsync_max_us %llu\nbatch_avg %.2f\nbatch_max %llu\n"
+        "compactions %llu\ncompaction_failures %llu\nconnections %llu\nconnections_total %llu\n"
+        "bad_frames %llu\nbad_requests %llu\ndurable_seq %llu\nlast_seq %llu\n",
+        srv->index.count, (unsigned long long)srv->index.key_bytes,
+        (unsigned long long)srv->index.value_bytes, (unsigned long long)srv->log_bytes,
+        (unsigned long long)(META_LOG_HEADER_SIZE + srv->live_bytes),
+        (unsigned long long)srv->n_get, (unsigned long long)srv->n_put,
+        (unsigned long long)srv->n_delete, (unsigned long long)srv->n_list,
+        (unsigned long long)srv->n_miss, (unsigned long long)srv->n_ping,
+        (unsigned long long)srv->n_stat, (unsigned long long)srv->n_fsync,
+        (unsigned long long)avg_us, (unsigned long long)(srv->fsync_ns_max / 1000), avg_batch,
+        (unsigned long long)srv->batch_records_max, (unsigned long long)srv->n_compactions,
+        (unsigned long long)srv->n_compaction_failures, (unsigned long long)srv->n_conn_now,
+        (unsigned long long)srv->n_conn_total, (unsigned long long)srv->n_bad_frames,
+        (unsigned long long)srv->n_bad_requests, (unsigned long long)srv->durable_seq,
+        (unsigned long long)srv->last_seq);
+    conn_answer(c, h->type, h->request_id, 0, text, (size_t)m, NULL, 0, 0);
+}
+
+static uint64_t type_limit(uint16_t type)
+{
+    switch (type) {
+    case MSG_META_GET:
+    case MSG_META_DELETE:
+    case MSG_META_LIST:
+        return LIMIT_KEY_MSG;
+    case MSG_META_PUT:
+        return LIMIT_PUT;
+    case MSG_PING:
+        return LIMIT_PING;
+    case MSG_STAT:
+        return LIMIT_STAT;
+    default:
+        return FRAME_MAX_CONTROL;
+    }
+}
+
+/* A complete frame's header has been removed from `in`; its payload follows. */
+static void handle_request(struct conn *c, const struct frame_header *h, struct evbuffer *in)
+{
+    struct meta_server *srv = c->srv;
+    size_t before = evbuffer_get_length(in);
+    size_t n = (size_t)h->payload_len;
+    if (h->flags & FRAME_FLAG_RESPONSE) {
+        srv->n_bad_requests++;
+        conn_fail(c, h->type, h->request_id, PPS_EPROTO, LOG_WARN,
+                  "a response frame sent as a request");
+    } else if (h->type == MSG_META_PUT) {
+        do_put(c, h, in);
+    } else {
+        uint8_t small[LIMIT_KEY_MSG];
+        uint8_t *p = n <= sizeof small ? small : malloc(n);
+        if (!p) {
+            conn_fail(c, h->type, h->request_id, PPS_ENOMEM, LOG_ERROR,
+                      "cannot allocate %zu bytes", n);
+        } else {
+            if (n && evbuffer_remove(in, p, n) != (ev_ssize_t)n)
+                PPS_ASSERT(!"input shorter than its complete frame");
+            switch (h->type) {
+            case MSG_META_GET: do_get(c, h, p, n); break;
+            case MSG_META_DELETE: do_delete(c, h, p, n); break;
+            case MSG_META_LIST: do_list(c, h, p, n); break;
+            case MSG_PING:
+                srv->n_ping++;
+                conn_answer(c, h->type, h->request_id, 0, p, n, NULL, 0, 0);
+                break;
+            case MSG_STAT: do_stat(c, h); break;
+            default:
+                PPS_ASSERT(!"unreachable: unknown types are skipped earlier");
+            }
+            if (p != small)
+                free(p);
+        }
+    }
+    size_t used = before - evbuffer_get_length(in);
+    if (used < n)
+        evbuffer_drain(in, n - used);
+}
+
+static int known_type(uint16_t type)
+{
+    return type == MSG_META_GET || type == MSG_META_PUT || type == MSG_META_DELETE ||
+           type == MSG_META_LIST || type == MSG_PING || type == MSG_STAT;
+}
+
+/* Answer and log a frame that cannot be trusted, then close. */
+static void conn_bad_frame(struct conn *c, const struct frame_header *h, int rc)
+{
+    c->srv->n_bad_frames++;
+    uint16_t type = rc == PPS_ETOOBIG ? h->type : MSG_ERROR;
+    if (rc == PPS_ETOOBIG)
+        conn_fail(c, type, h->request_id, rc, LOG_WARN,
+                  "payload of %llu bytes is over the limit of %llu for %s; closing",
+                  (unsigned long long)h->payload_len,
+                  (unsigned long long)type_limit(h->type), frame_type_name(h->type));
+    else if (rc == PPS_EUNSUPPORTED)
+        conn_fail(c, type, h->request_id, rc, LOG_WARN,
+                  "unsupported protocol version (this daemon speaks %d); closing", FRAME_VERSION);
+    else
+        conn_fail(c, type, 0, rc, LOG_WARN,
+                  "malformed frame header (bad magic, reserved field or flags); closing");
+    conn_close_after_answers(c);
+}
+
+/* Decode and serve every complete request in the input buffer. */
+static void conn_process(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    /* Wake on any input unless the loop below waits for a whole frame. */
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    while (!c->closing && !c->srv->stopping) {
+        if (c->discard) {
+            size_t have = evbuffer_get_length(in);
+            size_t k = have < c->discard ? have : (size_t)c->discard;
+            evbuffer_drain(in, k);
+            c->discard -= k;
+            if (c->discard)
+                break;
+        }
+        if (conn_pressure(c) > CONN_OUT_HIGH) {
+            c->paused = 1;
+            bufferevent_disable(c->bev, EV_READ);
+            break;
+        }
+        size_t have = evbuffer_get_length(in);
+        if (have < FRAME_HEADER_SIZE)
+            break;
+        uint8_t raw[FRAME_HEADER_SIZE];
+        evbuffer_copyout(in, raw, sizeof raw);
+        struct frame_header h;
+        int rc = frame_decode_header(raw, &h, UINT64_MAX);
+        if (rc == 0 && h.payload_len > type_limit(h.type))
+            rc = PPS_ETOOBIG;
+        if (rc) {
+            evbuffer_drain(in, have);
+            conn_bad_frame(c, &h, rc);
+            break;
+        }
+        if (!known_type(h.type) && !(h.flags & FRAME_FLAG_RESPONSE)) {
+            /* The stream is still in step: skip the payload without buffering it. */
+            c->srv->n_bad_requests++;
+            evbuffer_drain(in, FRAME_HEADER_SIZE);
+            c->discard = h.payload_len;
+            conn_fail(c, MSG_ERROR, h.request_id, PPS_EUNSUPPORTED, LOG_WARN,
+                      "unknown message type %s", frame_type_name(h.type));
+            continue;
+        }
+        uint64_t need = FRAME_HEADER_SIZE + h.payload_len;
+        if (have < need) {
+            /* Wake up only when the whole frame is here. */
+            bufferevent_setwatermark(c->bev, EV_READ, (size_t)need, 0);
+            break;
+        }
+        evbuffer_drain(in, FRAME_HEADER_SIZE);
+        handle_request(c, &h, in);
+    }
+}
+
+/* ---- connections ---- */
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    conn_process(arg);
+}
+
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    conn_after_output(arg);
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    size_t left = evbuffer_get_length(bufferevent_get_input(bev));
+    if ((what & BEV_EVENT_EOF) && left && !c->closing) {
+        uint8_t raw[FRAME_HEADER_SIZE];
+        struct frame_header h = {0};
+        c->srv->n_bad_frames++;
+        if (left >= FRAME_HEADER_SIZE) {
+            evbuffer_copyout(bufferevent_get_input(bev), raw, sizeof raw);
+            frame_decode_header(raw, &h, UINT64_MAX);
+            log_warn("peer %s: disconnected mid-frame: %zu of %llu bytes of a %s request; "
+                     "dropped", c->peer, left, (unsigned long long)(FRAME_HEADER_SIZE + h.payload_len),
+                     frame_type_name(h.type));
+        } else {
+            log_warn("peer %s: disconnected mid-frame: %zu of %d header bytes; dropped", c->peer,
+                     left, FRAME_HEADER_SIZE);
+        }
+    } else if (what & BEV_EVENT_ERROR) {
+        log_info("peer %s: connection error: %s", c->peer,
+                 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    } else if (what & BEV_EVENT_TIMEOUT) {
+        log_warn("peer %s: not reading its answers; closing", c->peer);
+    } else {
+        log_debug("peer %s: disconnected", c->peer);
+    }
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !c->closing &&
+        (c->held_head || evbuffer_get_length(bufferevent_get_output(bev)))) {
+        /* Half-closed: deliver the answers still owed, then close. */
+        evbuffer_drain(bufferevent_get_input(bev), left);
+        conn_close_after_answers(c);
+        return;
+    }
+    conn_free(c);
+}
+
+static void conn_free(struct conn *c)
+{
+    struct meta_server *srv = c->srv;
+    waiting_remove(srv, c);
+    while (c->held_head) {
+        struct held *h = c->held_head;
+        c->held_head = h->next;
+        evbuffer_free(h->buf);
+        free(h);
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    bufferevent_free(c->bev);
+    srv->n_conn_now--;
+    free(c);
+}
+
+static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    (void)lev;
+    (void)salen;
+    struct meta_server *srv = arg;
+    struct bufferevent *bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) {
+        log_error("cannot set up a connection: out of memory");
+        close(fd);
+        return;
+    }
+    struct conn *c = pps_xcalloc(1, sizeof *c);
+    c->srv = srv;
+    c->bev = bev;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        char ip[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &in->sin_addr, ip, sizeof ip);
+        snprintf(c->peer, sizeof c->peer, "%s:%u", ip, ntohs(in->sin_port));
+    } else {
+        snprintf(c->peer, sizeof c->peer, "fd %d", (int)fd);
+    }
+    net_set_nodelay(fd);
+    c->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = c;
+    srv->conns = c;
+    srv->n_conn_now++;
+    srv->n_conn_total++;
+    bufferevent_set_max_single_read(bev, CONN_MAX_SINGLE_READ);
+    bufferevent_setwatermark(bev, EV_WRITE, CONN_OUT_LOW, 0);
+    bufferevent_setcb(bev, read_cb, write_cb, event_cb, c);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    log_debug("peer %s: connected", c->peer);
+}
+
+static void accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+    (void)lev;
+    (void)arg;
+    log_error("accept failed: %s", strerror(errno));
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct meta_server *srv = arg;
+    log_info("signal %d: stopping after the pending writes are durable", (int)sig);
+    srv->stopping = 1;
+    if (srv->listener)
+        evconnlistener_disable(srv->listener);
+    submit_pending(srv);
+    if (!srv->job_inflight)
+        event_base_loopbreak(srv->base);
+}
+
+/* ---- start-up ---- */
+
+static int replay_record(void *ctx, const struct meta_record *rec)
+{
+    struct meta_server *srv = ctx;
+    if (rec->type == META_REC_PUT) {
+        uint8_t *v = malloc(rec->value_len ? rec->value_len : 1);
+        if (!v)
+            return PPS_ENOMEM;
+        memcpy(v, rec->value, rec->value_len);
+        int64_t old;
+        meta_index_put(&srv->index, rec->key, rec->key_len, v, rec->value_len, 0, &old);
+        srv->live_bytes += meta_record_size(rec->key_len, rec->value_len);
+        if (old >= 0)
+            srv->live_bytes -= meta_record_size(rec->key_len, (uint32_t)old);
+    } else {
+        uint32_t old;
+        if (meta_index_delete(&srv->index, rec->key, rec->key_len, &old) == 0)
+            srv->live_bytes -= meta_record_size(rec->key_len, old);
+    }
+    return 0;
+}
+
+static void server_free(struct meta_server *srv)
+{
+    while (srv->conns)
+        conn_free(srv->conns);
+    if (srv->listener)
+        evconnlistener_free(srv->listener);
+    if (srv->sync) {
+        if (srv->job_inflight) {
+            struct meta_sync_job *job = meta_sync_wait(srv->sync);
+            if (job)
+                job_done(srv, job);
+        }
+        meta_sync_stop(srv->sync);
+    }
+    if (!srv->failed && srv->pending.len) {
+        /* Writes accepted but not yet synced: make them durable before exit. */
+        struct meta_sync_job *job = &srv->job;
+        wbuf_free(&job->records);
+        job->records = srv->pending;
+        wbuf_init(&srv->pending);
+        job->kind = META_SYNC_APPEND;
+        meta_sync_run_job(&srv->log, job);
+        if (job->rc)
+            log_error("final log write failed: %s", pps_strerror(job->rc));
+    }
+    wbuf_free(&srv->pending);
+    wbuf_free(&srv->job.records);
+    wbuf_free(&srv->job.snapshot);
+    if (srv->flush_ev)
+        event_free(srv->flush_ev);
+    if (srv->sync_ev)
+        event_free(srv->sync_ev);
+    if (srv->sigterm_ev)
+        event_free(srv->sigterm_ev);
+    if (srv->sigint_ev)
+        event_free(srv->sigint_ev);
+    if (srv->base)
+        event_base_free(srv->base);
+    meta_log_close(&srv->log);
+    meta_index_free(&srv->index);
+}
+
+int meta_server_run(const struct meta_server_options *opt)
+{
+    struct meta_server srv_storage;
+    struct meta_server *srv = &srv_storage;
+    memset(srv, 0, sizeof *srv);
+    srv->log.fd = srv->log.dir_fd = srv->log.lock_fd = -1;
+    srv->compact_min = opt->compact_min;
+    srv->compact_ratio = opt->compact_ratio > 1.0 ? opt->compact_ratio : META_DEFAULT_COMPACT_RATIO;
+    wbuf_init(&srv->pending);
+    meta_index_init(&srv->index);
+
+    struct meta_replay_stats st;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = meta_log_open(&srv->log, opt->dir, opt->truncate_damaged, replay_record, srv, &st);
+    if (rc) {
+        log_error("cannot open the metadata log in %s: %s", opt->dir, pps_strerror(rc));
+        meta_index_free(&srv->index);
+        wbuf_free(&srv->pending);
+        return rc;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    srv->log_bytes = srv->log.size;
+    char resolved[PATH_MAX];
+    if (!realpath(opt->dir, resolved))
+        snprintf(resolved, sizeof resolved, "%s", opt->dir);
+    log_info("replayed %llu records (%llu puts, %llu deletes) in %.1f ms: %zu keys, log %llu bytes%s",
+             (unsigned long long)st.records, (unsigned long long)st.puts,
+             (unsigned long long)st.deletes,
+             (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
+             srv->index.count, (unsigned long long)srv->log.size,
+             st.dropped_bytes ? " (a damaged tail was dropped)" : "");
+
+    struct event_config *cfg = event_config_new();
+    srv->base = cfg ? event_base_new_with_config(cfg) : NULL;
+    if (cfg)
+        event_config_free(cfg);
+    if (!srv->base || event_base_priority_init(srv->base, 2) < 0) {
+        rc = PPS_ENOMEM;
+        goto out;
+    }
+    int lfd;
+    rc = net_listen(opt->addr, opt->port, &lfd);
+    if (rc) {
+        log_error("cannot listen on %s:%u: %s", opt->addr ? opt->addr : NET_DEFAULT_ADDR,
+                  opt->port, pps_strerror(rc));
+        goto out;
+    }
+    uint16_t port = opt->port;
+    net_local_port(lfd, &port);
+    evutil_make_socket_nonblocking(lfd);
+    srv->listener = evconnlistener_new(srv->base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE, -1, lfd);
+    if (!srv->listener) {
+        close(lfd);
+        rc = PPS_ENOMEM;
+        goto out;
+    }
+    evconnlistener_set_error_cb(srv->listener, accept_error_cb);
+    rc = meta_sync_start(&srv->sync, &srv->log);
+    if (rc)
+        goto out;
+    srv->flush_ev = event_new(srv->base, -1, 0, flush_cb, srv);
+    srv->sync_ev = event_new(srv->base, meta_sync_event_fd(srv->sync), EV_READ | EV_PERSIST,
+                             sync_cb, srv);
+    srv->sigterm_ev = evsignal_new(srv->base, SIGTERM, signal_cb, srv);
+    srv->sigint_ev = evsignal_new(srv->base, SIGINT, signal_cb, srv);
+    if (!srv->flush_ev || !srv->sync_ev || !srv->sigterm_ev || !srv->sigint_ev) {
+        rc = PPS_ENOMEM;
+        goto out;
+    }
+    /* Priority 1 (lower) makes the flush run after this iteration's reads. */
+    event_priority_set(srv->flush_ev, 1);
+    event_add(srv->sync_ev, NULL);
+    event_add(srv->sigterm_ev, NULL);
+    event_add(srv->sigint_ev, NULL);
+
+    printf("metadata_storage listening on %s:%u, data directory %s (%zu keys)\n",
+           opt->addr && *opt->addr ? opt->addr : NET_DEFAULT_ADDR, port, resolved,
+           srv->index.count);
+    fflush(stdout);
+    log_info("listening on %s:%u, data directory %s", opt->addr && *opt->addr ? opt->addr : NET_DEFAULT_ADDR,
+             port, resolved);
+
+    event_base_dispatch(srv->base);
+    rc = srv->failed;
+out:
+    server_free(srv);
+    return rc;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: metadata_storage [ADDR] PORT [--dir DIR] [--compact-min SIZE]\n"
+            "                        [--compact-ratio R] [--truncate-damaged]\n"
+            "  ADDR                address to bind (default %s)\n"
+            "  PORT                TCP port (0 = any free port, printed at start)\n"
+            "  --dir DIR           data directory (default ./%s)\n"
+            "  --compact-min SIZE  never compact a log smaller than SIZE (default 8M)\n"
+            "  --compact-ratio R   compact when the log is over R x the live data (default 2)\n"
+            "  --truncate-damaged  start even if the log is damaged in the middle, keeping\n"
+            "                      the records before the damage (the rest is saved aside)\n",
+            NET_DEFAULT_ADDR, META_DEFAULT_DIR);
+}
+
+int metadata_storage_main(int argc, char **argv)
+{
+    struct args_option options[] = {
+        {"dir", 1, NULL},
+        {"compact-min", 1, NULL},
+        {"compact-ratio", 1, NULL},
+        {"truncate-damaged", 0, NULL},
+    };
+    struct args args;
+    int help = 0;
+    if (args_split(argc, argv, options, 4, &args, &help)) {
+        usage(help ? stdout : stderr);
+        return help ? 0 : 2;
+    }
+    struct meta_server_options opt = {
+        .dir = options[0].value ? options[0].value : META_DEFAULT_DIR,
+        .compact_min = META_DEFAULT_COMPACT_MIN,
+        .compact_ratio = META_DEFAULT_COMPACT_RATIO,
+        .truncate_damaged = options[3].value != NULL,
+    };
+    const char *port_text;
+    if (args.npositional == 1) {
+        port_text = args.positional[0];
+    } else if (args.npositional == 2) {
+        opt.addr = args.positional[0];
+        port_text = args.positional[1];
+    } else {
+        usage(stderr);
+        return 2;
+    }
+    int port;
+    if (args_parse_int(port_text, 0, 65535, &port)) {
+        fprintf(stderr, "metadata_storage: bad port '%s'\n", port_text);
+        return 2;
+    }
+    opt.port = (uint16_t)port;
+    if (options[1].value && args_parse_size(options[1].value, &opt.compact_min)) {
+        fprintf(stderr, "metadata_storage: bad size '%s' for --compact-min\n", options[1].value);
+        return 2;
+    }
+    if (options[2].value) {
+        char *end;
+        opt.compact_ratio = strtod(options[2].value, &end);
+        if (*end || !(opt.compact_ratio > 1.0)) {
+            fprintf(stderr, "metadata_storage: --compact-ratio must be a number over 1\n");
+            return 2;
+        }
+    }
+    net_ignore_sigpipe();
+    int rc = meta_server_run(&opt);
+    return rc ? 1 : 0;
+}
