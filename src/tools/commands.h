@@ -7,11 +7,13 @@
 #define PIPEPS_COMMANDS(X)                                                    \
     X("version", version_main, "print the version")                          \
     X("inspect", inspect_main, "list the models and keys of a kv.bin file")   \
-    X("metadata_storage", metadata_storage_main, "key-value server for metadata (durable log)")
+    X("metadata_storage", metadata_storage_main, "key-value server for metadata (durable log)") \
+    X("meta", meta_cli_main, "metadata storage client: get/put/delete/list")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
 
+#include "metadata/meta_cli.h"
 #include "metadata/meta_server.h"
 
 #endif

@@ -92,7 +92,7 @@ class Conn:
 class Daemon:
     """A PipePS daemon process; stops it (SIGTERM, then SIGKILL) on stop()."""
 
-    def __init__(self, args, port, log_path, env=None):
+    def __init__(self, args, port, log_path, env=None, cwd=None):
         self.args = args
         self.port = port
         self.log_path = log_path
@@ -101,7 +101,8 @@ class Daemon:
         full_env.setdefault("PIPEPS_LOG", "info")
         if env:
             full_env.update(env)
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
+                                     cwd=cwd)
         wait_for_port(port, self.proc, log_path)
 
     def alive(self):
@@ -145,3 +146,65 @@ def wait_for_port(port, proc=None, log_path=None, timeout=30.0):
 
 def binary(name):
     return os.path.join(BIN, name)
+
+
+# ---- metadata storage (0x01xx) ----
+
+class MetaConn(Conn):
+    """A persistent connection to metadata_storage; methods return (status, body)."""
+
+    def put(self, key, value):
+        return self.call(MSG["META_PUT"], pack_str(key) + value)
+
+    def get(self, key):
+        return self.call(MSG["META_GET"], pack_str(key))
+
+    def delete(self, key):
+        return self.call(MSG["META_DELETE"], pack_str(key))
+
+    def list(self, prefix=""):
+        status, body = self.call(MSG["META_LIST"], pack_str(prefix))
+        if status != 0:
+            return status, body
+        return status, unpack_str_list(body)
+
+    def stat(self):
+        status, body = self.call(MSG["STAT"])
+        assert status == 0, body
+        return parse_stat(body)
+
+
+def unpack_str_list(body):
+    (n,) = struct.unpack_from("<I", body, 0)
+    pos, out = 4, []
+    for _ in range(n):
+        (k,) = struct.unpack_from("<I", body, pos)
+        out.append(body[pos + 4:pos + 4 + k].decode())
+        pos += 4 + k
+    assert pos == len(body), "trailing bytes in a string list"
+    return out
+
+
+def parse_stat(body):
+    """STAT text ("name value" lines) -> dict of str -> int/float/str."""
+    out = {}
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(" ")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            try:
+                out[name] = float(value)
+            except ValueError:
+                out[name] = value
+    return out
+
+
+def start_metadata(data_dir, log_path, port=None, extra=(), cwd=None):
+    """Start build/bin/metadata_storage on a free loopback port; returns the Daemon."""
+    port = port or free_port()
+    args = [binary("metadata_storage"), str(port)]
+    if data_dir is not None:
+        args += ["--dir", str(data_dir)]
+    args += [str(a) for a in extra]
+    return Daemon(args, port, str(log_path), cwd=cwd)
