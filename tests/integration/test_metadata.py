@@ -18,11 +18,19 @@ META_MAX_KEY = 1024
 META_MAX_VALUE = 64 << 20
 
 
+def stop_clean(d):
+    """Stop with SIGTERM; the daemon must exit 0 with no sanitizer report."""
+    rc = d.stop()
+    text = d.log_text()
+    assert "Sanitizer" not in text and "runtime error" not in text, text[-3000:]
+    assert rc == 0, text[-3000:]
+
+
 @pytest.fixture
 def meta(tmp_path):
     d = start_metadata(tmp_path / "data", tmp_path / "meta.log.txt")
     yield d
-    d.stop()
+    stop_clean(d)
 
 
 def log_of(tmp_path):
@@ -271,7 +279,7 @@ def test_kill9_keeps_every_acknowledged_write(tmp_path):
             else:
                 assert (status, body) == (0, val), "acknowledged key %s lost" % key
     c.close()
-    d2.stop()
+    stop_clean(d2)
 
 
 def test_restart_after_clean_stop(tmp_path):
@@ -282,14 +290,14 @@ def test_restart_after_clean_stop(tmp_path):
         assert c.put("k%d" % i, b"v%d" % i)[0] == 0
     assert c.delete("k7")[0] == 0
     c.close()
-    assert d.stop() == 0
+    stop_clean(d)
     d = start_metadata(data, tmp_path / "l2.txt")
     c = MetaConn(d.port)
     assert c.get("k49") == (0, b"v49")
     assert c.get("k7")[0] == E["NOTFOUND"]
     assert c.stat()["keys"] == 49
     c.close()
-    d.stop()
+    stop_clean(d)
 
 
 def test_torn_tail_is_dropped(tmp_path):
@@ -322,7 +330,7 @@ def test_torn_tail_is_dropped(tmp_path):
     assert c.get("after") == (0, b"ok")
     assert c.get("t19") == (0, b"value-19")
     c.close()
-    d.stop()
+    stop_clean(d)
     assert "torn tail" not in d.log_text()
 
 
@@ -333,7 +341,7 @@ def test_damage_in_the_middle_refuses_to_start(tmp_path):
     for i in range(10):
         assert c.put("d%d" % i, b"value-%d" % i)[0] == 0
     c.close()
-    d.stop()
+    stop_clean(d)
     # flip a byte in the value of the 3rd record (valid records follow)
     rec = 24 + 2 + 7
     off = 16 + 2 * rec + 16 + 2 + 3
@@ -352,7 +360,7 @@ def test_damage_in_the_middle_refuses_to_start(tmp_path):
     assert c.get("d1") == (0, b"value-1")
     assert c.get("d2")[0] == E["NOTFOUND"]
     c.close()
-    d.stop()
+    stop_clean(d)
     assert any(n.startswith("meta.log.damaged-") for n in os.listdir(data))
 
 
@@ -385,7 +393,7 @@ def test_compaction_shrinks_log(tmp_path):
         assert got[0] == expect[0] and (expect[1] is None or got[1] == expect[1])
     assert c.stat()["keys"] == 50
     c.close()
-    d.stop()
+    stop_clean(d)
 
 
 def test_default_data_dir_is_printed(tmp_path):
@@ -394,7 +402,7 @@ def test_default_data_dir_is_printed(tmp_path):
     c = MetaConn(port)
     assert c.put("x", b"y")[0] == 0
     c.close()
-    d.stop()
+    stop_clean(d)
     expected = os.path.realpath(tmp_path / "metadata-data")
     assert os.path.isfile(os.path.join(expected, "meta.log"))
     assert "data directory %s" % expected in d.log_text()
