@@ -334,6 +334,18 @@ out:
     return rc;
 }
 
+static void sync_parent_dir(const char *dir)
+{
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s/..", dir);
+    int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        if (fsync(fd) < 0)
+            log_warn("fsync of %s failed: %s", parent, strerror(errno));
+        close(fd);
+    }
+}
+
 static int lock_dir(struct meta_log *log)
 {
     char *path = path_join(log->dir, META_LOG_LOCK_FILE);
@@ -389,6 +401,7 @@ int meta_log_open(struct meta_log *log, const char *dir, int truncate_damaged, m
         rc = meta_log_rewrite(log, NULL, 0, &switched);
         if (rc)
             goto fail;
+        sync_parent_dir(dir); /* the data directory itself may be new */
         return 0;
     }
     if (log->fd < 0) {

@@ -2,10 +2,13 @@
  *
  * Flow of a write: the loop thread decodes a META_PUT/META_DELETE, applies it
  * to the index at once, appends its log record to `pending` and gives it the
- * next sequence number. A low-priority event runs after every connection
- * callback of the loop iteration and hands all pending records to the sync
- * thread as one job (one write + one fdatasync). When the job comes back,
- * durable_seq advances and the held answers are sent.
+ * next sequence number. The first write of a loop iteration activates the
+ * flush event, which libevent queues behind the socket events already ready
+ * in that iteration, so it runs once they are all served and hands every
+ * pending record to the sync thread as one job (one write + one fdatasync).
+ * (Not a lower priority: libevent skips lower priorities while higher ones
+ * have work, so busy readers would starve the flush.) When the job comes
+ * back, durable_seq advances and the held answers are sent.
  *
  * Answers are never sent before the state they reveal is durable: every
  * answer carries the sequence number it depends on (a PUT/DELETE its own, a
@@ -315,7 +318,7 @@ static void schedule_flush(struct meta_server *srv)
     }
 }
 
-/* Runs after every connection callback of the loop iteration (lower priority). */
+/* Runs after the connection callbacks that were ready with it. */
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -961,7 +964,7 @@ int meta_server_run(const struct meta_server_options *opt)
     srv->base = cfg ? event_base_new_with_config(cfg) : NULL;
     if (cfg)
         event_config_free(cfg);
-    if (!srv->base || event_base_priority_init(srv->base, 2) < 0) {
+    if (!srv->base) {
         rc = PPS_ENOMEM;
         goto out;
     }
@@ -994,8 +997,6 @@ int meta_server_run(const struct meta_server_options *opt)
         rc = PPS_ENOMEM;
         goto out;
     }
-    /* Priority 1 (lower) makes the flush run after this iteration's reads. */
-    event_priority_set(srv->flush_ev, 1);
     event_add(srv->sync_ev, NULL);
     event_add(srv->sigterm_ev, NULL);
     event_add(srv->sigint_ev, NULL);

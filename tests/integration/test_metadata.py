@@ -538,3 +538,38 @@ def test_many_bad_clients_then_good_ones(meta, bystander):
     assert c.get("after-burst") == (0, b"fine")
     c.close()
     assert meta.alive()
+
+
+def test_writes_progress_while_readers_are_busy(meta):
+    """Readers that keep the event loop busy must not starve the group
+    commit: a writer's PUTs still complete (a starved flush would hang here
+    until the socket timeout)."""
+    stop = threading.Event()
+    errors = []
+
+    def reader():
+        try:
+            c = MetaConn(meta.port)
+            get = header(MSG["META_GET"], 5) + pack_str("r")
+            while not stop.is_set():
+                c.sock.sendall(get * 64)  # keep the loop busy: 64 requests in flight
+                for _ in range(64):
+                    assert c.recv()[2] in (0, E["NOTFOUND"])
+            c.close()
+        except Exception as e:
+            errors.append(repr(e))
+
+    readers = [threading.Thread(target=reader) for _ in range(6)]
+    for t in readers:
+        t.start()
+    try:
+        w = MetaConn(meta.port, timeout=60)
+        for i in range(300):
+            assert w.put("r", b"%d" % i) == (0, b"")
+        assert w.get("r") == (0, b"299")
+        w.close()
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(30)
+    assert not errors, errors
