@@ -311,8 +311,8 @@ int model_blob_decode(struct graph *g, const void *data, size_t len, char *err, 
     for (int i = 0; i < g->nbatches && !r.err; i++) {
         struct graph_batch *b = &g->batches[i];
         b->nbytes = get_uvar(&r, "batch size");
-        b->first_param = get_i32(&r, "batch first param", 0, INT32_MAX);
-        b->nparams = get_i32(&r, "batch param count", 0, INT32_MAX);
+        b->first_param = get_count(&r, "batch first param", 0, INT32_MAX);
+        b->nparams = get_count(&r, "batch param count", 0, INT32_MAX);
     }
     for (int i = 0; i < g->nnodes && !r.err; i++) {
         struct graph_node *n = &g->nodes[i];

@@ -60,7 +60,7 @@ void zoo_build_densenet201(struct zoo_model *m)
     }
     x = zl_bn(m, x, "features.norm5", c, 1e-5f, 0.8f, 1.2f);
     x = zl_unary(m, GRAPH_OP_RELU, x, "relu");
-    x = zl_classifier(m, x, "classifier", c, 1000);
+    x = zl_classifier(m, x, "classifier", c, 1000, 1.0f);
     graph_add_output(&m->g, "logits", x);
     int64_t out_dims[2] = {-1, 1000};
     graph_set_output_dims(&m->g, 0, 2, out_dims);

@@ -139,7 +139,7 @@ void zoo_build_inception_v3(struct zoo_model *m)
     x = inception_d(m, x, "Mixed_7a.", 768);
     x = inception_e(m, x, "Mixed_7b.", 1280);
     x = inception_e(m, x, "Mixed_7c.", 2048);
-    x = zl_classifier(m, x, "fc", 2048, 1000);
+    x = zl_classifier(m, x, "fc", 2048, 1000, 1.0f);
     graph_add_output(&m->g, "logits", x);
     int64_t out_dims[2] = {-1, 1000};
     graph_set_output_dims(&m->g, 0, 2, out_dims);

@@ -117,14 +117,15 @@ int32_t zl_concat(struct zoo_model *m, int n, const int32_t *xs, const char *nam
     return y;
 }
 
-int32_t zl_classifier(struct zoo_model *m, int32_t x, const char *prefix, int cin, int classes)
+int32_t zl_classifier(struct zoo_model *m, int32_t x, const char *prefix, int cin, int classes,
+                      float gain)
 {
     x = zl_unary(m, GRAPH_OP_GLOBALAVGPOOL, x, "avgpool");
     x = zl_unary(m, GRAPH_OP_FLATTEN, x, "flatten");
     graph_set_int(&m->g, "axis", 1);
-    /* Pooled features are O(1); this makes the logits' spread O(1), so the
-     * softmax is neither uniform nor one-hot. */
-    return zl_linear(m, x, prefix, cin, classes, 1.0f / sqrtf((float)cin), 0.02f);
+    /* Logits with a spread of O(1): the softmax is neither uniform nor
+     * one-hot. */
+    return zl_linear(m, x, prefix, cin, classes, gain / sqrtf((float)cin), 0.02f);
 }
 
 int32_t zl_linear(struct zoo_model *m, int32_t x, const char *prefix, int in, int out, float wstd,

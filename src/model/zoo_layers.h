@@ -39,8 +39,10 @@ int32_t zl_maxpool(struct zoo_model *m, int32_t x, const char *name, int k, int 
 int32_t zl_avgpool(struct zoo_model *m, int32_t x, const char *name, int k, int s, int p);
 int32_t zl_concat(struct zoo_model *m, int n, const int32_t *xs, const char *name, int axis);
 /* GlobalAveragePool, Flatten(axis 1), Gemm to classes ("<prefix>.weight",
- * "<prefix>.bias"). */
-int32_t zl_classifier(struct zoo_model *m, int32_t x, const char *prefix, int cin, int classes);
+ * "<prefix>.bias"), weight std gain / sqrt(cin): gain ~ 1 / (rms of the
+ * pooled features) keeps the logits' spread O(1). */
+int32_t zl_classifier(struct zoo_model *m, int32_t x, const char *prefix, int cin, int classes,
+                      float gain);
 /* Linear layer as Gemm(transB=1): weight [out, in] (PyTorch layout), bias
  * [out], both uniform with standard deviation wstd / bstd (bias omitted if
  * bstd < 0). */

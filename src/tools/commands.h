@@ -8,10 +8,12 @@
     X("version", version_main, "print the version")                          \
     X("inspect", inspect_main, "list the models and keys of a kv.bin file")   \
     X("metadata_storage", metadata_storage_main, "key-value server for metadata (durable log)") \
-    X("meta", meta_cli_main, "metadata storage client: get/put/delete/list")
+    X("meta", meta_cli_main, "metadata storage client: get/put/delete/list") \
+    X("generate_file", generate_file_main, "build the model list's models and write kv.bin")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
+#include "model/generate.h"
 
 #include "metadata/meta_cli.h"
 #include "metadata/meta_server.h"

@@ -1,0 +1,258 @@
+/* generate: generate_file (see generate.h and the README section
+ * "generate_file").
+ *
+ * Batches are produced one at a time into one reusable buffer and streamed
+ * to the kv.bin writer, so memory stays at the largest batch, not the
+ * model. The writer writes "<kv.bin>.tmp" and renames at the end: a failed
+ * or interrupted run leaves the old kv.bin untouched. */
+#include "model/generate.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/args.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "formats/kvbin.h"
+#include "model/batching.h"
+#include "model/model_blob.h"
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
+}
+
+int generate_read_list(const char *path, struct generate_entry **out, int *count, char *err,
+                       size_t errlen)
+{
+    *out = NULL;
+    *count = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        int rc = pps_from_errno(errno);
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return rc;
+    }
+    char line[1024];
+    int lineno = 0, cap = 0, rc = 0;
+    struct generate_entry *v = NULL;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            snprintf(err, errlen, "%s:%d: line too long", path, lineno);
+            rc = PPS_EINVAL;
+            break;
+        }
+        if (lineno == 1) continue; /* the header line */
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#') continue;
+        char *fields[3] = {s, NULL, NULL};
+        int nf = 1;
+        for (char *c = s; *c; c++)
+            if (*c == ',') {
+                *c = '\0';
+                if (nf == 3) { nf++; break; }
+                fields[nf++] = c + 1;
+            }
+        if (nf > 2) {
+            snprintf(err, errlen, "%s:%d: expected 'model_name[, seq_len]'", path, lineno);
+            rc = PPS_EINVAL;
+            break;
+        }
+        struct generate_entry e;
+        memset(&e, 0, sizeof e);
+        char *name = trim(fields[0]);
+        if (strlen(name) > GRAPH_NAME_MAX || strlen(name) == 0) {
+            snprintf(err, errlen, "%s:%d: model name empty or longer than %d bytes", path, lineno,
+                     GRAPH_NAME_MAX);
+            rc = PPS_EINVAL;
+            break;
+        }
+        strcpy(e.name, name);
+        char base[GRAPH_NAME_MAX + 1];
+        int brc = zoo_base_name(e.name, base, sizeof base);
+        if (brc) {
+            char known[256];
+            zoo_known_list(known, sizeof known);
+            snprintf(err, errlen, "%s:%d: unknown model '%s' (known: %s, optionally followed by -alter-<suffix>)",
+                     path, lineno, e.name, known);
+            rc = brc == PPS_ENOTFOUND ? PPS_ENOTFOUND : PPS_EINVAL;
+            break;
+        }
+        if (nf == 2) {
+            char *sl = trim(fields[1]);
+            if (!zoo_is_transformer(base)) {
+                snprintf(err, errlen, "%s:%d: %s takes no sequence length", path, lineno, e.name);
+                rc = PPS_EINVAL;
+                break;
+            }
+            if (args_parse_int(sl, 1, 1 << 20, &e.opt.seq_len) != 0) {
+                snprintf(err, errlen, "%s:%d: bad sequence length '%s'", path, lineno, sl);
+                rc = PPS_EINVAL;
+                break;
+            }
+        }
+        for (int i = 0; i < *count; i++)
+            if (strcmp(v[i].name, e.name) == 0) {
+                snprintf(err, errlen, "%s:%d: model '%s' listed twice", path, lineno, e.name);
+                rc = PPS_EINVAL;
+            }
+        if (rc) break;
+        if (*count == cap) {
+            cap = cap ? cap * 2 : 16;
+            v = pps_xrealloc(v, (unsigned long)cap * sizeof *v);
+        }
+        v[(*count)++] = e;
+    }
+    if (!rc && ferror(f)) {
+        snprintf(err, errlen, "%s: read error", path);
+        rc = PPS_EIO;
+    }
+    fclose(f);
+    if (rc) {
+        free(v);
+        *count = 0;
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int generate_model(struct kvbin_writer *w, const struct generate_entry *e,
+                   uint64_t max_batch_size, int progress, char *err, size_t errlen)
+{
+    struct zoo_model m;
+    int rc = zoo_build(&m, e->name, &e->opt, err, errlen);
+    if (rc) return rc;
+    rc = batching_apply(&m.g, max_batch_size);
+    PPS_ASSERT(rc == 0); /* zoo models use every parameter */
+    struct wbuf blob;
+    wbuf_init(&blob);
+    rc = model_blob_encode(&m.g, &blob);
+    PPS_ASSERT(rc == 0);
+
+    uint64_t total = graph_total_padded(&m.g), biggest = 0;
+    for (int b = 0; b < m.g.nbatches; b++)
+        if (m.g.batches[b].nbytes > biggest) biggest = m.g.batches[b].nbytes;
+    void *buf = NULL;
+    if (biggest && posix_memalign(&buf, GRAPH_PARAM_ALIGN, biggest) != 0) {
+        snprintf(err, errlen, "%s: cannot allocate %llu bytes for a batch", e->name,
+                 (unsigned long long)biggest);
+        wbuf_free(&blob);
+        zoo_free(&m);
+        return PPS_ENOMEM;
+    }
+    char key[KVBIN_NAME_MAX + 1];
+    rc = kvbin_writer_model(w, e->name, total, (uint32_t)m.g.nbatches, (uint32_t)m.g.nbatches + 1);
+    if (!rc) {
+        snprintf(key, sizeof key, "%s-METADATA", e->name);
+        rc = kvbin_writer_record(w, key, blob.data, blob.len);
+    }
+    uint64_t done = 0;
+    double t0 = now_s();
+    for (int b = 0; b < m.g.nbatches && !rc; b++) {
+        zoo_fill_batch(&m, b, buf);
+        snprintf(key, sizeof key, "%s-BATCH-%d", e->name, b);
+        rc = kvbin_writer_record(w, key, buf, m.g.batches[b].nbytes);
+        done += m.g.batches[b].nbytes;
+        if (progress)
+            fprintf(stderr, "\r%-32s batch %d/%d  %7.1f / %.1f MiB", e->name, b + 1, m.g.nbatches,
+                    (double)done / 1048576.0, (double)total / 1048576.0);
+    }
+    if (rc)
+        snprintf(err, errlen, "%s: writing kv.bin: %s", e->name, pps_strerror(rc));
+    else if (progress)
+        fprintf(stderr, "  %.2f s\n", now_s() - t0);
+    log_info("%s: %d nodes, %d params, %d batches, %llu bytes, METADATA %zu bytes", e->name,
+             m.g.nnodes, m.g.nparams, m.g.nbatches, (unsigned long long)total, blob.len);
+    free(buf);
+    wbuf_free(&blob);
+    zoo_free(&m);
+    return rc;
+}
+
+static void usage(FILE *out)
+{
+    char known[256];
+    zoo_known_list(known, sizeof known);
+    fprintf(out,
+            "usage: generate_file MODEL_LIST KV_BIN [MAX_BATCH_SIZE] [--quiet]\n"
+            "  MODEL_LIST      header line, then 'model_name[, seq_len]' lines\n"
+            "  KV_BIN          output file (written to KV_BIN.tmp, then renamed)\n"
+            "  MAX_BATCH_SIZE  bytes per parameter batch, K/M/G suffixes allowed\n"
+            "                  (default 32768000; 0 = one layer per batch)\n"
+            "  --quiet         no progress line\n"
+            "models: %s (add -alter-<suffix> for a copy with the same weights)\n",
+            known);
+}
+
+int generate_file_main(int argc, char **argv)
+{
+    struct args_option opts[] = {{"quiet", 0, NULL}};
+    struct args a;
+    int help = 0;
+    if (args_split(argc, argv, opts, 1, &a, &help) != 0 || a.npositional < 2 || a.npositional > 3) {
+        usage(help ? stdout : stderr);
+        return help ? 0 : 2;
+    }
+    uint64_t max_batch = BATCHING_DEFAULT_MAX;
+    if (a.npositional == 3 && args_parse_size(a.positional[2], &max_batch) != 0) {
+        fprintf(stderr, "generate_file: bad MAX_BATCH_SIZE '%s'\n", a.positional[2]);
+        return 2;
+    }
+    int progress = !opts[0].value && isatty(STDERR_FILENO);
+    char err[512];
+    struct generate_entry *list;
+    int n;
+    int rc = generate_read_list(a.positional[0], &list, &n, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "generate_file: %s\n", err);
+        return 1;
+    }
+    if (n == 0) {
+        fprintf(stderr, "generate_file: %s lists no models\n", a.positional[0]);
+        free(list);
+        return 1;
+    }
+    struct kvbin_writer *w;
+    rc = kvbin_writer_open(&w, a.positional[1]);
+    if (rc) {
+        fprintf(stderr, "generate_file: cannot create %s: %s\n", a.positional[1], pps_strerror(rc));
+        free(list);
+        return 1;
+    }
+    double t0 = now_s();
+    for (int i = 0; i < n && !rc; i++)
+        rc = generate_model(w, &list[i], max_batch, progress, err, sizeof err);
+    if (rc) {
+        kvbin_writer_abort(w);
+        fprintf(stderr, "generate_file: %s\n", err);
+        free(list);
+        return 1;
+    }
+    rc = kvbin_writer_close(w);
+    if (rc) {
+        fprintf(stderr, "generate_file: writing %s: %s\n", a.positional[1], pps_strerror(rc));
+        free(list);
+        return 1;
+    }
+    printf("generate_file: wrote %d model%s to %s in %.2f s\n", n, n == 1 ? "" : "s",
+           a.positional[1], now_s() - t0);
+    free(list);
+    return 0;
+}

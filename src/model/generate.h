@@ -1,0 +1,37 @@
+/* generate: the generate_file program. Reads the seed's model_list.txt,
+ * builds every listed model from the zoo, cuts its parameters into batches
+ * and writes kv.bin ("<model>-METADATA", then "<model>-BATCH-<i>").
+ *
+ * model_list.txt: a header line (ignored), then one model a line:
+ *   model_name[, seq_len]
+ * model_name is a zoo model, optionally with "-alter-<suffix>"; seq_len
+ * (transformers only, default 128) is the sequence length the graph is
+ * built for. Blank lines and lines starting with '#' are skipped. */
+#ifndef PIPEPS_GENERATE_H
+#define PIPEPS_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/zoo.h"
+
+struct generate_entry {
+    char name[GRAPH_NAME_MAX + 1];
+    struct zoo_options opt;
+};
+
+/* Parse a model list. *out (caller frees) gets *count entries. Returns 0,
+ * PPS_EINVAL with a message naming the line in err, or PPS_EIO. */
+int generate_read_list(const char *path, struct generate_entry **out, int *count, char *err,
+                       size_t errlen);
+
+/* Build one model, batch it and append it to w (progress to stderr if
+ * progress). The writer is the kvbin writer of src/formats/kvbin.h. */
+struct kvbin_writer;
+int generate_model(struct kvbin_writer *w, const struct generate_entry *e,
+                   uint64_t max_batch_size, int progress, char *err, size_t errlen);
+
+/* generate_file MODEL_LIST KV_BIN [MAX_BATCH_SIZE] */
+int generate_file_main(int argc, char **argv);
+
+#endif
