@@ -162,6 +162,26 @@ static void print_server_stat(struct bench *b)
     close(fd);
 }
 
+/* One numeric STAT field of the server, or -1. */
+static double server_stat(struct bench *b, const char *name)
+{
+    int fd;
+    double v = -1;
+    if (net_connect(b->host, b->port, 5000, &fd))
+        return v;
+    uint8_t *resp = NULL;
+    uint64_t len;
+    if (frame_call(fd, MSG_STAT, NULL, 0, &resp, &len, 1 << 20) == 0) {
+        size_t n = strlen(name);
+        for (char *line = strtok((char *)resp, "\n"); line; line = strtok(NULL, "\n"))
+            if (strncmp(line, name, n) == 0 && line[n] == ' ')
+                v = strtod(line + n + 1, NULL);
+    }
+    free(resp);
+    close(fd);
+    return v;
+}
+
 /* ---- spawning the server ---- */
 
 static pid_t spawn_server(const char *dir, char *host, size_t hostlen, uint16_t *port)
@@ -295,20 +315,24 @@ int main(int argc, char **argv)
            (unsigned long long)b.get_ops, reps);
     fflush(stdout);
 
-    double put1[MAX_REPS], putn[MAX_REPS], getn[MAX_REPS];
+    double put1[MAX_REPS], putn[MAX_REPS], getn[MAX_REPS], batch[MAX_REPS];
     int rc = 0;
     /* Fill every key first, so GETs always hit. */
     if (run_phase(&b, b.threads, 1, (uint64_t)b.keys + (uint64_t)b.threads) < 0)
         rc = 1;
     for (int r = 0; r < reps && !rc; r++) {
         put1[r] = run_phase(&b, 1, 1, b.put_ops / 4 ? b.put_ops / 4 : 1);
+        double f0 = server_stat(&b, "fsyncs"), p0 = server_stat(&b, "puts");
         putn[r] = run_phase(&b, b.threads, 1, b.put_ops);
+        double f1 = server_stat(&b, "fsyncs"), p1 = server_stat(&b, "puts");
+        batch[r] = f1 > f0 ? (p1 - p0) / (f1 - f0) : 0;
         getn[r] = run_phase(&b, b.threads, 0, b.get_ops);
         if (put1[r] < 0 || putn[r] < 0 || getn[r] < 0)
             rc = 1;
         else
-            printf("rep %d: PUT 1 client %.0f/s, PUT %d clients %.0f/s, GET %d clients %.0f/s\n",
-                   r + 1, put1[r], b.threads, putn[r], b.threads, getn[r]);
+            printf("rep %d: PUT 1 client %.0f/s, PUT %d clients %.0f/s (%.2f writes per fsync), "
+                   "GET %d clients %.0f/s\n",
+                   r + 1, put1[r], b.threads, putn[r], batch[r], b.threads, getn[r]);
         fflush(stdout);
     }
     if (!rc) {
@@ -320,7 +344,9 @@ int main(int argc, char **argv)
         report(name, putn, reps);
         snprintf(name, sizeof name, "GET, %d clients", b.threads);
         report(name, getn, reps);
-        printf("group commit gain (median PUT %d clients / 1 client): %.2fx\n", b.threads, mn / m1);
+        printf("group commit gain (median PUT %d clients / 1 client): %.2fx; "
+               "median %.2f writes per fsync with %d clients\n",
+               b.threads, mn / m1, median(batch, reps), b.threads);
         print_server_stat(&b);
     }
     if (server > 0) {

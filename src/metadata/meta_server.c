@@ -87,7 +87,7 @@ struct conn {
 struct meta_server {
     struct event_base *base;
     struct evconnlistener *listener;
-    struct event *flush_ev, *sync_ev, *sigterm_ev, *sigint_ev;
+    struct event *flush_ev, *sync_ev, *sigterm_ev, *sigint_ev, *accept_retry_ev;
     struct meta_index index;
     struct meta_log log;
     struct meta_sync *sync;
@@ -752,7 +752,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
     size_t left = evbuffer_get_length(bufferevent_get_input(bev));
-    if ((what & BEV_EVENT_EOF) && left && !c->closing) {
+    if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && left && !c->closing) {
+        /* An EOF or a reset (a peer that closes with unread answers) alike. */
         uint8_t raw[FRAME_HEADER_SIZE];
         struct frame_header h = {0};
         c->srv->n_bad_frames++;
@@ -844,9 +845,25 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 
 static void accept_error_cb(struct evconnlistener *lev, void *arg)
 {
-    (void)lev;
-    (void)arg;
-    log_error("accept failed: %s", strerror(errno));
+    struct meta_server *srv = arg;
+    int err = errno;
+    log_error("accept failed: %s", strerror(err));
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        /* The pending connection stays in the backlog and the listener would
+         * fire again at once: pause accepting for a moment instead of spinning. */
+        struct timeval tv = {0, 200 * 1000};
+        evconnlistener_disable(lev);
+        event_add(srv->accept_retry_ev, &tv);
+    }
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct meta_server *srv = arg;
+    if (!srv->stopping)
+        evconnlistener_enable(srv->listener);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -921,6 +938,8 @@ static void server_free(struct meta_server *srv)
         event_free(srv->sigterm_ev);
     if (srv->sigint_ev)
         event_free(srv->sigint_ev);
+    if (srv->accept_retry_ev)
+        event_free(srv->accept_retry_ev);
     if (srv->base)
         event_base_free(srv->base);
     meta_log_close(&srv->log);
@@ -993,7 +1012,9 @@ int meta_server_run(const struct meta_server_options *opt)
                              sync_cb, srv);
     srv->sigterm_ev = evsignal_new(srv->base, SIGTERM, signal_cb, srv);
     srv->sigint_ev = evsignal_new(srv->base, SIGINT, signal_cb, srv);
-    if (!srv->flush_ev || !srv->sync_ev || !srv->sigterm_ev || !srv->sigint_ev) {
+    srv->accept_retry_ev = evtimer_new(srv->base, accept_retry_cb, srv);
+    if (!srv->flush_ev || !srv->sync_ev || !srv->sigterm_ev || !srv->sigint_ev ||
+        !srv->accept_retry_ev) {
         rc = PPS_ENOMEM;
         goto out;
     }

@@ -573,3 +573,26 @@ def test_writes_progress_while_readers_are_busy(meta):
         for t in readers:
             t.join(30)
     assert not errors, errors
+
+
+def test_out_of_file_descriptors_then_recovers(tmp_path):
+    """More clients than the daemon has descriptors for: accept fails, is
+    logged, the daemon pauses accepting instead of spinning, keeps serving the
+    connections it has, and accepts again once descriptors are free."""
+    from pipeps_testlib import Daemon
+    port = free_port()
+    cmd = "ulimit -n 32 && exec %s %d --dir %s" % (binary("metadata_storage"), port,
+                                                     tmp_path / "data")
+    d = Daemon(["sh", "-c", cmd], port, str(tmp_path / "l.txt"))
+    first = MetaConn(port)
+    assert first.put("k", b"v")[0] == 0
+    extra = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+    assert wait_for_log(d, "accept failed")
+    assert first.get("k") == (0, b"v")   # an existing client is unaffected
+    for s in extra:
+        s.close()
+    late = MetaConn(port, timeout=30)
+    assert late.get("k") == (0, b"v")
+    late.close()
+    first.close()
+    stop_clean(d)
