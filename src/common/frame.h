@@ -47,7 +47,17 @@
     X(STORE_PUT,     0x0201)                                                  \
     X(STORE_GET,     0x0202)                                                  \
     X(STORE_DELETE,  0x0203)                                                  \
-    X(STORE_STAT,    0x0204)
+    X(STORE_STAT,    0x0204)                                                  \
+    X(CACHE_HELLO,   0x0301)                                                  \
+    X(CACHE_SUBSCRIBE, 0x0302)                                                \
+    X(CACHE_META,    0x0303)                                                  \
+    X(CACHE_BATCH,   0x0304)                                                  \
+    X(CACHE_DONE,    0x0305)                                                  \
+    X(CACHE_UNPIN,   0x0306)                                                  \
+    X(CACHE_IN,      0x0307)                                                  \
+    X(CACHE_OUT,     0x0308)                                                  \
+    X(LB_CACHE_REGISTER, 0x0501)                                              \
+    X(LB_CACHE_EVENT, 0x0502)
 
 enum frame_type {
 #define FRAME_TYPE_ENUM(name, value) MSG_##name = (value),

@@ -9,7 +9,9 @@
     X("inspect", inspect_main, "list the models and keys of a kv.bin file")   \
     X("metadata_storage", metadata_storage_main, "key-value server for metadata (durable log)") \
     X("meta", meta_cli_main, "metadata storage client: get/put/delete/list") \
-    X("generate_file", generate_file_main, "build the model list's models and write kv.bin")
+    X("generate_file", generate_file_main, "build the model list's models and write kv.bin") \
+    X("stat", stat_main, "print a running daemon's counters")                 \
+    X("cache-get", cache_get_main, "subscribe to a model at a cache (a server stand-in)")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
@@ -17,5 +19,8 @@ int version_main(int argc, char **argv);
 
 #include "metadata/meta_cli.h"
 #include "metadata/meta_server.h"
+
+int stat_main(int argc, char **argv);
+#include "cache/cache_tool.h"
 
 #endif

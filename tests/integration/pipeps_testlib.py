@@ -208,3 +208,281 @@ def start_metadata(data_dir, log_path, port=None, extra=(), cwd=None):
         args += ["--dir", str(data_dir)]
     args += [str(a) for a in extra]
     return Daemon(args, port, str(log_path), cwd=cwd)
+# ---- cache (0x03xx) and its load-balancer link (0x05xx) ----
+
+MSG.update({
+    "CACHE_HELLO": 0x0301, "CACHE_SUBSCRIBE": 0x0302, "CACHE_META": 0x0303,
+    "CACHE_BATCH": 0x0304, "CACHE_DONE": 0x0305, "CACHE_UNPIN": 0x0306,
+    "CACHE_IN": 0x0307, "CACHE_OUT": 0x0308,
+    "LB_CACHE_REGISTER": 0x0501, "LB_CACHE_EVENT": 0x0502,
+})
+E.update({"CANCELED": -19, "INTERNAL": -20})
+
+LOCATION_MAGIC = 0x4C535050  # "PPSL", src/formats/location.h
+
+
+def encode_location(model, generation, total_size, metadata_key, keys):
+    """The "<model>-LOCATION" record (src/formats/location.h).
+    keys: [(key, size, [(offset, size, addr, port, storage_key), ...]), ...]"""
+    out = struct.pack("<IHH", LOCATION_MAGIC, 1, 0) + pack_str(model)
+    out += struct.pack("<QQ", generation, total_size) + pack_str(metadata_key)
+    out += struct.pack("<I", len(keys))
+    for key, size, slices in keys:
+        out += pack_str(key) + struct.pack("<QI", size, len(slices))
+        for off, sz, addr, port, skey in slices:
+            out += struct.pack("<QQ", off, sz) + pack_str(addr) + struct.pack("<H", port)
+            out += pack_str(skey)
+    return out
+
+
+def slice_plan(length, nstorages):
+    """Equal slices, a multiple of 512 bytes each, the last one shorter
+    (the rule of deploy_file)."""
+    if length == 0:
+        return [(0, 0)]
+    per = -(-length // nstorages)
+    per = -(-per // 512) * 512
+    out, off = [], 0
+    while off < length:
+        out.append((off, min(per, length - off)))
+        off += per
+    return out
+
+
+def deploy_synthetic(meta_port, storage_ports, model, batch_sizes, seed=1, generation=1,
+                     metadata=None):
+    """Deploy a model without deploy_file: random batches cut into slices over
+    the given storages (STORE_PUT), the description and the location record
+    (META_PUT, record last). Returns {"batches": [bytes], "metadata": bytes}."""
+    import random
+    rng = random.Random(seed)
+    batches = [rng.randbytes(n) for n in batch_sizes]
+    if metadata is None:
+        metadata = ("description of %s: %d batches\n" % (model, len(batches))).encode() * 7
+    conns = [Conn(p) for p in storage_ports]
+    keys = []
+    try:
+        for i, data in enumerate(batches):
+            key = "%s-BATCH-%d" % (model, i)
+            skey = "%s@%d" % (key, generation)
+            slices = []
+            for j, (off, sz) in enumerate(slice_plan(len(data), len(storage_ports))):
+                st, body = conns[j].call(MSG["STORE_PUT"], pack_str(skey) + data[off:off + sz])
+                assert st == 0, body
+                slices.append((off, sz, "127.0.0.1", storage_ports[j], skey))
+            keys.append((key, len(data), slices))
+    finally:
+        for c in conns:
+            c.close()
+    mkey = "%s-METADATA@%d" % (model, generation)
+    meta = Conn(meta_port)
+    try:
+        for k, v in ((mkey, metadata), ("%s-SIZE" % model, struct.pack("<Q", sum(batch_sizes))),
+                     ("%s-LOCATION" % model,
+                      encode_location(model, generation, sum(batch_sizes), mkey, keys))):
+            st, body = meta.call(MSG["META_PUT"], pack_str(k) + v)
+            assert st == 0, body
+    finally:
+        meta.close()
+    return {"batches": batches, "metadata": metadata}
+
+
+class CacheConn(Conn):
+    """A server's connection to the cache (docs/protocol.md, "Cache")."""
+
+    def hello(self):
+        st, body = self.call(MSG["CACHE_HELLO"])
+        assert st == 0, body
+        version, = struct.unpack_from("<I", body, 0)
+        n, = struct.unpack_from("<I", body, 4)
+        name = body[8:8 + n].decode()
+        pool_size, block_size = struct.unpack_from("<QQ", body, 8 + n)
+        return {"version": version, "shm_name": name, "pool_size": pool_size,
+                "block_size": block_size}
+
+    def subscribe(self, model):
+        return self.send(MSG["CACHE_SUBSCRIBE"], pack_str(model))
+
+    def event(self):
+        """The next frame as a dict: kind meta/batch/done/error/other."""
+        mtype, flags, status, rid, body = self.recv()
+        ev = {"rid": rid, "type": mtype, "status": status, "flags": flags}
+        if mtype == MSG["CACHE_META"]:
+            n, = struct.unpack_from("<I", body, 0)
+            ev.update(kind="meta", model=body[4:4 + n].decode())
+            (ev["generation"], ev["total_size"], ev["nbatches"], ev["offset"],
+             ev["len"]) = struct.unpack_from("<QQIQQ", body, 4 + n)
+        elif mtype == MSG["CACHE_BATCH"]:
+            ev["kind"] = "batch"
+            ev["index"], ev["offset"], ev["len"] = struct.unpack("<IQQ", body)
+        elif mtype == MSG["CACHE_DONE"]:
+            ev["kind"] = "done"
+            ev["nbatches"], ev["hit"] = struct.unpack("<IB", body)
+        elif status < 0:
+            ev.update(kind="error", message=body.decode(errors="replace"))
+        else:
+            ev.update(kind="other", body=body)
+        return ev
+
+    def follow(self, rid, on_event=None):
+        """Events of subscription rid up to done/error (others are not expected)."""
+        events = []
+        while True:
+            ev = self.event()
+            assert ev["rid"] == rid, ev
+            events.append(ev)
+            if on_event:
+                on_event(ev)
+            if ev["kind"] in ("done", "error"):
+                return events
+
+    def unpin(self, rid):
+        return self.call(MSG["CACHE_UNPIN"], struct.pack("<Q", rid))
+
+    def cache_in(self, model):
+        return self.call(MSG["CACHE_IN"], pack_str(model))
+
+    def cache_out(self, model):
+        return self.call(MSG["CACHE_OUT"], pack_str(model))
+
+    def stat(self):
+        st, body = self.call(MSG["STAT"])
+        assert st == 0, body
+        out = {}
+        for line in body.decode().splitlines():
+            name, _, value = line.partition(" ")
+            try:
+                out[name] = int(value)
+            except ValueError:
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    out[name] = value
+        return out
+
+
+def decode_cache_register(body):
+    pos = 0
+
+    def s():
+        nonlocal pos
+        n, = struct.unpack_from("<I", body, pos)
+        v = body[pos + 4:pos + 4 + n].decode()
+        pos += 4 + n
+        return v
+    addr = s()
+    port, = struct.unpack_from("<H", body, pos)
+    pos += 2
+    shm = s()
+    capacity, block_size, used, n = struct.unpack_from("<QQQI", body, pos)
+    pos += 28
+    models = []
+    for _ in range(n):
+        name = s()
+        size, = struct.unpack_from("<Q", body, pos)
+        pos += 8
+        models.append((name, size))
+    assert pos == len(body)
+    return {"server_addr": addr, "server_port": port, "shm_name": shm, "capacity": capacity,
+            "block_size": block_size, "used": used, "models": models}
+
+
+def decode_cache_event(body):
+    kind = body[0]
+    n, = struct.unpack_from("<I", body, 1)
+    model = body[5:5 + n].decode()
+    size, used, capacity = struct.unpack_from("<QQQ", body, 5 + n)
+    return {"kind": {1: "loaded", 2: "evicted", 3: "failed"}[kind], "model": model,
+            "size": size, "used": used, "capacity": capacity}
+
+
+def start_cache(meta_port, lb_port, shm_name, shm_size, block_size, log_path, port=None,
+                extra=()):
+    port = port or free_port()
+    args = [binary("cache"), "127.0.0.1", str(port), "127.0.0.1", str(meta_port), "127.0.0.1",
+            str(lb_port), shm_name, str(shm_size), str(block_size)] + [str(a) for a in extra]
+    return Daemon(args, port, str(log_path))
+
+
+class FakeLB:
+    """Plays the load balancer for cache (and server) tests: accepts
+    connections, answers registrations with status 0, records registrations
+    and one-way events, and sends requests (CACHE_IN/OUT) to the most recent
+    peer, returning its answer."""
+
+    def __init__(self, port=None):
+        import threading
+        self.port = port or free_port()
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", self.port))
+        self.lsock.listen(16)
+        self.cv = threading.Condition()
+        self.peers = []
+        self.registrations = []   # (msg type, payload)
+        self.events = []          # (msg type, payload)
+        self.responses = {}
+        self.next_id = 1000
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                return
+            with self.cv:
+                self.peers.append(s)
+                self.cv.notify_all()
+            threading.Thread(target=self._read, args=(s,), daemon=True).start()
+
+    def _read(self, s):
+        try:
+            while True:
+                magic, version, flags, mtype, status, _r, rid, plen = HEADER.unpack(recv_exact(s, 32))
+                body = recv_exact(s, plen)
+                with self.cv:
+                    if flags & FLAG_RESPONSE:
+                        self.responses[rid] = (mtype, status, body)
+                    elif mtype in (MSG["LB_CACHE_EVENT"],):
+                        self.events.append((mtype, body))
+                    else:
+                        self.registrations.append((mtype, body))
+                        s.sendall(header(mtype, 0, rid, flags=FLAG_RESPONSE))
+                    self.cv.notify_all()
+        except (ConnectionError, OSError):
+            pass
+
+    def wait(self, pred, timeout=30):
+        with self.cv:
+            ok = self.cv.wait_for(pred, timeout)
+        assert ok, "FakeLB: condition not met in %ss" % timeout
+
+    def wait_registrations(self, n, timeout=30):
+        self.wait(lambda: len(self.registrations) >= n, timeout)
+        return self.registrations[n - 1]
+
+    def request(self, mtype, payload, timeout=60):
+        with self.cv:
+            self.next_id += 1
+            rid = self.next_id
+            peer = self.peers[-1]
+        peer.sendall(header(mtype, len(payload), rid) + payload)
+        self.wait(lambda: rid in self.responses, timeout)
+        return self.responses.pop(rid)
+
+    def drop_peers(self):
+        with self.cv:
+            for p in self.peers:
+                try:
+                    p.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                p.close()
+            self.peers = []
+
+    def stop(self):
+        self.lsock.close()
+        self.drop_peers()
