@@ -9,7 +9,10 @@
  *   STORE_DELETE = str key -> empty
  *   STORE_STAT   = empty   -> text, "name value\n" lines
  * Not thread-safe: one client per thread (the cache opens one per storage
- * per fetch worker). */
+ * per fetch worker). After an I/O error in the middle of a frame the
+ * connection is out of step and every later call returns PPS_ECLOSED:
+ * close the client and connect again. storage_delete and storage_stat
+ * return PPS_EBUSY while split GETs are outstanding. */
 #ifndef PIPEPS_STORAGE_CLIENT_H
 #define PIPEPS_STORAGE_CLIENT_H
 
@@ -39,5 +42,9 @@ int storage_get_recv(struct storage_client *c, void *dst, uint64_t dst_cap, uint
 int storage_delete(struct storage_client *c, const char *key);
 /* The STAT text, malloc'd, NUL-terminated; the caller frees. */
 int storage_stat(struct storage_client *c, char **text);
+
+/* The storage's message for the last failed call ("no value for key ..."),
+ * or a local description; "" after a success. Valid until the next call. */
+const char *storage_client_error(const struct storage_client *c);
 
 #endif
