@@ -30,6 +30,9 @@
 /* Room kept free on the file system beyond a PUT's own record. */
 #define STORE_SPACE_MARGIN (1ull << 20)
 #define COPY_CHUNK (8u << 20)
+/* The active file is sealed for compaction only with at least
+ * min(file_size / 4, this) dead bytes. */
+#define ACTIVE_MIN_DEAD (64ull << 20)
 
 struct store_file {
     uint32_t id;
@@ -797,7 +800,8 @@ static int compact_file(struct store *s, struct store_file *f)
 
 /* The sealed file with the lowest live fraction under the ratio, with a
  * reference, or NULL. Seals the active file first if it qualifies, so that
- * deleting everything written recently also frees its space. */
+ * deleting everything written recently also frees its space; but only once
+ * enough of it is dead, or every few small overwrites would start a file. */
 static struct store_file *pick_victim(struct store *s)
 {
     struct store_file *best = NULL;
@@ -805,8 +809,9 @@ static struct store_file *pick_victim(struct store *s)
     pthread_mutex_lock(&s->append);
     pthread_rwlock_rdlock(&s->lock);
     struct store_file *a = s->active;
+    uint64_t min_dead = s->file_size / 4 < ACTIVE_MIN_DEAD ? s->file_size / 4 : ACTIVE_MIN_DEAD;
     if (a && a->writers == 0 && a->size > 0 && !a->no_compact &&
-        (double)a->live < s->ratio * (double)a->size) {
+        a->size - a->live >= min_dead && (double)a->live < s->ratio * (double)a->size) {
         a->sealed = 1;
         s->active = NULL;
     }

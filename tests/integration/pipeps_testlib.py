@@ -208,6 +208,37 @@ def start_metadata(data_dir, log_path, port=None, extra=(), cwd=None):
         args += ["--dir", str(data_dir)]
     args += [str(a) for a in extra]
     return Daemon(args, port, str(log_path), cwd=cwd)
+
+
+# ---- storage (0x02xx) ----
+
+U64_MAX = 2**64 - 1
+
+
+def store_put(conn, key, value):
+    """Returns the status (0 on success)."""
+    status, _body = conn.call(MSG["STORE_PUT"], pack_str(key) + value)
+    return status
+
+
+def store_get(conn, key, offset=0, length=U64_MAX):
+    """Returns (status, bytes or error message)."""
+    return conn.call(MSG["STORE_GET"], pack_str(key) + struct.pack("<QQ", offset, length))
+
+
+def store_stat(conn):
+    status, body = conn.call(MSG["STORE_STAT"])
+    assert status == 0, body
+    return parse_stat(body)
+
+
+def start_storage(data_dir, log_path, port=None, extra=()):
+    """Start build/bin/storage on a free port with data in data_dir."""
+    port = port or free_port()
+    return Daemon([binary("storage"), str(port), "--dir", str(data_dir)] + list(extra), port,
+                  str(log_path))
+
+
 # ---- cache (0x03xx) and its load-balancer link (0x05xx) ----
 
 MSG.update({
