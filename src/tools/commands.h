@@ -14,8 +14,6 @@
     X("cache-get", cache_get_main, "subscribe to a model at a cache (a server stand-in)") \
     X("storage", storage_main, "bulk parameter store daemon: storage PORT [--dir DIR]")
 
-
-
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
 #include "model/generate.h"
