@@ -12,7 +12,8 @@
     X("generate_file", generate_file_main, "build the model list's models and write kv.bin") \
     X("stat", stat_main, "print a running daemon's counters") \
     X("cache-get", cache_get_main, "subscribe to a model at a cache (a server stand-in)") \
-    X("storage", storage_main, "bulk parameter store daemon: storage PORT [--dir DIR]")
+    X("storage", storage_main, "bulk parameter store daemon: storage PORT [--dir DIR]") \
+    X("cache", cache_main, "the per-machine shared-memory parameter cache")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
@@ -23,6 +24,7 @@ int version_main(int argc, char **argv);
 #include "metadata/meta_server.h"
 
 int stat_main(int argc, char **argv);
+#include "cache/cache_main.h"
 #include "cache/cache_tool.h"
 
 #endif
