@@ -186,7 +186,7 @@ def test_readiness_in_batch_order_before_model_done(cl):
 def test_concurrent_subscribers_fetch_once(cl):
     sizes = [MB] * 6
     src = cl.deploy("shared", sizes)
-    cache = cl.cache(extra=["--throttle", "12M"])
+    cache = cl.cache(extra=["--throttle", "12M", "--fetch-threads", "2", "--depth", "3"])
     results = [None] * 4
     barrier = threading.Barrier(4)
 
