@@ -596,11 +596,13 @@ static struct fetch_req *list_pop(struct req_list *q)
     return r;
 }
 
-static void fail_message(char *buf, size_t len, const struct fetch_req *r, int rc)
+static void fail_message(char *buf, size_t len, const struct fetch_req *r, int rc,
+                         const char *detail)
 {
-    set_msg(buf, len, "storage %s:%u, key %s [%llu, +%llu): %s (after %d attempts)",
-             r->addr, r->port, r->key, (unsigned long long)r->offset,
-             (unsigned long long)r->len, pps_strerror(rc), r->attempts);
+    set_msg(buf, len, "storage %s:%u, key %s [%llu, +%llu): %s%s%s (after %d attempts)",
+            r->addr, r->port, r->key, (unsigned long long)r->offset,
+            (unsigned long long)r->len, pps_strerror(rc), detail[0] ? ": " : "", detail,
+            r->attempts);
 }
 
 static void *link_thread(void *arg)
@@ -670,12 +672,15 @@ static void *link_thread(void *arg)
          * request. An error status from the storage is not worth a retry. */
         if (f->stop)
             break;
+        char detail[160] = "";
+        if (sc)
+            set_msg(detail, sizeof detail, "%s", storage_client_error(sc));
         conn_close(f, lc, &sc);
         head = inflight.head;
         head->attempts++;
         if (!is_transport_error(rc) || head->attempts > f->cfg.retries) {
             list_pop(&inflight);
-            fail_message(msg, sizeof msg, head, rc);
+            fail_message(msg, sizeof msg, head, rc, detail);
             log_warn("fetch failed: %s", msg);
             retire(f, head, PPS_EFETCH, 0, msg);
         } else {

@@ -336,6 +336,27 @@ def test_storage_killed_mid_fetch(cl):
         lb.stop()
 
 
+def test_value_missing_on_a_storage_fails_without_retry(cl):
+    cl.deploy("holey", [MB, MB, MB], seed=11)
+    # the location record names a slice the storage no longer has
+    s = T.Conn(cl.storages[1].port)
+    st, body = s.call(T.MSG["STORE_DELETE"], T.pack_str("holey-BATCH-1@1"))
+    assert st == 0, body
+    cache = cl.cache()
+    conn = T.CacheConn(cache.port)
+    rid = conn.subscribe("holey")
+    ev = conn.follow(rid)
+    assert ev[-1]["kind"] == "error" and ev[-1]["status"] == T.E["FETCH"], ev
+    assert "holey-BATCH-1@1" in ev[-1]["message"] and "after 1 attempts" in ev[-1]["message"]
+    # batches before the hole may have been announced; none after it
+    assert [e["index"] for e in ev if e["kind"] == "batch"] in ([], [0])
+    deadline = time.time() + 10
+    while conn.stat()["used_bytes"] and time.time() < deadline:
+        time.sleep(0.05)
+    st = conn.stat()
+    assert st["used_bytes"] == 0 and st["models"] == 0 and st["fetches_failed"] == 1
+
+
 def test_unknown_model_and_bad_names(cl):
     cache = cl.cache()
     conn = T.CacheConn(cache.port)
