@@ -10,6 +10,7 @@
     X("metadata_storage", metadata_storage_main, "key-value server for metadata (durable log)") \
     X("meta", meta_cli_main, "metadata storage client: get/put/delete/list") \
     X("generate_file", generate_file_main, "build the model list's models and write kv.bin") \
+    X("model", model_cli_main, "show a built-in model's graph, batches and METADATA blob") \
     X("stat", stat_main, "print a running daemon's counters") \
     X("cache-get", cache_get_main, "subscribe to a model at a cache (a server stand-in)") \
     X("storage", storage_main, "bulk parameter store daemon: storage PORT [--dir DIR]") \
@@ -18,6 +19,7 @@
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
 #include "model/generate.h"
+#include "model/model_cli.h"
 #include "storage/storage_server.h"
 
 #include "metadata/meta_cli.h"

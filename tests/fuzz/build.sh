@@ -2,12 +2,25 @@
 # Build and run the libFuzzer targets (clang needed; not part of ctest).
 #   tests/fuzz/build.sh            build build-fuzz/fuzz_kvbin, seed a corpus, fuzz 60 s
 #   tests/fuzz/build.sh 600        fuzz 600 s
+#   tests/fuzz/build.sh 60 model_blob   the METADATA blob decoder (fuzz_model_blob) instead
 # Crashes land in build-fuzz/ as crash-*; replay one with
 #   build-fuzz/fuzz_kvbin build-fuzz/crash-...
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-60}
 out=build-fuzz
+if [ "${2:-}" = "model_blob" ]; then
+  mkdir -p "$out/corpus-model-blob"
+  mflags=(-std=c11 -D_GNU_SOURCE -g -O1 -Isrc -DMODEL_BLOB_FUZZ_NO_CHECKSUM)
+  msrc=(src/model/graph.c src/model/batching.c src/model/model_blob.c src/model/zoo*.c
+        src/common/err.c src/common/buf.c)
+  clang "${mflags[@]}" tests/fuzz/model_blob_seeds.c "${msrc[@]}" -lxxhash -lm -o "$out/model_blob_seeds"
+  "$out/model_blob_seeds" "$out/corpus-model-blob"
+  clang "${mflags[@]}" -fsanitize=fuzzer,address,undefined tests/fuzz/fuzz_model_blob.c "${msrc[@]}" \
+    -lxxhash -lm -o "$out/fuzz_model_blob"
+  exec "$out/fuzz_model_blob" -max_total_time="$seconds" -max_len=131072 -artifact_prefix="$out/" \
+    "$out/corpus-model-blob"
+fi
 mkdir -p "$out/corpus-kvbin"
 flags=(-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -DKVBIN_FUZZ_NO_HEADER_CHECKSUM)
 clang "${flags[@]}" tests/fuzz/fuzz_kvbin.c src/formats/kvbin.c src/common/err.c src/common/buf.c \
