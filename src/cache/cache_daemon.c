@@ -85,6 +85,12 @@ struct model_state {
     double t_start;
     struct model_state *zprev, *znext; /* detached models awaiting release */
     struct cache_model *m;
+    /* between RESOLVED and placement: the records (owned here) */
+    struct location_record loc;
+    uint8_t *metadata;
+    uint64_t metadata_len;
+    int waiting;               /* for blocks an interrupted fetch still holds */
+    struct model_state *wnext;
 };
 
 struct lb_link {
@@ -104,7 +110,7 @@ struct cache_daemon {
     struct cache_config cfg;
     struct event_base *base;
     struct evconnlistener *listener;
-    struct event *fetch_ev, *sigterm_ev, *sigint_ev, *reaper_ev;
+    struct event *fetch_ev, *sigterm_ev, *sigint_ev, *reaper_ev, *room_ev;
     struct shm_pool pool;
     struct cache_store store;
     struct fetcher *fetch;
@@ -112,6 +118,9 @@ struct cache_daemon {
     int nconns;
     struct lb_link lb;
     struct model_state *zombies;
+    struct model_state *waiting;  /* resolved models waiting for room, FIFO */
+    struct fetch_job **orphans;   /* jobs of released models, awaiting FINISHED */
+    size_t norphans, orphans_cap;
     int stopping;
     uint16_t listen_port;
     /* counters */
@@ -351,11 +360,63 @@ static void fetch_activity(struct cache_daemon *d, struct model_state *ms, int o
     }
 }
 
+/* Every batch of the model has landed, so no thread writes into its blocks
+ * any more; only the job's bookkeeping lives on until FINISHED. Let it go
+ * without the model, so the blocks can be freed now. */
+static void orphan_job(struct cache_daemon *d, struct model_state *ms)
+{
+    if (!ms->job)
+        return;
+    PPS_ASSERT(ms->m->state == CACHE_MODEL_READY);
+    fetch_job_set_owner(ms->job, NULL);
+    if (d->norphans == d->orphans_cap) {
+        d->orphans_cap = d->orphans_cap ? d->orphans_cap * 2 : 8;
+        d->orphans = pps_xrealloc(d->orphans, d->orphans_cap * sizeof *d->orphans);
+    }
+    d->orphans[d->norphans++] = ms->job;
+    ms->job = NULL;
+}
+
+static void orphan_finished(struct cache_daemon *d, struct fetch_job *job)
+{
+    for (size_t i = 0; i < d->norphans; i++)
+        if (d->orphans[i] == job) {
+            d->orphans[i] = d->orphans[--d->norphans];
+            break;
+        }
+    fetch_job_free(job);
+}
+
+static void drop_records(struct model_state *ms)
+{
+    location_free(&ms->loc);
+    free(ms->metadata);
+    ms->metadata = NULL;
+    ms->metadata_len = 0;
+}
+
+static void unwait(struct cache_daemon *d, struct model_state *ms)
+{
+    if (!ms->waiting)
+        return;
+    struct model_state **pp = &d->waiting;
+    while (*pp != ms)
+        pp = &(*pp)->wnext;
+    *pp = ms->wnext;
+    ms->wnext = NULL;
+    ms->waiting = 0;
+}
+
 static void release_model(struct cache_daemon *d, struct cache_model *m)
 {
     struct model_state *ms = m->owner;
-    PPS_ASSERT(!ms->subs && !ms->job && !ms->resolving);
+    PPS_ASSERT(!ms->subs && !ms->resolving);
+    orphan_job(d, ms);
     fetch_activity(d, ms, 0);
+    unwait(d, ms);
+    drop_records(ms);
+    if (!m->in_table && m->placed && d->waiting) /* room for a waiting model? */
+        event_active(d->room_ev, EV_TIMEOUT, 0);
     if (!m->in_table) {
         if (ms->zprev)
             ms->zprev->znext = ms->znext;
@@ -381,10 +442,10 @@ static void detach_model(struct cache_daemon *d, struct cache_model *m)
     if (d->zombies)
         d->zombies->zprev = ms;
     d->zombies = ms;
-    if (ms->job)
+    if (ms->job && m->state != CACHE_MODEL_READY)
         fetch_job_cancel(ms->job);
     fetch_activity(d, ms, 0);
-    if (!ms->job && !ms->resolving && m->pins == 0)
+    if (!ms->resolving && m->pins == 0 && (!ms->job || m->state == CACHE_MODEL_READY))
         release_model(d, m);
 }
 
@@ -393,7 +454,10 @@ static void fail_model(struct cache_daemon *d, struct cache_model *m, int status
                        int report)
 {
     struct model_state *ms = m->owner;
-    log_warn("model %s: fetch failed: %s", m->name, msg);
+    if (status == PPS_ECANCELED)
+        log_info("model %s: fetch cancelled: %s", m->name, msg);
+    else
+        log_warn("model %s: fetch failed: %s", m->name, msg);
     char text[512];
     snprintf(text, sizeof text, "model %s: %s", m->name, msg);
     while (ms->subs) {
@@ -429,7 +493,8 @@ static void evict_cb(struct cache_model *victim, void *arg)
 {
     struct cache_daemon *d = arg;
     struct model_state *ms = victim->owner;
-    PPS_ASSERT(!ms->subs && !ms->job && !ms->resolving);
+    PPS_ASSERT(!ms->subs && !ms->resolving);
+    orphan_job(d, ms);
     log_info("model %s: evicted (least recently used, %" PRIu64 " bytes) to make room",
              victim->name, victim->blocks_held * d->store.block_size);
     d->evictions_lru++;
@@ -442,6 +507,7 @@ static void model_ready(struct cache_daemon *d, struct cache_model *m)
 {
     struct model_state *ms = m->owner;
     m->state = CACHE_MODEL_READY;
+    m->busy = 0; /* evictable even before the job's FINISHED: see orphan_job */
     double dt = now_s() - ms->t_start;
     log_info("model %s: ready, %u batches, %" PRIu64 " bytes in %.3f s (%.1f MB/s)", m->name,
              m->nbatches, m->total_size, dt, dt > 0 ? (double)m->total_size / dt / 1e6 : 0.0);
@@ -471,10 +537,20 @@ static long batch_index(const char *model, const char *key, uint32_t nkeys)
     return v;
 }
 
-static void on_resolved(struct cache_daemon *d, struct cache_model *m, struct fetch_event *ev)
+/* Does an interrupted fetch still hold blocks that will come free soon? */
+static int zombies_hold_blocks(const struct cache_daemon *d)
+{
+    for (const struct model_state *z = d->zombies; z; z = z->znext)
+        if (z->m->placed)
+            return 1;
+    return 0;
+}
+
+/* Place a resolved model (its records in ms) and start fetching its batches. */
+static void place_and_fetch(struct cache_daemon *d, struct cache_model *m)
 {
     struct model_state *ms = m->owner;
-    struct location_record *loc = &ev->loc;
+    struct location_record *loc = &ms->loc;
     char msg[384];
     uint32_t nb = 0;
     for (uint32_t k = 0; k < loc->nkeys; k++)
@@ -494,15 +570,30 @@ static void on_resolved(struct cache_daemon *d, struct cache_model *m, struct fe
     }
     if (bad) {
         snprintf(msg, sizeof msg, "location record lists batches that are not 0..%u", nb - 1);
-        fail_model(d, m, PPS_ECORRUPT, msg, 1);
-        goto out;
+        free(keys);
+        free(lens);
+        fail_model(d, m, PPS_ECORRUPT, msg, 1); /* frees m */
+        return;
     }
     for (uint32_t i = 0; i < nb; i++)
         lens[i] = keys[i]->size;
 
-    int rc = cache_store_place(&d->store, m, ev->metadata_len, nb, lens, evict_cb, d);
+    int rc = cache_store_place(&d->store, m, ms->metadata_len, nb, lens, evict_cb, d);
+    if (rc == PPS_ENOSPACE && zombies_hold_blocks(d)) {
+        /* a cancelled or failed fetch frees its blocks once its threads
+         * let go (milliseconds): wait for that rather than fail */
+        log_info("model %s: waiting for the blocks of an interrupted fetch", m->name);
+        struct model_state **pp = &d->waiting;
+        while (*pp)
+            pp = &(*pp)->wnext;
+        *pp = ms;
+        ms->waiting = 1;
+        free(keys);
+        free(lens);
+        return;
+    }
     if (rc) {
-        uint64_t need = cache_store_blocks_for(&d->store, ev->metadata_len);
+        uint64_t need = cache_store_blocks_for(&d->store, ms->metadata_len);
         for (uint32_t i = 0; i < nb; i++)
             need += cache_store_blocks_for(&d->store, lens[i]);
         snprintf(msg, sizeof msg,
@@ -510,14 +601,17 @@ static void on_resolved(struct cache_daemon *d, struct cache_model *m, struct fe
                  " free, the rest pinned or being fetched",
                  need * d->store.block_size, d->pool.size,
                  d->store.alloc.nfree * d->store.block_size);
-        fail_model(d, m, rc, msg, 1);
-        goto out;
+        free(keys);
+        free(lens);
+        fail_model(d, m, rc, msg, 1); /* frees m */
+        return;
     }
     m->generation = loc->generation;
-    if (ev->metadata_len)
-        memcpy(d->pool.base + m->meta.offset, ev->metadata, ev->metadata_len);
+    if (ms->metadata_len)
+        memcpy(d->pool.base + m->meta.offset, ms->metadata, ms->metadata_len);
     m->meta.ready = 1;
-    struct fetch_job *job = fetch_job_new(d->fetch, m, nb);
+    struct fetch_job *job = fetch_job_new(d->fetch, nb);
+    fetch_job_set_owner(job, m);
     for (uint32_t i = 0; i < nb; i++) {
         const struct location_key *k = keys[i];
         if (k->size == 0) {
@@ -532,14 +626,30 @@ static void on_resolved(struct cache_daemon *d, struct cache_model *m, struct fe
     ms->job = job;
     m->busy = 1;
     fetch_job_submit(job);
+    free(keys);
+    free(lens);
+    drop_records(ms); /* the job has copied what it needs */
     log_info("model %s: %u batches, %" PRIu64 " bytes placed at pool offset %" PRIu64, m->name, nb,
              m->total_size, m->meta.offset);
     flush_model(d, m);
     if (m->nready == m->nbatches)
         model_ready(d, m);
-out:
-    free(keys);
-    free(lens);
+}
+
+static void room_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct cache_daemon *d = arg;
+    struct model_state *list = d->waiting;
+    d->waiting = NULL;
+    while (list) {
+        struct model_state *ms = list;
+        list = ms->wnext;
+        ms->wnext = NULL;
+        ms->waiting = 0;
+        place_and_fetch(d, ms->m); /* may wait again, fail, or start */
+    }
 }
 
 static void on_fetch_event(evutil_socket_t fd, short what, void *arg)
@@ -549,23 +659,36 @@ static void on_fetch_event(evutil_socket_t fd, short what, void *arg)
     struct cache_daemon *d = arg;
     struct fetch_event ev;
     while (fetch_next_event(d->fetch, &ev)) {
-        struct cache_model *m = ev.token;
-        struct model_state *ms = m->owner;
-        switch (ev.kind) {
-        case FETCH_EV_RESOLVED:
+        if (ev.kind == FETCH_EV_RESOLVED) {
+            struct cache_model *m = ev.token;
+            struct model_state *ms = m->owner;
             ms->resolving = 0;
             m->busy = ms->job != NULL;
             if (!m->in_table) {
-                if (!ms->job && m->pins == 0)
+                if (m->pins == 0)
                     release_model(d, m);
             } else if (ev.status) {
                 fail_model(d, m, ev.status, ev.message, 1);
             } else {
-                on_resolved(d, m, &ev);
+                ms->loc = ev.loc;
+                ms->metadata = ev.metadata;
+                ms->metadata_len = ev.metadata_len;
+                memset(&ev.loc, 0, sizeof ev.loc);
+                ev.metadata = NULL;
+                place_and_fetch(d, m);
             }
             location_free(&ev.loc);
             free(ev.metadata);
-            break;
+            continue;
+        }
+        struct cache_model *m = fetch_job_owner(ev.job);
+        if (!m) { /* the model was released after all its batches landed */
+            if (ev.kind == FETCH_EV_FINISHED)
+                orphan_finished(d, ev.job);
+            continue;
+        }
+        struct model_state *ms = m->owner;
+        switch (ev.kind) {
         case FETCH_EV_BATCH:
             if (!m->in_table || ev.batch >= m->nbatches || m->batches[ev.batch].ready)
                 break;
@@ -586,6 +709,8 @@ static void on_fetch_event(evutil_socket_t fd, short what, void *arg)
             m->busy = ms->resolving;
             if (!m->in_table && !ms->resolving && m->pins == 0)
                 release_model(d, m);
+            break;
+        default:
             break;
         }
     }
@@ -1108,11 +1233,15 @@ static void daemon_free(struct cache_daemon *d)
         d->conns->dead = 1;
         conn_free(d->conns);
     }
+    for (size_t i = 0; i < d->norphans; i++)
+        fetch_job_free(d->orphans[i]);
+    free(d->orphans);
     /* every subscription is gone; free per-model state, then the models */
     while (d->zombies) {
         struct model_state *ms = d->zombies;
         d->zombies = ms->znext;
         fetch_job_free(ms->job);
+        drop_records(ms);
         cache_store_release(&d->store, ms->m);
         free(ms);
     }
@@ -1120,6 +1249,7 @@ static void daemon_free(struct cache_daemon *d)
         struct model_state *ms = m->owner;
         if (ms) {
             fetch_job_free(ms->job);
+            drop_records(ms);
             free(ms);
         }
         m->owner = NULL;
@@ -1132,6 +1262,8 @@ static void daemon_free(struct cache_daemon *d)
         event_free(d->fetch_ev);
     if (d->reaper_ev)
         event_free(d->reaper_ev);
+    if (d->room_ev)
+        event_free(d->room_ev);
     if (d->sigterm_ev)
         event_free(d->sigterm_ev);
     if (d->sigint_ev)
@@ -1212,10 +1344,11 @@ int cache_daemon_run(const struct cache_config *cfg)
     d->fetch_ev = event_new(d->base, fetch_event_fd(d->fetch), EV_READ | EV_PERSIST,
                             on_fetch_event, d);
     d->reaper_ev = event_new(d->base, -1, 0, reaper_cb, d);
+    d->room_ev = event_new(d->base, -1, 0, room_cb, d);
     d->lb.timer = evtimer_new(d->base, lb_timer_cb, d);
     d->sigterm_ev = evsignal_new(d->base, SIGTERM, signal_cb, d);
     d->sigint_ev = evsignal_new(d->base, SIGINT, signal_cb, d);
-    if (!d->listener || !d->fetch_ev || !d->reaper_ev || !d->lb.timer || !d->sigterm_ev ||
+    if (!d->listener || !d->fetch_ev || !d->reaper_ev || !d->room_ev || !d->lb.timer || !d->sigterm_ev ||
         !d->sigint_ev) {
         if (!d->listener)
             close(lfd);

@@ -44,7 +44,7 @@ struct fetch_req {
 
 struct fetch_job {
     struct fetcher *f;
-    void *token;
+    void *owner;                /* the event consumer's; threads never touch it */
     uint32_t nbatches;
     atomic_uint *remaining;     /* per batch: requests not yet landed */
     atomic_long outstanding;    /* requests not yet retired */
@@ -338,7 +338,6 @@ static void retire(struct fetcher *f, struct fetch_req *r, int err, int skipped,
             !atomic_load(&job->canceled)) {
             memset(&ev, 0, sizeof ev);
             ev.kind = FETCH_EV_FAILED;
-            ev.token = job->token;
             ev.job = job;
             ev.status = err;
             set_msg(ev.message, sizeof ev.message, "%s", message ? message : pps_strerror(err));
@@ -348,7 +347,6 @@ static void retire(struct fetcher *f, struct fetch_req *r, int err, int skipped,
         if (atomic_fetch_sub(&job->remaining[r->batch], 1) == 1 && !job_dead(job)) {
             memset(&ev, 0, sizeof ev);
             ev.kind = FETCH_EV_BATCH;
-            ev.token = job->token;
             ev.job = job;
             ev.batch = r->batch;
             push_event(f, &ev);
@@ -358,17 +356,18 @@ static void retire(struct fetcher *f, struct fetch_req *r, int err, int skipped,
     if (atomic_fetch_sub(&job->outstanding, 1) == 1) {
         memset(&ev, 0, sizeof ev);
         ev.kind = FETCH_EV_FINISHED;
-        ev.token = job->token;
         ev.job = job;
         push_event(f, &ev);
     }
 }
 
-struct fetch_job *fetch_job_new(struct fetcher *f, void *token, uint32_t nbatches)
+void fetch_job_set_owner(struct fetch_job *job, void *owner) { job->owner = owner; }
+void *fetch_job_owner(const struct fetch_job *job) { return job->owner; }
+
+struct fetch_job *fetch_job_new(struct fetcher *f, uint32_t nbatches)
 {
     struct fetch_job *job = pps_xcalloc(1, sizeof *job);
     job->f = f;
-    job->token = token;
     job->nbatches = nbatches;
     job->remaining = pps_xcalloc(nbatches ? nbatches : 1, sizeof *job->remaining);
     for (uint32_t i = 0; i < nbatches; i++)
@@ -460,7 +459,6 @@ void fetch_job_submit(struct fetch_job *job)
         struct fetch_event ev;
         memset(&ev, 0, sizeof ev);
         ev.kind = FETCH_EV_FINISHED;
-        ev.token = job->token;
         ev.job = job;
         push_event(f, &ev);
         return;

@@ -50,8 +50,8 @@ struct fetch_job;
 
 struct fetch_event {
     enum fetch_event_kind kind;
-    void *token;                 /* as given to fetch_resolve / fetch_job_new */
-    struct fetch_job *job;       /* BATCH, FAILED, FINISHED */
+    void *token;                 /* RESOLVED: as given to fetch_resolve */
+    struct fetch_job *job;       /* BATCH, FAILED, FINISHED (fetch_job_owner tells whose) */
     uint32_t batch;              /* BATCH */
     int status;                  /* RESOLVED, FAILED: 0 or PPS_E* */
     char message[384];           /* reason when status < 0 */
@@ -84,8 +84,13 @@ void fetch_resolve(struct fetcher *f, const char *model, void *token);
 
 /* Build a job, add the slices of its batches, then submit it. dst is where
  * the slice's bytes go (room for slice->size bytes); the caller keeps that
- * memory until FINISHED. */
-struct fetch_job *fetch_job_new(struct fetcher *f, void *token, uint32_t nbatches);
+ * memory until FINISHED, or until every batch's BATCH event has come (no
+ * thread writes into a batch after announcing it). */
+struct fetch_job *fetch_job_new(struct fetcher *f, uint32_t nbatches);
+/* The owner's pointer (e.g. its model), read and written only by the thread
+ * that consumes events, never by fetch threads; NULL when orphaned. */
+void fetch_job_set_owner(struct fetch_job *job, void *owner);
+void *fetch_job_owner(const struct fetch_job *job);
 void fetch_job_add(struct fetch_job *job, uint32_t batch, const struct location_slice *slice,
                    uint8_t *dst);
 void fetch_job_submit(struct fetch_job *job);

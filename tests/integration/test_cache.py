@@ -249,6 +249,48 @@ def test_eviction_with_pool_smaller_than_two_models(cl):
         lb.stop()
 
 
+def test_cache_out_then_cache_in_reuses_the_room_at_once(cl):
+    """CACHE_OUT's room is usable by the very next request: for a complete
+    model at once, for an interrupted fetch as soon as its threads let go."""
+    a = cl.deploy("qa", [3 * MB, 3 * MB], seed=12)
+    b = cl.deploy("qb", [3 * MB, 3 * MB], seed=13)
+    cache = cl.cache(size="10M")
+    conn = T.CacheConn(cache.port)
+    for i in range(6):
+        model = ("qa", "qb")[i % 2]
+        st, body = conn.cache_in(model)
+        assert st == 0, body
+        st, body = conn.cache_out(model)
+        assert st == 0, body
+    # interrupt a slow fetch, then ask for a model that needs its blocks
+    slow = cl.cache(size="10M", extra=["--throttle", "4M"])
+    c2 = T.CacheConn(slow.port)
+    c2.send(T.MSG["CACHE_IN"], T.pack_str("qa"))
+    time.sleep(0.3)  # some of qa has landed
+    st, body = c2.cache_out("qb")
+    assert st == T.E["NOTFOUND"]
+    rid_out = c2.send(T.MSG["CACHE_OUT"], T.pack_str("qa"))
+    rid_in = c2.send(T.MSG["CACHE_IN"], T.pack_str("qb"))
+    answers = {}
+    while len(answers) < 3:
+        mtype, flags, status, rid, body = c2.recv()
+        answers[rid] = (mtype, status, body)
+    assert answers[rid_out][1] == 0
+    assert answers[rid_in][1] == 0, answers[rid_in]
+    cancelled = [v for k, v in answers.items() if k not in (rid_out, rid_in)][0]
+    assert cancelled[0] == T.MSG["CACHE_IN"] and cancelled[1] == T.E["CANCELED"]
+    conn2 = T.CacheConn(slow.port)
+    rid = conn2.subscribe("qb")
+    ev = conn2.follow(rid)
+    assert ev[-1]["hit"] == 1
+    pool = pool_view(slow.shm_name)
+    check_model_bytes(pool, ev, b)
+    pool.close()
+    st = conn2.stat()
+    assert st["models"] == 1 and st["fetches_failed"] == 0
+    del a
+
+
 def test_pinned_model_is_never_evicted(cl):
     a = cl.deploy("pa", [4 * MB, 2 * MB], seed=3)
     cl.deploy("pb", [4 * MB, 2 * MB], seed=4)
