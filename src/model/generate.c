@@ -54,22 +54,20 @@ int generate_read_list(const char *path, struct generate_entry **out, int *count
         if (lineno == 1) continue; /* the header line */
         char *s = trim(line);
         if (*s == '\0' || *s == '#') continue;
-        char *fields[3] = {s, NULL, NULL};
-        int nf = 1;
-        for (char *c = s; *c; c++)
-            if (*c == ',') {
-                *c = '\0';
-                if (nf == 3) { nf++; break; }
-                fields[nf++] = c + 1;
+        char *comma = strchr(s, ',');
+        char *seq_field = NULL;
+        if (comma) {
+            *comma = '\0';
+            seq_field = comma + 1;
+            if (strchr(seq_field, ',')) {
+                snprintf(err, errlen, "%s:%d: expected 'model_name[, seq_len]'", path, lineno);
+                rc = PPS_EINVAL;
+                break;
             }
-        if (nf > 2) {
-            snprintf(err, errlen, "%s:%d: expected 'model_name[, seq_len]'", path, lineno);
-            rc = PPS_EINVAL;
-            break;
         }
         struct generate_entry e;
         memset(&e, 0, sizeof e);
-        char *name = trim(fields[0]);
+        char *name = trim(s);
         if (strlen(name) > GRAPH_NAME_MAX || strlen(name) == 0) {
             snprintf(err, errlen, "%s:%d: model name empty or longer than %d bytes", path, lineno,
                      GRAPH_NAME_MAX);
@@ -87,8 +85,8 @@ int generate_read_list(const char *path, struct generate_entry **out, int *count
             rc = brc == PPS_ENOTFOUND ? PPS_ENOTFOUND : PPS_EINVAL;
             break;
         }
-        if (nf == 2) {
-            char *sl = trim(fields[1]);
+        if (seq_field) {
+            char *sl = trim(seq_field);
             if (!zoo_is_transformer(base)) {
                 snprintf(err, errlen, "%s:%d: %s takes no sequence length", path, lineno, e.name);
                 rc = PPS_EINVAL;

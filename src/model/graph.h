@@ -136,7 +136,7 @@ struct graph_batch {
 };
 
 struct graph {
-    char name[GRAPH_NAME_MAX + 1];    /* architecture name, e.g. "resnet152" */
+    char name[GRAPH_NAME_MAX + 1];    /* model name as listed: "resnet152", "gpt2-alter-00000003" */
     int ninputs, noutputs;
     struct graph_io inputs[4];
     struct graph_io outputs[4];

@@ -193,13 +193,10 @@ void zoo_fill_batch(const struct zoo_model *m, int32_t b, void *dst)
     PPS_ASSERT(b >= 0 && b < m->g.nbatches);
     const struct graph_batch *bt = &m->g.batches[b];
     uint8_t *base = dst;
-    uint64_t end = 0;
     for (int32_t k = bt->first_param; k < bt->first_param + bt->nparams; k++) {
         const struct graph_param *p = &m->g.params[k];
+        /* Offsets are 512-aligned and dst is at least float-aligned. */
         zoo_fill_param(m, k, (float *)(void *)(base + p->offset));
-        end = p->offset + p->nbytes;
-        uint64_t padded = p->offset + graph_param_padded(p);
-        memset(base + end, 0, padded - end);
+        memset(base + p->offset + p->nbytes, 0, graph_param_padded(p) - p->nbytes);
     }
-    (void)end;
 }
