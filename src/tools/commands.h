@@ -14,7 +14,9 @@
     X("stat", stat_main, "print a running daemon's counters") \
     X("cache-get", cache_get_main, "subscribe to a model at a cache (a server stand-in)") \
     X("storage", storage_main, "bulk parameter store daemon: storage PORT [--dir DIR]") \
-    X("cache", cache_main, "the per-machine shared-memory parameter cache")
+    X("cache", cache_main, "the per-machine shared-memory parameter cache") \
+    X("deploy_file", deploy_file_main, "push kv.bin's models to the storages and publish them") \
+    X("fetch", fetch_main, "read a deployed model back through its location record")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
@@ -24,6 +26,8 @@ int version_main(int argc, char **argv);
 
 #include "metadata/meta_cli.h"
 #include "metadata/meta_server.h"
+#include "deploy/deploy.h"
+#include "deploy/fetch.h"
 
 int stat_main(int argc, char **argv);
 #include "cache/cache_main.h"

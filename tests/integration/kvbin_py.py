@@ -8,6 +8,7 @@ libxxhash through ctypes (Debian's Python has no xxhash module).
 
 Command line:
   kvbin_py.py OUT [--seed N] [--scale K]   two synthetic models (alpha, beta)
+  kvbin_py.py --extract KV_BIN DIR         write each record's value to DIR/<key>
   kvbin_py.py --seed-corpus DIR             small seed files for the fuzzer
 """
 import ctypes
@@ -132,6 +133,13 @@ def seed_corpus(directory):
 
 
 def main(argv):
+    if len(argv) == 3 and argv[0] == "--extract":
+        os.makedirs(argv[2], exist_ok=True)
+        for _name, _total, _nb, records in read(argv[1]):
+            for key, _hoff, _voff, value in records:
+                with open(os.path.join(argv[2], key), "wb") as f:
+                    f.write(value)
+        return 0
     if len(argv) == 2 and argv[0] == "--seed-corpus":
         seed_corpus(argv[1])
         return 0
