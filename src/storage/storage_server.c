@@ -36,7 +36,7 @@
 #include <netinet/in.h>
 
 /* PUT values pass through one buffer of this size per connection. */
-#define PUT_CHUNK (4u << 20)
+#define PUT_CHUNK (1u << 20)
 /* sendfile is asked for at most this much per call. */
 #define SEND_CHUNK (256u << 20)
 /* Limits per message type, checked before anything is allocated. */
