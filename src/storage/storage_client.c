@@ -18,8 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#define STORAGE_CLIENT_SNDBUF (4 << 20)
 /* Error messages longer than this are cut (the rest is read and dropped). */
 #define ERRMSG_MAX 1024
 
@@ -62,6 +64,11 @@ int storage_client_connect(struct storage_client **out, const char *addr, uint16
     int rc = net_connect(addr, port, 10000, &fd);
     if (rc)
         return rc;
+    /* PUT values leave through the send buffer: make it large. The receive
+     * buffer (GET values) stays autotuned, which grows further on Linux
+     * (net.ipv4.tcp_rmem) than an explicit size may (net.core.rmem_max). */
+    int bytes = STORAGE_CLIENT_SNDBUF;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
     struct storage_client *c = pps_xcalloc(1, sizeof *c);
     c->fd = fd;
     c->next_id = 1;

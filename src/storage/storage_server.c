@@ -37,6 +37,8 @@
 
 /* PUT values pass through one buffer of this size per connection. */
 #define PUT_CHUNK (1u << 20)
+/* Default socket send buffer per connection (see start_conn). */
+#define DEFAULT_SNDBUF (4 << 20)
 /* sendfile is asked for at most this much per call. */
 #define SEND_CHUNK (256u << 20)
 /* Limits per message type, checked before anything is allocated. */
@@ -516,8 +518,16 @@ static void start_conn(struct server *srv, int fd, const struct sockaddr_in *sa)
     inet_ntop(AF_INET, &sa->sin_addr, ip, sizeof ip);
     snprintf(c->peer, sizeof c->peer, "%s:%u", ip, ntohs(sa->sin_port));
     net_set_nodelay(fd);
-    if (srv->sockbuf)
+    if (srv->sockbuf) {
         net_set_bufsize(fd, srv->sockbuf);
+    } else {
+        /* GET responses leave through the send buffer: make it large (the
+         * kernel caps it at net.core.wmem_max, then doubles it). The
+         * receive side stays autotuned, which on Linux grows further
+         * (net.ipv4.tcp_rmem) than an explicit size may. */
+        int bytes = DEFAULT_SNDBUF;
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    }
     net_set_timeout(fd, srv->io_timeout_ms);
     atomic_fetch_add(&srv->conns_total, 1);
 
@@ -612,7 +622,8 @@ static void usage(FILE *out)
             "  --compact-ratio R compact a data file whose live fraction is below R (default 0.5)\n"
             "  --io-timeout S    drop a peer that stalls S seconds inside a request (default 120)\n"
             "  --max-conns N     connections served at once (default 1024)\n"
-            "  --sockbuf SIZE    socket send/receive buffer per connection (default: kernel autotuning)\n");
+            "  --sockbuf SIZE    socket send and receive buffer per connection (default: 4M send\n"
+            "                    buffer, autotuned receive buffer)\n");
 }
 
 int storage_main(int argc, char **argv)
