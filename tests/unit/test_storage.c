@@ -568,6 +568,57 @@ static void test_store_tombstone_kept(void **state)
     remove_dir(dir);
 }
 
+/* After a crash in the middle of a compaction a record can exist twice
+ * (original and copy, same seq) and a copy can sit in a newer file than the
+ * tombstone that killed it: the highest seq wins, not the file order. */
+static void test_store_seq_beats_file_order(void **state)
+{
+    (void)state;
+    char *dir = make_dir();
+    uint8_t v1[500], va[700], vb[900];
+    fill(v1, sizeof v1, 1);
+    fill(va, sizeof va, 2);
+    fill(vb, sizeof vb, 3);
+    char path[512];
+    snprintf(path, sizeof path, "%s/data-00000001.pps", dir);
+    int fd = open(path, O_RDWR | O_CREAT, 0644);
+    append_record(fd, STORE_RECORD_PUT, "K", v1, sizeof v1, 1, 0);
+    append_record(fd, STORE_RECORD_PUT, "A", va, sizeof va, 2, 0);
+    close(fd);
+    snprintf(path, sizeof path, "%s/data-00000002.pps", dir);
+    fd = open(path, O_RDWR | O_CREAT, 0644);
+    append_record(fd, STORE_RECORD_DELETE, "K", NULL, 0, 3, 0);
+    append_record(fd, STORE_RECORD_PUT, "B", vb, sizeof vb, 4, 0);
+    close(fd);
+    snprintf(path, sizeof path, "%s/data-00000003.pps", dir);
+    fd = open(path, O_RDWR | O_CREAT, 0644);
+    append_record(fd, STORE_RECORD_PUT, "K", v1, sizeof v1, 1, 0); /* stale copy */
+    append_record(fd, STORE_RECORD_PUT, "A", va, sizeof va, 2, 0); /* copy of the live one */
+    close(fd);
+
+    struct store *s = open_store(dir, 0);
+    expect_missing(s, "K");
+    expect(s, "A", sizeof va, 2);
+    expect(s, "B", sizeof vb, 3);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_int_equal(st.values, 2);
+    assert_int_equal(st.tombstones, 1); /* two PUTs of K remain on disk */
+    /* New writes get seqs above everything on disk. */
+    put(s, "K", 100, 9);
+    expect(s, "K", 100, 9);
+    /* Compaction sorts it out: nothing comes back, nothing is lost. */
+    assert_int_equal(store_delete(s, "A", 1), 0);
+    assert_int_equal(store_compact(s), 0);
+    store_close(s);
+    s = open_store(dir, 0);
+    expect(s, "K", 100, 9);
+    expect(s, "B", sizeof vb, 3);
+    expect_missing(s, "A");
+    store_close(s);
+    remove_dir(dir);
+}
+
 static void test_store_reader_pinned(void **state)
 {
     (void)state;
@@ -687,6 +738,7 @@ int main(void)
         cmocka_unit_test(test_store_abort),
         cmocka_unit_test(test_store_compaction),
         cmocka_unit_test(test_store_tombstone_kept),
+        cmocka_unit_test(test_store_seq_beats_file_order),
         cmocka_unit_test(test_store_reader_pinned),
         cmocka_unit_test(test_store_concurrent_puts),
         cmocka_unit_test(test_store_bad_args_and_lock),
