@@ -357,10 +357,14 @@ def test_kill9_loses_nothing_acknowledged(storages):
             expected[k] = v
     # A PUT in flight when the daemon dies is never acknowledged: it must
     # not show up, whole or partial.
+    received = store_stat(c)["bytes_received"]
     inflight = socket.create_connection(("127.0.0.1", s.port), timeout=30)
     inflight.sendall(header(MSG["STORE_PUT"], 4 + 8 + (64 << 20)) + pack_str("inflight") +
                      b"z" * (8 << 20))
-    time.sleep(0.2)
+    # Kill only once the daemon is writing the value (its record is in the file).
+    deadline = time.time() + 60
+    while store_stat(c)["bytes_received"] < received + (4 << 20) and time.time() < deadline:
+        time.sleep(0.02)
     s.kill9()
     inflight.close()
     s.start()
