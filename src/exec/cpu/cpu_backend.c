@@ -1,0 +1,1777 @@
+/* cpu_backend: oneDNN-based CPU backend (see cpu_backend.h, backend.h).
+ *
+ * A step's plan-level state (struct cpu_node) is a short list of calls,
+ * each a oneDNN primitive or a C kernel, whose arguments are bound to
+ * "where the bytes are" (an input, the output, a scratch offset, the step's
+ * prepared weights or a parameter) rather than to addresses, so a plan is
+ * built once and run with whatever buffers the executor hands in. Typical
+ * lists: [reorder input to the conv's layout] [conv+post-ops]; or
+ * [reorder blocked input to plain] [C kernel] [eltwise post].
+ *
+ * Every primitive uses a user-provided scratchpad (part of the step's
+ * scratch in the executor's arena), so oneDNN allocates nothing while
+ * running and memory use is known after planning.
+ *
+ * The easy thing to get wrong: prepared weights are in the layout chosen at
+ * step_init (batch 1); node_prepare must create the convolution with that
+ * weights descriptor, never "any", or a plan for another batch size could
+ * expect a layout the weights are not in. */
+#include "exec/cpu/cpu_backend.h"
+
+#include <math.h>
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "exec/cpu/cpu_kernels.h"
+#include "exec/shape.h"
+
+#define CPU_MAX_CALLS 8
+#define CPU_MAX_ARGS (EXEC_STEP_MAX_INPUTS + 8)
+#define SCRATCH_ALIGN 64
+
+struct cpu_be {
+    struct exec_backend base;
+    dnnl_engine_t engine;
+};
+
+struct cpu_ctx {
+    dnnl_stream_t stream;
+    int threads;
+};
+
+/* Model-level state of a step. */
+struct cpu_step {
+    const struct graph *g;
+    const struct exec_step *st;
+    const struct graph_node *node;   /* primary */
+    int has_wmd;
+    dnnl_memory_desc_t wmd;          /* layout of prepared weights */
+    dnnl_memory_desc_t raw_wmd;      /* layout of the raw weight parameter */
+    int64_t bias_len;                /* 0: no bias */
+    void *weights;                   /* prepared weights (owned unless weights_inplace) */
+    int weights_inplace;
+    float *bias;                     /* owned */
+    const void *param[EXEC_STEP_MAX_PARAMS];
+    void *owned[EXEC_STEP_MAX_PARAMS];
+    uint64_t owned_bytes;
+    int gemm_2d;                     /* Gemm, or MatMul with a 2-D parameter B */
+    float alpha, beta;
+};
+
+enum bind { B_IN = 1, B_OUT, B_SCRATCH, B_WEIGHTS, B_BIAS, B_PARAM };
+
+struct carg {
+    int arg;          /* DNNL_ARG_*, or the position for a C kernel */
+    enum bind bind;
+    int idx;
+    uint64_t off;
+    dnnl_memory_t mem;
+};
+
+struct cpu_node;
+typedef int (*kernel_fn)(const struct cpu_node *nd, const struct cpu_step *cs, void *const *ptrs);
+
+struct ccall {
+    dnnl_primitive_t prim;
+    kernel_fn fn;
+    int nargs;
+    struct carg args[CPU_MAX_ARGS];
+};
+
+/* Plan-level state of a step. */
+struct cpu_node {
+    int ncalls;
+    struct ccall calls[CPU_MAX_CALLS];
+    dnnl_memory_desc_t out_md;
+    uint64_t scratch;
+    /* C kernel parameters */
+    struct cpuk_shape sh[4];
+    enum graph_dtype dtype[4];
+    size_t esize;
+    int axis, nops;
+    int perm[GRAPH_MAX_DIMS];
+    int64_t start[GRAPH_MAX_DIMS], step[GRAPH_MAX_DIMS], count[GRAPH_MAX_DIMS];
+    enum cpuk_binop bop;
+    enum cpuk_unop uop;
+    int64_t kernel[2], stride[2], pad_begin[2], pad_end[2];
+    int include_pad;
+    int64_t outer, inner;
+    uint64_t n;
+    float eps;
+};
+
+static struct cpu_be g_cpu;
+static pthread_once_t g_cpu_once = PTHREAD_ONCE_INIT;
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static int map_status(dnnl_status_t s)
+{
+    switch (s) {
+    case dnnl_success: return 0;
+    case dnnl_out_of_memory: return PPS_ENOMEM;
+    case dnnl_unimplemented: return PPS_EUNSUPPORTED;
+    case dnnl_invalid_arguments: return PPS_EINVAL;
+    default: return PPS_EINTERNAL;
+    }
+}
+
+static int efail(char *err, size_t errlen, const struct cpu_step *cs, int code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int efail(char *err, size_t errlen, const struct cpu_step *cs, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        int k = snprintf(err, errlen, "node '%s' (%s): ", cs ? cs->node->name : "?",
+                         cs ? graph_op_name(cs->node->op) : "?");
+        if (k < 0) k = 0;
+        if ((size_t)k < errlen) {
+            va_list ap;
+            va_start(ap, fmt);
+            vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
+            va_end(ap);
+        }
+    }
+    return code;
+}
+
+#define DN(call, what)                                                                       \
+    do {                                                                                     \
+        dnnl_status_t st_ = (call);                                                          \
+        if (st_ != dnnl_success)                                                             \
+            return efail(err, errlen, cs, map_status(st_), "oneDNN %s failed (status %d)", what, \
+                         (int)st_);                                                          \
+    } while (0)
+
+static void md_plain(dnnl_memory_desc_t *md, int ndims, const int64_t *dims)
+{
+    dnnl_dims_t d, s;
+    if (ndims == 0) {
+        ndims = 1;
+        d[0] = 1;
+    } else {
+        for (int i = 0; i < ndims; i++) d[i] = dims[i];
+    }
+    int64_t acc = 1;
+    for (int i = ndims - 1; i >= 0; i--) {
+        s[i] = acc;
+        acc *= d[i];
+    }
+    dnnl_memory_desc_init_by_strides(md, ndims, d, dnnl_f32, s);
+}
+
+static void md_of(dnnl_memory_desc_t *md, const struct exec_tensor *t)
+{
+    if (t->layout) *md = *(const dnnl_memory_desc_t *)t->layout;
+    else md_plain(md, t->ndims, t->dims);
+}
+
+static void md_any(dnnl_memory_desc_t *md, int ndims, const int64_t *dims)
+{
+    dnnl_dims_t d;
+    for (int i = 0; i < ndims; i++) d[i] = dims[i];
+    dnnl_memory_desc_init_by_tag(md, ndims, d, dnnl_f32, dnnl_format_tag_any);
+}
+
+static int md_is_plain(const dnnl_memory_desc_t *md)
+{
+    dnnl_memory_desc_t p;
+    md_plain(&p, md->ndims, md->dims);
+    return dnnl_memory_desc_equal(md, &p);
+}
+
+/* Right-aligned rank extension: [K, N] as [1, 1, K, N]. */
+static void md_plain_rank(dnnl_memory_desc_t *md, int rank, const struct exec_tensor *t)
+{
+    int64_t d[DNNL_MAX_NDIMS];
+    int off = rank - t->ndims;
+    for (int i = 0; i < rank; i++) d[i] = i < off ? 1 : t->dims[i - off];
+    md_plain(md, rank, d);
+}
+
+static void set_out(struct cpu_node *nd, const dnnl_memory_desc_t *md, struct exec_tensor *out)
+{
+    nd->out_md = *md;
+    out->layout = md_is_plain(md) ? NULL : &nd->out_md;
+    out->nbytes = dnnl_memory_desc_get_size(md);
+}
+
+static void to_shape(struct cpuk_shape *s, const struct exec_tensor *t)
+{
+    s->ndims = t->ndims;
+    for (int i = 0; i < t->ndims; i++) s->dims[i] = t->dims[i];
+}
+
+static uint64_t scratch_alloc(struct cpu_node *nd, uint64_t bytes)
+{
+    uint64_t off = (nd->scratch + SCRATCH_ALIGN - 1) & ~(uint64_t)(SCRATCH_ALIGN - 1);
+    nd->scratch = off + bytes;
+    return off;
+}
+
+static struct ccall *new_call(struct cpu_node *nd)
+{
+    PPS_ASSERT(nd->ncalls < CPU_MAX_CALLS);
+    struct ccall *c = &nd->calls[nd->ncalls++];
+    memset(c, 0, sizeof *c);
+    return c;
+}
+
+static int add_arg(struct ccall *c, int arg, const dnnl_memory_desc_t *md, enum bind b, int idx,
+                   uint64_t off)
+{
+    PPS_ASSERT(c->nargs < CPU_MAX_ARGS);
+    struct carg *a = &c->args[c->nargs++];
+    a->arg = arg;
+    a->bind = b;
+    a->idx = idx;
+    a->off = off;
+    a->mem = NULL;
+    if (md) {
+        dnnl_status_t s = dnnl_memory_create(&a->mem, md, g_cpu.engine, DNNL_MEMORY_NONE);
+        if (s != dnnl_success) {
+            c->nargs--;
+            return map_status(s);
+        }
+    }
+    return 0;
+}
+
+static dnnl_primitive_attr_t attr_new(void)
+{
+    dnnl_primitive_attr_t attr;
+    PPS_ASSERT(dnnl_primitive_attr_create(&attr) == dnnl_success);
+    dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    return attr;
+}
+
+/* Create the primitive of pd as a new call, with its scratchpad bound. */
+static int prim_call(struct cpu_node *nd, dnnl_primitive_desc_t pd, struct ccall **out)
+{
+    struct ccall *c = new_call(nd);
+    dnnl_status_t s = dnnl_primitive_create(&c->prim, pd);
+    if (s != dnnl_success) {
+        nd->ncalls--;
+        return map_status(s);
+    }
+    const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if (sp && dnnl_memory_desc_get_size(sp) > 0) {
+        int rc = add_arg(c, DNNL_ARG_SCRATCHPAD, sp, B_SCRATCH, 0,
+                         scratch_alloc(nd, dnnl_memory_desc_get_size(sp)));
+        if (rc) return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+/* A reorder call from (src_md at bind sb/si/so) to (dst_md at db/di/do). */
+static int reorder_call(struct cpu_node *nd, const dnnl_memory_desc_t *src_md, enum bind sb, int si,
+                        uint64_t so, const dnnl_memory_desc_t *dst_md, enum bind db, int di,
+                        uint64_t dof)
+{
+    dnnl_primitive_desc_t pd;
+    dnnl_primitive_attr_t attr = attr_new();
+    dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, src_md, g_cpu.engine, dst_md,
+                                                         g_cpu.engine, attr);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) return map_status(s);
+    struct ccall *c;
+    int rc = prim_call(nd, pd, &c);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return rc;
+    if ((rc = add_arg(c, DNNL_ARG_FROM, src_md, sb, si, so))) return rc;
+    return add_arg(c, DNNL_ARG_TO, dst_md, db, di, dof);
+}
+
+/* Where input k can be read in plain layout: itself, or a scratch copy. */
+struct src_ref {
+    enum bind bind;
+    int idx;
+    uint64_t off;
+};
+
+static int plain_input(struct cpu_node *nd, const struct exec_tensor *t, int k, struct src_ref *r)
+{
+    r->bind = B_IN;
+    r->idx = k;
+    r->off = 0;
+    if (!t->layout) return 0;
+    dnnl_memory_desc_t plain;
+    md_plain(&plain, t->ndims, t->dims);
+    uint64_t off = scratch_alloc(nd, dnnl_memory_desc_get_size(&plain));
+    int rc = reorder_call(nd, (const dnnl_memory_desc_t *)t->layout, B_IN, k, 0, &plain,
+                          B_SCRATCH, 0, off);
+    if (rc) return rc;
+    r->bind = B_SCRATCH;
+    r->idx = 0;
+    r->off = off;
+    return 0;
+}
+
+/* Operand k of the primary node: an input (possibly made plain) or a param. */
+static int operand_ref(struct cpu_node *nd, const struct cpu_step *cs, const struct exec_tensor *in,
+                       int k, struct src_ref *r)
+{
+    if (k < cs->node->ninputs) return plain_input(nd, &in[k], k, r);
+    r->bind = B_PARAM;
+    r->idx = k - cs->node->ninputs;
+    r->off = 0;
+    return 0;
+}
+
+static void operand_tensor(const struct cpu_step *cs, const struct exec_tensor *in, int k,
+                           struct exec_tensor *t)
+{
+    if (k < cs->node->ninputs) {
+        *t = in[k];
+        return;
+    }
+    const struct graph_param *p = &cs->g->params[cs->node->params[k - cs->node->ninputs]];
+    memset(t, 0, sizeof *t);
+    t->dtype = GRAPH_F32;
+    t->ndims = p->ndims;
+    for (int i = 0; i < p->ndims; i++) t->dims[i] = p->dims[i];
+    t->nbytes = p->nbytes;
+}
+
+static dnnl_alg_kind_t unary_alg(const struct graph_node *n, float *alpha, float *beta)
+{
+    *alpha = 0;
+    *beta = 0;
+    switch (n->op) {
+    case GRAPH_OP_RELU: return dnnl_eltwise_relu;
+    case GRAPH_OP_TANH: return dnnl_eltwise_tanh;
+    case GRAPH_OP_SIGMOID: return dnnl_eltwise_logistic;
+    case GRAPH_OP_SQRT: return dnnl_eltwise_sqrt;
+    case GRAPH_OP_GELU:
+        return graph_attr_int(n, "approximate", 0) == 1 ? dnnl_eltwise_gelu_tanh : dnnl_eltwise_gelu_erf;
+    default: return dnnl_alg_kind_undef;
+    }
+}
+
+static dnnl_alg_kind_t binary_alg(enum graph_op op)
+{
+    switch (op) {
+    case GRAPH_OP_ADD: return dnnl_binary_add;
+    case GRAPH_OP_SUB: return dnnl_binary_sub;
+    case GRAPH_OP_MUL: return dnnl_binary_mul;
+    case GRAPH_OP_DIV: return dnnl_binary_div;
+    default: return dnnl_alg_kind_undef;
+    }
+}
+
+/* Post-ops of the step as oneDNN attributes, from post index `from`. The
+ * SCALAR operands become binary post-op arguments of call c (bound later
+ * by bind_post_args). */
+static void build_post_ops(const struct cpu_step *cs, int from, int out_rank,
+                           dnnl_primitive_attr_t attr)
+{
+    const struct exec_step *st = cs->st;
+    if (from >= st->npost) return;
+    dnnl_post_ops_t po;
+    PPS_ASSERT(dnnl_post_ops_create(&po) == dnnl_success);
+    for (int i = from; i < st->npost; i++) {
+        const struct graph_node *pn = &cs->g->nodes[st->post[i].node];
+        if (st->post[i].kind == EXEC_POST_UNARY) {
+            float a, b;
+            dnnl_alg_kind_t alg = unary_alg(pn, &a, &b);
+            dnnl_post_ops_append_eltwise(po, 1.0f, alg, a, b);
+        } else if (st->post[i].kind == EXEC_POST_SUM) {
+            dnnl_post_ops_append_sum(po, 1.0f);
+        } else {
+            int64_t ones[DNNL_MAX_NDIMS];
+            for (int d = 0; d < out_rank; d++) ones[d] = 1;
+            dnnl_memory_desc_t md;
+            md_plain(&md, out_rank, ones);
+            dnnl_post_ops_append_binary(po, binary_alg(pn->op), &md);
+        }
+    }
+    dnnl_primitive_attr_set_post_ops(attr, po);
+    dnnl_post_ops_destroy(po);
+}
+
+static int bind_post_args(const struct cpu_step *cs, int from, int out_rank, struct ccall *c)
+{
+    const struct exec_step *st = cs->st;
+    for (int i = from; i < st->npost; i++) {
+        if (st->post[i].kind != EXEC_POST_SCALAR) continue;
+        int64_t ones[DNNL_MAX_NDIMS];
+        for (int d = 0; d < out_rank; d++) ones[d] = 1;
+        dnnl_memory_desc_t md;
+        md_plain(&md, out_rank, ones);
+        int rc = add_arg(c, DNNL_ARG_ATTR_MULTIPLE_POST_OP(i - from) | DNNL_ARG_SRC_1, &md, B_PARAM,
+                         st->post[i].operand, 0);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Post-ops as separate in-place calls on the output (for kernels that
+ * cannot fuse them). */
+static int post_calls(struct cpu_node *nd, const struct cpu_step *cs, const struct exec_tensor *in,
+                      int from, const dnnl_memory_desc_t *out_md)
+{
+    const struct exec_step *st = cs->st;
+    for (int i = from; i < st->npost; i++) {
+        const struct graph_node *pn = &cs->g->nodes[st->post[i].node];
+        dnnl_primitive_desc_t pd;
+        dnnl_primitive_attr_t attr = attr_new();
+        dnnl_status_t s;
+        dnnl_memory_desc_t src1;
+        if (st->post[i].kind == EXEC_POST_UNARY) {
+            float a, b;
+            dnnl_alg_kind_t alg = unary_alg(pn, &a, &b);
+            dnnl_eltwise_desc_t ed;
+            s = dnnl_eltwise_forward_desc_init(&ed, dnnl_forward_inference, alg, out_md, a, b);
+            if (s == dnnl_success) s = dnnl_primitive_desc_create(&pd, &ed, attr, g_cpu.engine, NULL);
+        } else {
+            if (st->post[i].kind == EXEC_POST_SUM) {
+                md_of(&src1, &in[st->post[i].operand]);
+            } else {
+                int64_t ones[DNNL_MAX_NDIMS];
+                for (int d = 0; d < out_md->ndims; d++) ones[d] = 1;
+                md_plain(&src1, out_md->ndims, ones);
+            }
+            dnnl_binary_desc_t bd;
+            s = dnnl_binary_desc_init(&bd, st->post[i].kind == EXEC_POST_SUM ? dnnl_binary_add
+                                                                             : binary_alg(pn->op),
+                                      out_md, &src1, out_md);
+            if (s == dnnl_success) s = dnnl_primitive_desc_create(&pd, &bd, attr, g_cpu.engine, NULL);
+        }
+        dnnl_primitive_attr_destroy(attr);
+        if (s != dnnl_success) return map_status(s);
+        struct ccall *c;
+        int rc = prim_call(nd, pd, &c);
+        dnnl_primitive_desc_destroy(pd);
+        if (rc) return rc;
+        if (st->post[i].kind == EXEC_POST_UNARY) {
+            if ((rc = add_arg(c, DNNL_ARG_SRC, out_md, B_OUT, 0, 0))) return rc;
+        } else {
+            if ((rc = add_arg(c, DNNL_ARG_SRC_0, out_md, B_OUT, 0, 0))) return rc;
+            if (st->post[i].kind == EXEC_POST_SUM)
+                rc = add_arg(c, DNNL_ARG_SRC_1, &src1, B_IN, st->post[i].operand, 0);
+            else
+                rc = add_arg(c, DNNL_ARG_SRC_1, &src1, B_PARAM, st->post[i].operand, 0);
+            if (rc) return rc;
+        }
+        if ((rc = add_arg(c, DNNL_ARG_DST, out_md, B_OUT, 0, 0))) return rc;
+    }
+    return 0;
+}
+
+/* Add a C kernel call reading the given refs (then the output). */
+static struct ccall *kernel_call(struct cpu_node *nd, kernel_fn fn, const struct src_ref *refs,
+                                 int nrefs)
+{
+    struct ccall *c = new_call(nd);
+    c->fn = fn;
+    for (int i = 0; i < nrefs; i++) add_arg(c, i, NULL, refs[i].bind, refs[i].idx, refs[i].off);
+    add_arg(c, nrefs, NULL, B_OUT, 0, 0);
+    return c;
+}
+
+/* ---- the backend interface: support and fusion ------------------------- */
+
+static int cpu_supports(struct exec_backend *be, const struct graph *g, const struct graph_node *n)
+{
+    (void)be;
+    (void)g;
+    return n->op > GRAPH_OP_INVALID && n->op < GRAPH_OP_COUNT;
+}
+
+static int cpu_supports_post(struct exec_backend *be, const struct graph *g,
+                             const struct graph_node *primary, const struct graph_node *post,
+                             enum exec_post_kind kind, int npost_before)
+{
+    (void)be;
+    (void)g;
+    switch (primary->op) {
+    case GRAPH_OP_CONV:
+        if (kind == EXEC_POST_SUM) return npost_before == 0;
+        return kind == EXEC_POST_UNARY;
+    case GRAPH_OP_GEMM: case GRAPH_OP_MATMUL:
+        if (kind == EXEC_POST_SUM) return npost_before == 0;
+        return 1;
+    case GRAPH_OP_BATCHNORM:
+        return kind == EXEC_POST_UNARY && post->op == GRAPH_OP_RELU && npost_before == 0;
+    case GRAPH_OP_ADD: case GRAPH_OP_SUB: case GRAPH_OP_MUL: case GRAPH_OP_DIV:
+        return kind == EXEC_POST_UNARY;
+    default:
+        return 0;
+    }
+}
+
+/* ---- contexts ---------------------------------------------------------- */
+
+static void *cpu_context_create(struct exec_backend *be, int threads)
+{
+    (void)be;
+    struct cpu_ctx *c = pps_xcalloc(1, sizeof *c);
+    PPS_ASSERT(dnnl_stream_create(&c->stream, g_cpu.engine, dnnl_stream_default_flags) == dnnl_success);
+    c->threads = threads > 0 ? threads : 1;
+    return c;
+}
+
+static void cpu_context_begin(struct exec_backend *be, void *context)
+{
+    (void)be;
+    struct cpu_ctx *c = context;
+    /* The OpenMP thread count is per calling thread (an ICV), so each
+     * thread that runs or prepares sets its own. */
+    omp_set_num_threads(c->threads);
+}
+
+static void cpu_context_free(struct exec_backend *be, void *context)
+{
+    (void)be;
+    struct cpu_ctx *c = context;
+    if (!c) return;
+    dnnl_stream_destroy(c->stream);
+    free(c);
+}
+
+/* ---- model level ------------------------------------------------------- */
+
+/* Conv weights: [OC, IC/G, KH, KW], or [G, OC/G, IC/G, KH, KW] grouped. */
+static void conv_weight_dims(const struct cpu_step *cs, int64_t *d, int *nd)
+{
+    const struct graph_param *w = &cs->g->params[cs->node->params[0]];
+    int64_t group = graph_attr_int(cs->node, "group", 1);
+    if (group > 1) {
+        d[0] = group;
+        d[1] = w->dims[0] / group;
+        d[2] = w->dims[1];
+        d[3] = w->dims[2];
+        d[4] = w->dims[3];
+        *nd = 5;
+    } else {
+        for (int i = 0; i < 4; i++) d[i] = w->dims[i];
+        *nd = 4;
+    }
+}
+
+static int conv_desc(const struct cpu_step *cs, const dnnl_memory_desc_t *src,
+                     const dnnl_memory_desc_t *wei, const dnnl_memory_desc_t *dst,
+                     const struct exec_tensor *x, dnnl_convolution_desc_t *cd)
+{
+    struct shape_window win;
+    int64_t wd[5];
+    int wnd;
+    conv_weight_dims(cs, wd, &wnd);
+    struct exec_tensor w;
+    memset(&w, 0, sizeof w);
+    w.ndims = 4;
+    const struct graph_param *wp = &cs->g->params[cs->node->params[0]];
+    for (int i = 0; i < 4; i++) w.dims[i] = wp->dims[i];
+    if (shape_window(cs->node, x, &w, &win, NULL, 0)) return PPS_ESHAPE;
+    dnnl_dims_t strides = {win.stride[0], win.stride[1]};
+    dnnl_dims_t dil = {win.dilation[0] - 1, win.dilation[1] - 1};
+    dnnl_dims_t pl = {win.pad_begin[0], win.pad_begin[1]};
+    dnnl_dims_t pr = {win.pad_end[0], win.pad_end[1]};
+    dnnl_memory_desc_t bias;
+    if (cs->bias_len) {
+        dnnl_dims_t bd = {cs->bias_len};
+        dnnl_memory_desc_init_by_tag(&bias, 1, bd, dnnl_f32, dnnl_a);
+    }
+    dnnl_status_t s = dnnl_dilated_convolution_forward_desc_init(
+        cd, dnnl_forward_inference, dnnl_convolution_direct, src, wei, cs->bias_len ? &bias : NULL,
+        dst, strides, dil, pl, pr);
+    return map_status(s);
+}
+
+static int init_conv(struct cpu_step *cs, const struct exec_tensor *in, const struct exec_tensor *out,
+                     char *err, size_t errlen)
+{
+    const struct graph_param *w = &cs->g->params[cs->node->params[0]];
+    cs->bias_len = (cs->node->nparams >= 2 || cs->st->bn_node >= 0) ? w->dims[0] : 0;
+    int64_t wd[5];
+    int wnd;
+    conv_weight_dims(cs, wd, &wnd);
+    dnnl_dims_t d;
+    for (int i = 0; i < wnd; i++) d[i] = wd[i];
+    dnnl_memory_desc_init_by_tag(&cs->raw_wmd, wnd, d, dnnl_f32, wnd == 5 ? dnnl_goihw : dnnl_oihw);
+    dnnl_memory_desc_t src, wei, dst;
+    md_any(&src, 4, in[0].dims);
+    md_any(&wei, wnd, wd);
+    md_any(&dst, 4, out->dims);
+    dnnl_convolution_desc_t cd;
+    int rc = conv_desc(cs, &src, &wei, &dst, &in[0], &cd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot describe the convolution");
+    dnnl_primitive_attr_t attr = attr_new();
+    build_post_ops(cs, 0, 4, attr);
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &cd, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success)
+        return efail(err, errlen, cs, map_status(s), "no oneDNN convolution (status %d)", (int)s);
+    cs->wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    cs->has_wmd = 1;
+    dnnl_primitive_desc_destroy(pd);
+    return 0;
+}
+
+/* Gemm (and MatMul with a 2-D parameter B) as a 2-D oneDNN matmul. */
+static void gemm_dims(const struct cpu_step *cs, const struct exec_tensor *a, int64_t *m, int64_t *k,
+                      int64_t *n, int *ta, int *tb)
+{
+    const struct graph_param *b = &cs->g->params[cs->node->params[0]];
+    *ta = cs->node->op == GRAPH_OP_GEMM ? (int)graph_attr_int(cs->node, "transA", 0) : 0;
+    *tb = cs->node->op == GRAPH_OP_GEMM ? (int)graph_attr_int(cs->node, "transB", 0) : 0;
+    *k = *ta ? a->dims[0] : a->dims[a->ndims - 1];
+    *n = *tb ? b->dims[0] : b->dims[1];
+    int64_t mm = 1;
+    if (*ta) mm = a->dims[1];
+    else
+        for (int i = 0; i < a->ndims - 1; i++) mm *= a->dims[i];
+    *m = mm;
+}
+
+static void gemm_src_md(dnnl_memory_desc_t *md, int64_t m, int64_t k, int ta)
+{
+    dnnl_dims_t d = {m, k}, s = {ta ? 1 : k, ta ? m : 1};
+    dnnl_memory_desc_init_by_strides(md, 2, d, dnnl_f32, s);
+}
+
+static int gemm_pd(const struct cpu_step *cs, const dnnl_memory_desc_t *src,
+                   const dnnl_memory_desc_t *wei, int64_t m, int64_t n, dnnl_primitive_desc_t *pd)
+{
+    dnnl_memory_desc_t dst, bias;
+    dnnl_dims_t dd = {m, n}, bd = {1, n};
+    dnnl_memory_desc_init_by_tag(&dst, 2, dd, dnnl_f32, dnnl_ab);
+    if (cs->bias_len) dnnl_memory_desc_init_by_tag(&bias, 2, bd, dnnl_f32, dnnl_ab);
+    dnnl_matmul_desc_t md;
+    dnnl_status_t s = dnnl_matmul_desc_init(&md, src, wei, cs->bias_len ? &bias : NULL, &dst);
+    if (s != dnnl_success) return map_status(s);
+    dnnl_primitive_attr_t attr = attr_new();
+    if (cs->alpha != 1.0f) dnnl_primitive_attr_set_output_scales(attr, 1, 0, &cs->alpha);
+    build_post_ops(cs, 0, 2, attr);
+    s = dnnl_primitive_desc_create(pd, &md, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    return map_status(s);
+}
+
+static int init_gemm(struct cpu_step *cs, const struct exec_tensor *in, char *err, size_t errlen)
+{
+    int64_t m, k, n;
+    int ta, tb;
+    gemm_dims(cs, &in[0], &m, &k, &n, &ta, &tb);
+    cs->gemm_2d = 1;
+    cs->alpha = cs->node->op == GRAPH_OP_GEMM ? graph_attr_float(cs->node, "alpha", 1.0f) : 1.0f;
+    cs->beta = cs->node->op == GRAPH_OP_GEMM ? graph_attr_float(cs->node, "beta", 1.0f) : 1.0f;
+    if (cs->alpha == 0.0f) return efail(err, errlen, cs, PPS_EUNSUPPORTED, "alpha 0 is not supported");
+    cs->bias_len = cs->node->nparams >= 2 ? n : 0;
+    dnnl_dims_t wd = {k, n}, ws = {tb ? 1 : n, tb ? k : 1};
+    dnnl_memory_desc_init_by_strides(&cs->raw_wmd, 2, wd, dnnl_f32, ws);
+    dnnl_memory_desc_t src, wei;
+    gemm_src_md(&src, m, k, ta);
+    dnnl_memory_desc_init_by_tag(&wei, 2, wd, dnnl_f32, dnnl_format_tag_any);
+    dnnl_primitive_desc_t pd;
+    int rc = gemm_pd(cs, &src, &wei, m, n, &pd);
+    if (rc) {
+        /* No implementation chose a layout: keep the parameter's own. */
+        rc = gemm_pd(cs, &src, &cs->raw_wmd, m, n, &pd);
+        if (rc) return efail(err, errlen, cs, rc, "no oneDNN matmul for [%lld,%lld]x[%lld,%lld]",
+                             (long long)m, (long long)k, (long long)k, (long long)n);
+    }
+    cs->wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    cs->has_wmd = 1;
+    dnnl_primitive_desc_destroy(pd);
+    return 0;
+}
+
+static int cpu_step_init(struct exec_backend *be, const struct graph *g, const struct exec_step *st,
+                         const struct exec_tensor *in, const struct exec_tensor *out, void **state,
+                         char *err, size_t errlen)
+{
+    (void)be;
+    struct cpu_step *cs = pps_xcalloc(1, sizeof *cs);
+    cs->g = g;
+    cs->st = st;
+    cs->node = &g->nodes[st->node];
+    cs->alpha = cs->beta = 1.0f;
+    *state = cs;
+    const struct graph_node *n = cs->node;
+    if (n->op == GRAPH_OP_CONV) return init_conv(cs, in, out, err, errlen);
+    if (n->op == GRAPH_OP_GEMM) return init_gemm(cs, in, err, errlen);
+    if (n->op == GRAPH_OP_MATMUL && n->ninputs == 1 && n->nparams == 1 &&
+        g->params[n->params[0]].ndims == 2)
+        return init_gemm(cs, in, err, errlen);
+    return 0;
+}
+
+static void *aligned_bytes(uint64_t n)
+{
+    return aligned_alloc(64, (n + 63) & ~(uint64_t)63);
+}
+
+/* Run one reorder now (weight preparation) on the preparer's stream. */
+static int reorder_now(struct cpu_ctx *ctx, const dnnl_memory_desc_t *smd, const void *src,
+                       const dnnl_memory_desc_t *dmd, void *dst)
+{
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, smd, g_cpu.engine, dmd, g_cpu.engine, NULL);
+    if (s != dnnl_success) return map_status(s);
+    dnnl_primitive_t p;
+    s = dnnl_primitive_create(&p, pd);
+    dnnl_primitive_desc_destroy(pd);
+    if (s != dnnl_success) return map_status(s);
+    dnnl_memory_t ms, md;
+    s = dnnl_memory_create(&ms, smd, g_cpu.engine, (void *)src);
+    if (s == dnnl_success) {
+        s = dnnl_memory_create(&md, dmd, g_cpu.engine, dst);
+        if (s == dnnl_success) {
+            dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, ms}, {DNNL_ARG_TO, md}};
+            s = dnnl_primitive_execute(p, ctx->stream, 2, args);
+            if (s == dnnl_success) s = dnnl_stream_wait(ctx->stream);
+            dnnl_memory_destroy(md);
+        }
+        dnnl_memory_destroy(ms);
+    }
+    dnnl_primitive_destroy(p);
+    return map_status(s);
+}
+
+static int weights_conv(struct cpu_ctx *ctx, struct cpu_step *cs, const void *const *params)
+{
+    const struct graph_param *wp = &cs->g->params[cs->node->params[0]];
+    int64_t oc = wp->dims[0];
+    uint64_t per_oc = graph_param_elems(wp) / (uint64_t)oc;
+    const float *w = params[0];
+    const float *b = cs->node->nparams >= 2 ? params[1] : NULL;
+    float *folded = NULL;
+    const float *src = w;
+    if (cs->bias_len) {
+        cs->bias = aligned_bytes((uint64_t)oc * sizeof(float));
+        if (!cs->bias) return PPS_ENOMEM;
+        cs->owned_bytes += (uint64_t)oc * sizeof(float);
+    }
+    if (cs->st->bn_node >= 0) {
+        /* y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta */
+        int pb = cs->node->nparams;
+        const float *gamma = params[pb], *beta = params[pb + 1], *mean = params[pb + 2],
+                    *var = params[pb + 3];
+        float eps = graph_attr_float(&cs->g->nodes[cs->st->bn_node], "epsilon", 1e-5f);
+        folded = malloc(wp->nbytes);
+        if (!folded) return PPS_ENOMEM;
+        for (int64_t o = 0; o < oc; o++) {
+            float scale = gamma[o] / sqrtf(var[o] + eps);
+            const float *wr = w + (uint64_t)o * per_oc;
+            float *fr = folded + (uint64_t)o * per_oc;
+            for (uint64_t i = 0; i < per_oc; i++) fr[i] = wr[i] * scale;
+            cs->bias[o] = ((b ? b[o] : 0.0f) - mean[o]) * scale + beta[o];
+        }
+        src = folded;
+    } else if (cs->bias_len) {
+        memcpy(cs->bias, b, (size_t)oc * sizeof(float));
+    }
+    uint64_t wbytes = dnnl_memory_desc_get_size(&cs->wmd);
+    cs->weights = aligned_bytes(wbytes);
+    int rc = cs->weights ? 0 : PPS_ENOMEM;
+    if (!rc) {
+        cs->owned_bytes += wbytes;
+        rc = reorder_now(ctx, &cs->raw_wmd, src, &cs->wmd, cs->weights);
+    }
+    free(folded);
+    return rc;
+}
+
+static int weights_gemm(struct cpu_ctx *ctx, struct cpu_step *cs, const void *const *params,
+                        int persist)
+{
+    if (persist && dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd)) {
+        cs->weights = (void *)params[0];
+        cs->weights_inplace = 1;
+    } else {
+        uint64_t wbytes = dnnl_memory_desc_get_size(&cs->wmd);
+        cs->weights = aligned_bytes(wbytes);
+        if (!cs->weights) return PPS_ENOMEM;
+        cs->owned_bytes += wbytes;
+        int rc = reorder_now(ctx, &cs->raw_wmd, params[0], &cs->wmd, cs->weights);
+        if (rc) return rc;
+    }
+    if (cs->bias_len) {
+        const struct graph_param *cp = &cs->g->params[cs->node->params[1]];
+        uint64_t ce = graph_param_elems(cp);
+        const float *c = params[1];
+        cs->bias = aligned_bytes((uint64_t)cs->bias_len * sizeof(float));
+        if (!cs->bias) return PPS_ENOMEM;
+        cs->owned_bytes += (uint64_t)cs->bias_len * sizeof(float);
+        /* oneDNN adds the bias before the output scale (alpha). */
+        for (int64_t j = 0; j < cs->bias_len; j++)
+            cs->bias[j] = cs->beta * c[ce == 1 ? 0 : j] / cs->alpha;
+    }
+    return 0;
+}
+
+static int cpu_step_weights(struct exec_backend *be, void *context, void *state,
+                            const void *const *params, int persist)
+{
+    (void)be;
+    struct cpu_ctx *ctx = context;
+    struct cpu_step *cs = state;
+    const struct exec_step *st = cs->st;
+    int rc = 0;
+    if (cs->node->op == GRAPH_OP_CONV) rc = weights_conv(ctx, cs, params);
+    else if (cs->gemm_2d) rc = weights_gemm(ctx, cs, params, persist);
+    if (rc) return rc;
+    /* Every other parameter is used as it is: in place, or copied. */
+    for (int k = 0; k < st->nparams; k++) {
+        if (persist) {
+            cs->param[k] = params[k];
+            continue;
+        }
+        uint64_t nb = cs->g->params[st->params[k]].nbytes;
+        /* Weights, biases and folded BN parameters live in prepared form. */
+        int consumed = (cs->node->op == GRAPH_OP_CONV &&
+                        k < cs->node->nparams + (st->bn_node >= 0 ? 4 : 0)) ||
+                       (cs->gemm_2d && k < cs->node->nparams);
+        if (consumed) continue;
+        cs->owned[k] = aligned_bytes(nb ? nb : 1);
+        if (!cs->owned[k]) return PPS_ENOMEM;
+        memcpy(cs->owned[k], params[k], nb);
+        cs->owned_bytes += nb;
+        cs->param[k] = cs->owned[k];
+    }
+    return 0;
+}
+
+static uint64_t cpu_step_bytes(struct exec_backend *be, const void *state)
+{
+    (void)be;
+    return ((const struct cpu_step *)state)->owned_bytes;
+}
+
+static void cpu_step_free(struct exec_backend *be, void *state)
+{
+    (void)be;
+    struct cpu_step *cs = state;
+    if (!cs) return;
+    if (!cs->weights_inplace) free(cs->weights);
+    free(cs->bias);
+    for (int k = 0; k < EXEC_STEP_MAX_PARAMS; k++) free(cs->owned[k]);
+    free(cs);
+}
+
+/* ---- plan level: one routine per kind of op ---------------------------- */
+
+#define PREP_ARGS                                                                          \
+    struct cpu_step *cs, struct cpu_node *nd, const struct exec_tensor *in, unsigned mask, \
+        int out_plain, struct exec_tensor *out, struct exec_node_plan *plan, char *err,    \
+        size_t errlen
+
+static int prep_conv(PREP_ARGS)
+{
+    dnnl_memory_desc_t src, dst;
+    md_any(&src, 4, in[0].dims);
+    if (out_plain) md_plain(&dst, 4, out->dims);
+    else md_any(&dst, 4, out->dims);
+    dnnl_convolution_desc_t cd;
+    int rc = conv_desc(cs, &src, &cs->wmd, &dst, &in[0], &cd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot describe the convolution");
+    dnnl_primitive_attr_t attr = attr_new();
+    build_post_ops(cs, 0, 4, attr);
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &cd, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success)
+        return efail(err, errlen, cs, map_status(s), "no oneDNN convolution with the prepared weights layout (status %d)", (int)s);
+    const dnnl_memory_desc_t *want_src = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *got_dst = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    set_out(nd, got_dst, out);
+    dnnl_memory_desc_t have;
+    md_of(&have, &in[0]);
+    struct src_ref sref = {B_IN, 0, 0};
+    if (!dnnl_memory_desc_equal(&have, want_src)) {
+        sref.bind = B_SCRATCH;
+        sref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_src));
+        rc = reorder_call(nd, &have, B_IN, 0, 0, want_src, B_SCRATCH, 0, sref.off);
+        if (rc) goto out;
+    }
+    /* A sum post-op accumulates into dst: dst must hold the other operand. */
+    if (cs->st->npost > 0 && cs->st->post[0].kind == EXEC_POST_SUM) {
+        int k = cs->st->post[0].operand;
+        dnnl_memory_desc_t res;
+        md_of(&res, &in[k]);
+        if ((mask >> k & 1) && dnnl_memory_desc_equal(&res, got_dst)) {
+            plan->alias_input = k;
+        } else {
+            rc = reorder_call(nd, &res, B_IN, k, 0, got_dst, B_OUT, 0, 0);
+            if (rc) goto out;
+        }
+    }
+    struct ccall *c;
+    if ((rc = prim_call(nd, pd, &c))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_SRC, want_src, sref.bind, sref.idx, sref.off))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_WEIGHTS, &cs->wmd, B_WEIGHTS, 0, 0))) goto out;
+    if (cs->bias_len) {
+        const dnnl_memory_desc_t *bmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
+        if ((rc = add_arg(c, DNNL_ARG_BIAS, bmd, B_BIAS, 0, 0))) goto out;
+    }
+    if ((rc = add_arg(c, DNNL_ARG_DST, got_dst, B_OUT, 0, 0))) goto out;
+out:
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the convolution");
+    return 0;
+}
+
+static int prep_gemm(PREP_ARGS)
+{
+    int64_t m, k, n;
+    int ta, tb;
+    gemm_dims(cs, &in[0], &m, &k, &n, &ta, &tb);
+    (void)out_plain;
+    struct src_ref a;
+    int rc = plain_input(nd, &in[0], 0, &a);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    dnnl_memory_desc_t src;
+    gemm_src_md(&src, m, k, ta);
+    dnnl_primitive_desc_t pd;
+    rc = gemm_pd(cs, &src, &cs->wmd, m, n, &pd);
+    if (rc) return efail(err, errlen, cs, rc, "no oneDNN matmul with the prepared weights layout");
+    const dnnl_memory_desc_t *dst = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    if (cs->st->npost > 0 && cs->st->post[0].kind == EXEC_POST_SUM) {
+        int r = cs->st->post[0].operand;
+        if ((mask >> r & 1) && !in[r].layout) {
+            plan->alias_input = r;
+        } else {
+            dnnl_memory_desc_t res;
+            md_of(&res, &in[r]);
+            dnnl_memory_desc_t flat;
+            md_plain(&flat, in[r].ndims, in[r].dims);
+            /* The residual has the output's logical shape; copy it in as
+             * plain bytes (the output is plain). */
+            rc = reorder_call(nd, &res, B_IN, r, 0, &flat, B_OUT, 0, 0);
+            if (rc) goto out;
+        }
+    }
+    struct ccall *c;
+    if ((rc = prim_call(nd, pd, &c))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_SRC, &src, a.bind, a.idx, a.off))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_WEIGHTS, &cs->wmd, B_WEIGHTS, 0, 0))) goto out;
+    if (cs->bias_len) {
+        const dnnl_memory_desc_t *bmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
+        if ((rc = add_arg(c, DNNL_ARG_BIAS, bmd, B_BIAS, 0, 0))) goto out;
+    }
+    if ((rc = add_arg(c, DNNL_ARG_DST, dst, B_OUT, 0, 0))) goto out;
+    rc = bind_post_args(cs, 0, 2, c);
+out:
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the matmul");
+    return 0;
+}
+
+/* MatMul of two activations (or with a parameter of rank > 2): batched
+ * oneDNN matmul with broadcasting of the batch dimensions. */
+static int prep_matmul(PREP_ARGS)
+{
+    (void)out_plain;
+    struct exec_tensor a, b;
+    operand_tensor(cs, in, 0, &a);
+    operand_tensor(cs, in, 1, &b);
+    int r = out->ndims;
+    struct src_ref ra, rb;
+    int rc = operand_ref(nd, cs, in, 0, &ra);
+    if (!rc) rc = operand_ref(nd, cs, in, 1, &rb);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the inputs");
+    dnnl_memory_desc_t amd, bmd, dmd;
+    md_plain_rank(&amd, r, &a);
+    md_plain_rank(&bmd, r, &b);
+    md_plain(&dmd, r, out->dims);
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_desc_t pd;
+    DN(dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &dmd), "matmul descriptor");
+    dnnl_primitive_attr_t attr = attr_new();
+    build_post_ops(cs, 0, r, attr);
+    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &md, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN matmul (status %d)", (int)s);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    if (cs->st->npost > 0 && cs->st->post[0].kind == EXEC_POST_SUM) {
+        int k = cs->st->post[0].operand;
+        if ((mask >> k & 1) && !in[k].layout) {
+            plan->alias_input = k;
+        } else {
+            dnnl_memory_desc_t res;
+            md_of(&res, &in[k]);
+            rc = reorder_call(nd, &res, B_IN, k, 0, &dmd, B_OUT, 0, 0);
+            if (rc) goto out;
+        }
+    }
+    struct ccall *c;
+    if ((rc = prim_call(nd, pd, &c))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_SRC, &amd, ra.bind, ra.idx, ra.off))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_WEIGHTS, &bmd, rb.bind, rb.idx, rb.off))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_DST, &dmd, B_OUT, 0, 0))) goto out;
+    rc = bind_post_args(cs, 0, r, c);
+out:
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the matmul");
+    return 0;
+}
+
+/* Layout-preserving primitives (eltwise, batch norm) work on the input's
+ * layout; a model output needs plain, so convert the input first. */
+static int layout_input(struct cpu_node *nd, const struct exec_tensor *in, int out_plain,
+                        dnnl_memory_desc_t *md, struct src_ref *r, int *converted)
+{
+    *converted = 0;
+    r->bind = B_IN;
+    r->idx = 0;
+    r->off = 0;
+    if (out_plain && in[0].layout) {
+        int rc = plain_input(nd, &in[0], 0, r);
+        if (rc) return rc;
+        *converted = 1;
+        md_plain(md, in[0].ndims, in[0].dims);
+        return 0;
+    }
+    md_of(md, &in[0]);
+    return 0;
+}
+
+static int prep_eltwise(PREP_ARGS)
+{
+    dnnl_memory_desc_t md;
+    struct src_ref r;
+    int conv;
+    int rc = layout_input(nd, in, out_plain, &md, &r, &conv);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    float a, b;
+    dnnl_alg_kind_t alg = unary_alg(cs->node, &a, &b);
+    dnnl_eltwise_desc_t ed;
+    DN(dnnl_eltwise_forward_desc_init(&ed, dnnl_forward_inference, alg, &md, a, b), "eltwise descriptor");
+    dnnl_primitive_attr_t attr = attr_new();
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &ed, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN eltwise");
+    set_out(nd, &md, out);
+    if (!conv && (mask & 1)) plan->alias_input = 0;
+    struct ccall *c;
+    rc = prim_call(nd, pd, &c);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC, &md, r.bind, r.idx, r.off);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, &md, B_OUT, 0, 0);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the eltwise");
+    return 0;
+}
+
+static int prep_batchnorm(PREP_ARGS)
+{
+    dnnl_memory_desc_t md;
+    struct src_ref r;
+    int conv;
+    int rc = layout_input(nd, in, out_plain, &md, &r, &conv);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    unsigned flags = dnnl_use_global_stats | dnnl_use_scale | dnnl_use_shift;
+    if (cs->st->npost == 1) flags |= dnnl_fuse_norm_relu;
+    float eps = graph_attr_float(cs->node, "epsilon", 1e-5f);
+    dnnl_batch_normalization_desc_t bd;
+    DN(dnnl_batch_normalization_forward_desc_init(&bd, dnnl_forward_inference, &md, eps, flags),
+       "batch normalization descriptor");
+    dnnl_primitive_attr_t attr = attr_new();
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &bd, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN batch normalization");
+    set_out(nd, &md, out);
+    if (!conv && (mask & 1)) plan->alias_input = 0;
+    dnnl_memory_desc_t cmd;
+    int64_t c1 = in[0].dims[1];
+    md_plain(&cmd, 1, &c1);
+    struct ccall *c;
+    rc = prim_call(nd, pd, &c);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC, &md, r.bind, r.idx, r.off);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, &md, B_OUT, 0, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SCALE, &cmd, B_PARAM, 0, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SHIFT, &cmd, B_PARAM, 1, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_MEAN, &cmd, B_PARAM, 2, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_VARIANCE, &cmd, B_PARAM, 3, 0);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the batch normalization");
+    return 0;
+}
+
+static int k_avgpool(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuk_avgpool(p[0], nd->sh[0].dims[0], nd->sh[0].dims[1], nd->sh[0].dims[2], nd->sh[0].dims[3],
+                 p[1], nd->sh[1].dims[2], nd->sh[1].dims[3], nd->kernel, nd->stride, nd->pad_begin,
+                 nd->pad_end, nd->include_pad);
+    return 0;
+}
+
+static int prep_pool(PREP_ARGS)
+{
+    (void)mask;
+    (void)plan;
+    const struct graph_node *n = cs->node;
+    int sp = in[0].ndims - 2;
+    dnnl_dims_t kernel, strides, dil, pl, pr;
+    dnnl_alg_kind_t alg;
+    if (n->op == GRAPH_OP_GLOBALAVGPOOL) {
+        if (sp < 1 || sp > 3) return efail(err, errlen, cs, PPS_EUNSUPPORTED, "rank %d", in[0].ndims);
+        for (int i = 0; i < sp; i++) {
+            kernel[i] = in[0].dims[2 + i];
+            strides[i] = 1;
+            dil[i] = pl[i] = pr[i] = 0;
+        }
+        alg = dnnl_pooling_avg_exclude_padding;
+    } else {
+        struct shape_window win;
+        int rc = shape_window(n, &in[0], NULL, &win, err, errlen);
+        if (rc) return rc;
+        int include = n->op == GRAPH_OP_AVGPOOL && graph_attr_int(n, "count_include_pad", 0);
+        int extended = 0;
+        for (int i = 0; i < 2; i++) {
+            kernel[i] = win.kernel[i];
+            strides[i] = win.stride[i];
+            dil[i] = win.dilation[i] - 1;
+            pl[i] = win.pad_begin[i];
+            int64_t ext = (win.kernel[i] - 1) * win.dilation[i] + 1;
+            int64_t need = (out->dims[2 + i] - 1) * win.stride[i] + ext - in[0].dims[2 + i] - pl[i];
+            pr[i] = win.pad_end[i];
+            if (need > pr[i]) {
+                pr[i] = need; /* ceil_mode: a last window hanging past the padding */
+                extended = 1;
+            }
+        }
+        alg = n->op == GRAPH_OP_MAXPOOL ? dnnl_pooling_max
+              : include                  ? dnnl_pooling_avg_include_padding
+                                         : dnnl_pooling_avg_exclude_padding;
+        if (include && extended) {
+            /* oneDNN would divide the hanging window by the full kernel. */
+            struct src_ref r;
+            rc = plain_input(nd, &in[0], 0, &r);
+            if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+            to_shape(&nd->sh[0], &in[0]);
+            to_shape(&nd->sh[1], out);
+            for (int i = 0; i < 2; i++) {
+                nd->kernel[i] = win.kernel[i];
+                nd->stride[i] = win.stride[i];
+                nd->pad_begin[i] = win.pad_begin[i];
+                nd->pad_end[i] = win.pad_end[i];
+            }
+            nd->include_pad = 1;
+            kernel_call(nd, k_avgpool, &r, 1);
+            out->layout = NULL;
+            out->nbytes = shape_elems(out) * sizeof(float);
+            return 0;
+        }
+    }
+    dnnl_memory_desc_t src, dst;
+    md_of(&src, &in[0]);
+    if (out_plain) md_plain(&dst, out->ndims, out->dims);
+    else md_any(&dst, out->ndims, out->dims);
+    dnnl_pooling_v2_desc_t pdsc;
+    DN(dnnl_pooling_v2_forward_desc_init(&pdsc, dnnl_forward_inference, alg, &src, &dst, strides,
+                                         kernel, dil, pl, pr),
+       "pooling descriptor");
+    dnnl_primitive_attr_t attr = attr_new();
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &pdsc, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN pooling (status %d)", (int)s);
+    const dnnl_memory_desc_t *got = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    set_out(nd, got, out);
+    struct ccall *c;
+    int rc = prim_call(nd, pd, &c);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC, &src, B_IN, 0, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, got, B_OUT, 0, 0);
+    const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(pd, dnnl_query_workspace_md, 0);
+    if (!rc && ws && dnnl_memory_desc_get_size(ws) > 0)
+        rc = add_arg(c, DNNL_ARG_WORKSPACE, ws, B_SCRATCH, 0, scratch_alloc(nd, dnnl_memory_desc_get_size(ws)));
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the pooling");
+    return 0;
+}
+
+static int k_concat(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuk_concat((const void *const *)p, nd->sh, nd->nops, nd->esize,
+                nd->axis, p[nd->nops]);
+    return 0;
+}
+
+static int prep_concat(PREP_ARGS)
+{
+    (void)mask;
+    (void)plan;
+    const struct graph_node *n = cs->node;
+    int nops = shape_noperands(n);
+    int axis = shape_axis(graph_attr_int(n, "axis", 1), out->ndims);
+    if (out->dtype != GRAPH_F32 || nops > 4) {
+        /* int64 (or many operands): C kernel on plain operands. Shapes of
+         * up to 4 operands fit nd->sh; beyond that, oneDNN handles f32. */
+        if (nops > 4) return efail(err, errlen, cs, PPS_EUNSUPPORTED, "int64 concat of more than 4 operands");
+        struct src_ref refs[4];
+        for (int k = 0; k < nops; k++) {
+            struct exec_tensor t;
+            operand_tensor(cs, in, k, &t);
+            to_shape(&nd->sh[k], &t);
+            int rc = operand_ref(nd, cs, in, k, &refs[k]);
+            if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+        }
+        nd->nops = nops;
+        nd->axis = axis;
+        nd->esize = shape_dtype_size(out->dtype);
+        kernel_call(nd, k_concat, refs, nops);
+        out->layout = NULL;
+        out->nbytes = shape_elems(out) * nd->esize;
+        return 0;
+    }
+    dnnl_memory_desc_t srcs[GRAPH_MAX_INPUTS + GRAPH_MAX_PARAMS], dst;
+    for (int k = 0; k < nops; k++) {
+        struct exec_tensor t;
+        operand_tensor(cs, in, k, &t);
+        md_of(&srcs[k], &t);
+    }
+    if (out_plain) md_plain(&dst, out->ndims, out->dims);
+    else md_any(&dst, out->ndims, out->dims);
+    dnnl_primitive_attr_t attr = attr_new();
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t s = dnnl_concat_primitive_desc_create(&pd, &dst, nops, axis, srcs, attr, g_cpu.engine);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN concat (status %d)", (int)s);
+    const dnnl_memory_desc_t *got = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    set_out(nd, got, out);
+    struct ccall *c;
+    int rc = prim_call(nd, pd, &c);
+    for (int k = 0; k < nops && !rc; k++) {
+        if (k < n->ninputs) rc = add_arg(c, DNNL_ARG_MULTIPLE_SRC + k, &srcs[k], B_IN, k, 0);
+        else rc = add_arg(c, DNNL_ARG_MULTIPLE_SRC + k, &srcs[k], B_PARAM, k - n->ninputs, 0);
+    }
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, got, B_OUT, 0, 0);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the concat");
+    return 0;
+}
+
+static int k_binary(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuk_binary(nd->bop, p[0], &nd->sh[0], p[1], &nd->sh[1], p[2], &nd->sh[2]);
+    return 0;
+}
+
+static int binary_c(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    struct src_ref refs[2];
+    for (int k = 0; k < 2; k++) {
+        struct exec_tensor t;
+        operand_tensor(cs, in, k, &t);
+        to_shape(&nd->sh[k], &t);
+        int rc = operand_ref(nd, cs, in, k, &refs[k]);
+        if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    }
+    to_shape(&nd->sh[2], out);
+    switch (cs->node->op) {
+    case GRAPH_OP_ADD: nd->bop = CPUK_ADD; break;
+    case GRAPH_OP_SUB: nd->bop = CPUK_SUB; break;
+    case GRAPH_OP_MUL: nd->bop = CPUK_MUL; break;
+    case GRAPH_OP_DIV: nd->bop = CPUK_DIV; break;
+    default: nd->bop = CPUK_POW; break;
+    }
+    kernel_call(nd, k_binary, refs, 2);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    dnnl_memory_desc_t omd;
+    md_plain(&omd, out->ndims, out->dims);
+    int rc = post_calls(nd, cs, in, 0, &omd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the post-ops");
+    return 0;
+}
+
+static int same_dims(const struct exec_tensor *a, const struct exec_tensor *b)
+{
+    if (a->ndims != b->ndims) return 0;
+    for (int i = 0; i < a->ndims; i++)
+        if (a->dims[i] != b->dims[i]) return 0;
+    return 1;
+}
+
+static int prep_binary(PREP_ARGS)
+{
+    const struct graph_node *n = cs->node;
+    if (n->op == GRAPH_OP_POW) return binary_c(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+    struct exec_tensor t0, t1;
+    operand_tensor(cs, in, 0, &t0);
+    operand_tensor(cs, in, 1, &t1);
+    int k0 = 0, k1 = 1;
+    int commutative = n->op == GRAPH_OP_ADD || n->op == GRAPH_OP_MUL;
+    if (!same_dims(&t0, out)) {
+        if (!commutative || !same_dims(&t1, out))
+            return binary_c(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        k0 = 1;
+        k1 = 0;
+        struct exec_tensor t = t0;
+        t0 = t1;
+        t1 = t;
+    }
+    /* src0 has the output's shape; it must be an activation to keep its
+     * layout (a parameter is plain anyway). */
+    dnnl_memory_desc_t m0, m1;
+    struct src_ref r0 = {k0 < n->ninputs ? B_IN : B_PARAM, k0 < n->ninputs ? k0 : k0 - n->ninputs, 0};
+    struct src_ref r1 = {k1 < n->ninputs ? B_IN : B_PARAM, k1 < n->ninputs ? k1 : k1 - n->ninputs, 0};
+    int rc;
+    if (out_plain && t0.layout) {
+        if ((rc = plain_input(nd, &in[k0], k0, &r0))) return efail(err, errlen, cs, rc, "reorder");
+        md_plain(&m0, t0.ndims, t0.dims);
+    } else {
+        md_of(&m0, &t0);
+    }
+    if (same_dims(&t1, out)) {
+        if (t1.layout && !dnnl_memory_desc_equal((const dnnl_memory_desc_t *)t1.layout, &m0) &&
+            (rc = plain_input(nd, &in[k1], k1, &r1)))
+            return efail(err, errlen, cs, rc, "reorder");
+        if (r1.bind == B_SCRATCH) md_plain(&m1, t1.ndims, t1.dims);
+        else md_of(&m1, &t1);
+    } else {
+        if (t1.layout && (rc = plain_input(nd, &in[k1], k1, &r1)))
+            return efail(err, errlen, cs, rc, "reorder");
+        md_plain_rank(&m1, out->ndims, &t1);
+    }
+    dnnl_binary_desc_t bd;
+    dnnl_status_t s = dnnl_binary_desc_init(&bd, binary_alg(n->op), &m0, &m1, &m0);
+    dnnl_primitive_desc_t pd = NULL;
+    if (s == dnnl_success) {
+        dnnl_primitive_attr_t attr = attr_new();
+        build_post_ops(cs, 0, out->ndims, attr);
+        s = dnnl_primitive_desc_create(&pd, &bd, attr, g_cpu.engine, NULL);
+        dnnl_primitive_attr_destroy(attr);
+    }
+    if (s != dnnl_success) {
+        /* Drop the calls made so far and use the C kernel on plain data. */
+        for (int i = 0; i < nd->ncalls; i++) {
+            for (int a = 0; a < nd->calls[i].nargs; a++)
+                if (nd->calls[i].args[a].mem) dnnl_memory_destroy(nd->calls[i].args[a].mem);
+            if (nd->calls[i].prim) dnnl_primitive_destroy(nd->calls[i].prim);
+        }
+        nd->ncalls = 0;
+        nd->scratch = 0;
+        return binary_c(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+    }
+    set_out(nd, &m0, out);
+    if (r0.bind == B_IN && (mask >> k0 & 1)) plan->alias_input = k0;
+    struct ccall *c;
+    rc = prim_call(nd, pd, &c);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC_0, &m0, r0.bind, r0.idx, r0.off);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC_1, &m1, r1.bind, r1.idx, r1.off);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, &m0, B_OUT, 0, 0);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the binary op");
+    return 0;
+}
+
+static int k_where(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuk_where(p[0], nd->dtype[0], &nd->sh[0], p[1], &nd->sh[1], p[2], &nd->sh[2], p[3], &nd->sh[3]);
+    return 0;
+}
+
+static int prep_where(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    struct src_ref refs[3];
+    for (int k = 0; k < 3; k++) {
+        struct exec_tensor t;
+        operand_tensor(cs, in, k, &t);
+        to_shape(&nd->sh[k], &t);
+        nd->dtype[k] = t.dtype;
+        int rc = operand_ref(nd, cs, in, k, &refs[k]);
+        if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    }
+    to_shape(&nd->sh[3], out);
+    kernel_call(nd, k_where, refs, 3);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return 0;
+}
+
+static int k_unary(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuk_unary(nd->uop, p[0], p[1], nd->n);
+    return 0;
+}
+
+static int prep_erf(PREP_ARGS)
+{
+    (void)out_plain;
+    struct src_ref r;
+    int rc = plain_input(nd, &in[0], 0, &r);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    nd->uop = CPUK_ERF;
+    nd->n = shape_elems(out);
+    kernel_call(nd, k_unary, &r, 1);
+    if (r.bind == B_IN && (mask & 1)) plan->alias_input = 0;
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return 0;
+}
+
+static int prep_view(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * shape_dtype_size(out->dtype);
+    if (!in[0].layout) {
+        plan->alias_input = 0;
+        return 0;
+    }
+    /* Blocked input: materialise it in plain order, which is what the
+     * reshaped logical shape indexes. */
+    dnnl_memory_desc_t plain;
+    md_plain(&plain, in[0].ndims, in[0].dims);
+    int rc = reorder_call(nd, (const dnnl_memory_desc_t *)in[0].layout, B_IN, 0, 0, &plain, B_OUT, 0, 0);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    return 0;
+}
+
+static int k_transpose(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuk_transpose(p[0], &nd->sh[0], nd->esize, nd->perm, p[1]);
+    return 0;
+}
+
+static int prep_transpose(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    int r = in[0].ndims;
+    int64_t perm[GRAPH_MAX_ATTR_INTS];
+    int np = graph_attr_ints(cs->node, "perm", perm, GRAPH_MAX_ATTR_INTS);
+    for (int i = 0; i < r; i++) nd->perm[i] = np ? (int)perm[i] : r - 1 - i;
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * shape_dtype_size(out->dtype);
+    if (in[0].dtype != GRAPH_F32) {
+        to_shape(&nd->sh[0], &in[0]);
+        nd->esize = shape_dtype_size(in[0].dtype);
+        struct src_ref ref = {B_IN, 0, 0};
+        kernel_call(nd, k_transpose, &ref, 1);
+        return 0;
+    }
+    /* A reorder from the input viewed with permuted axes to plain output. */
+    dnnl_memory_desc_t src, view, dst;
+    md_of(&src, &in[0]);
+    int dperm[DNNL_MAX_NDIMS];
+    for (int i = 0; i < r; i++) dperm[nd->perm[i]] = i;
+    DN(dnnl_memory_desc_permute_axes(&view, &src, dperm), "permute");
+    md_plain(&dst, out->ndims, out->dims);
+    int rc = reorder_call(nd, &view, B_IN, 0, 0, &dst, B_OUT, 0, 0);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the transpose");
+    return 0;
+}
+
+static int k_gather(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    return cpuk_gather(p[0], &nd->sh[0], nd->esize, p[1], nd->n, nd->axis, p[2]);
+}
+
+static int prep_gather(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    struct exec_tensor t0, t1;
+    operand_tensor(cs, in, 0, &t0);
+    operand_tensor(cs, in, 1, &t1);
+    int kd = 0, ki = 1;
+    if (t0.dtype == GRAPH_I64 && t1.dtype == GRAPH_F32) {
+        kd = 1;
+        ki = 0;
+    }
+    struct exec_tensor *data = kd ? &t1 : &t0, *idx = ki ? &t1 : &t0;
+    struct src_ref refs[2];
+    int rc = operand_ref(nd, cs, in, kd, &refs[0]);
+    if (!rc) rc = operand_ref(nd, cs, in, ki, &refs[1]);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    to_shape(&nd->sh[0], data);
+    nd->esize = shape_dtype_size(data->dtype);
+    nd->n = shape_elems(idx);
+    nd->axis = shape_axis(graph_attr_int(cs->node, "axis", 0), data->ndims);
+    kernel_call(nd, k_gather, refs, 2);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * nd->esize;
+    return 0;
+}
+
+static int k_slice(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuk_slice(p[0], &nd->sh[0], nd->esize, nd->start, nd->step, nd->count, p[1]);
+    return 0;
+}
+
+static int prep_slice(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    struct shape_slice sl;
+    int rc = shape_slice(cs->node, &in[0], &sl, err, errlen);
+    if (rc) return rc;
+    struct src_ref r;
+    if ((rc = plain_input(nd, &in[0], 0, &r))) return efail(err, errlen, cs, rc, "reorder");
+    to_shape(&nd->sh[0], &in[0]);
+    nd->esize = shape_dtype_size(in[0].dtype);
+    memcpy(nd->start, sl.start, sizeof sl.start);
+    memcpy(nd->step, sl.step, sizeof sl.step);
+    memcpy(nd->count, sl.count, sizeof sl.count);
+    kernel_call(nd, k_slice, &r, 1);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * nd->esize;
+    return 0;
+}
+
+static int k_layernorm(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    cpuk_layernorm(p[0], p[1], nd->outer, nd->inner, cs->param[0],
+                   cs->node->nparams >= 2 ? cs->param[1] : NULL, nd->eps);
+    return 0;
+}
+
+static int prep_layernorm(PREP_ARGS)
+{
+    (void)out_plain;
+    const struct graph_node *n = cs->node;
+    int axis = shape_axis(graph_attr_int(n, "axis", -1), in[0].ndims);
+    struct src_ref r;
+    int rc = plain_input(nd, &in[0], 0, &r);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    nd->outer = nd->inner = 1;
+    for (int i = 0; i < in[0].ndims; i++) {
+        if (i < axis) nd->outer *= in[0].dims[i];
+        else nd->inner *= in[0].dims[i];
+    }
+    nd->eps = graph_attr_float(n, "epsilon", 1e-5f);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    if (r.bind == B_IN && (mask & 1)) plan->alias_input = 0;
+    if (n->ninputs != 1)
+        return efail(err, errlen, cs, PPS_EUNSUPPORTED, "scale and bias must be parameters");
+    dnnl_memory_desc_t md, smd;
+    int64_t d2[2] = {nd->outer, nd->inner};
+    md_plain(&md, 2, d2);
+    md_plain(&smd, 1, &nd->inner);
+    unsigned flags = dnnl_use_scale | (n->nparams >= 2 ? dnnl_use_shift : 0);
+    dnnl_layer_normalization_desc_t ld;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t s = dnnl_layer_normalization_forward_desc_init(&ld, dnnl_forward_inference, &md,
+                                                                 NULL, nd->eps, flags);
+    if (s == dnnl_success) {
+        dnnl_primitive_attr_t attr = attr_new();
+        s = dnnl_primitive_desc_create(&pd, &ld, attr, g_cpu.engine, NULL);
+        dnnl_primitive_attr_destroy(attr);
+    }
+    if (s != dnnl_success) {
+        kernel_call(nd, k_layernorm, &r, 1);
+        return 0;
+    }
+    struct ccall *c;
+    rc = prim_call(nd, pd, &c);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC, &md, r.bind, r.idx, r.off);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, &md, B_OUT, 0, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SCALE, &smd, B_PARAM, 0, 0);
+    if (!rc && n->nparams >= 2) rc = add_arg(c, DNNL_ARG_SHIFT, &smd, B_PARAM, 1, 0);
+    const int stat_args[2] = {DNNL_ARG_MEAN, DNNL_ARG_VARIANCE};
+    for (int i = 0; i < 2 && !rc; i++) {
+        const dnnl_memory_desc_t *sm = dnnl_primitive_desc_query_md(pd, dnnl_query_exec_arg_md, stat_args[i]);
+        if (sm && dnnl_memory_desc_get_size(sm) > 0)
+            rc = add_arg(c, stat_args[i], sm, B_SCRATCH, 0, scratch_alloc(nd, dnnl_memory_desc_get_size(sm)));
+    }
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the layer normalization");
+    return 0;
+}
+
+static int prep_softmax(PREP_ARGS)
+{
+    (void)out_plain;
+    int axis = shape_axis(graph_attr_int(cs->node, "axis", -1), in[0].ndims);
+    struct src_ref r;
+    int rc = plain_input(nd, &in[0], 0, &r);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    dnnl_memory_desc_t md;
+    md_plain(&md, in[0].ndims, in[0].dims);
+    dnnl_softmax_v2_desc_t sd;
+    DN(dnnl_softmax_v2_forward_desc_init(&sd, dnnl_forward_inference, dnnl_softmax_accurate, &md, &md, axis),
+       "softmax descriptor");
+    dnnl_primitive_attr_t attr = attr_new();
+    dnnl_primitive_desc_t pd;
+    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &sd, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN softmax");
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    if (r.bind == B_IN && (mask & 1)) plan->alias_input = 0;
+    struct ccall *c;
+    rc = prim_call(nd, pd, &c);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC, &md, r.bind, r.idx, r.off);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, &md, B_OUT, 0, 0);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the softmax");
+    return 0;
+}
+
+static void node_destroy(struct cpu_node *nd)
+{
+    for (int i = 0; i < nd->ncalls; i++) {
+        for (int a = 0; a < nd->calls[i].nargs; a++)
+            if (nd->calls[i].args[a].mem) dnnl_memory_destroy(nd->calls[i].args[a].mem);
+        if (nd->calls[i].prim) dnnl_primitive_destroy(nd->calls[i].prim);
+    }
+    free(nd);
+}
+
+static int cpu_node_prepare(struct exec_backend *be, void *step_state, const struct exec_tensor *in,
+                            unsigned mask, int out_plain, struct exec_tensor *out,
+                            struct exec_node_plan *plan, char *err, size_t errlen)
+{
+    (void)be;
+    struct cpu_step *cs = step_state;
+    struct cpu_node *nd = pps_xcalloc(1, sizeof *nd);
+    plan->alias_input = -1;
+    plan->state = nd;
+    plan->scratch_bytes = 0;
+    int rc;
+    switch (cs->node->op) {
+    case GRAPH_OP_CONV: rc = prep_conv(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_GEMM: rc = prep_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_MATMUL:
+        rc = cs->gemm_2d ? prep_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen)
+                         : prep_matmul(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_BATCHNORM: rc = prep_batchnorm(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_RELU: case GRAPH_OP_TANH: case GRAPH_OP_SIGMOID: case GRAPH_OP_SQRT:
+    case GRAPH_OP_GELU:
+        rc = prep_eltwise(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_ERF: rc = prep_erf(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_MAXPOOL: case GRAPH_OP_AVGPOOL: case GRAPH_OP_GLOBALAVGPOOL:
+        rc = prep_pool(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_CONCAT: rc = prep_concat(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_ADD: case GRAPH_OP_SUB: case GRAPH_OP_MUL: case GRAPH_OP_DIV: case GRAPH_OP_POW:
+        rc = prep_binary(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_WHERE: rc = prep_where(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_FLATTEN: case GRAPH_OP_RESHAPE: case GRAPH_OP_IDENTITY:
+        rc = prep_view(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_TRANSPOSE: rc = prep_transpose(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_GATHER: rc = prep_gather(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_LAYERNORM: rc = prep_layernorm(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_SOFTMAX: rc = prep_softmax(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_SLICE: rc = prep_slice(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    default:
+        rc = efail(err, errlen, cs, PPS_EUNSUPPORTED, "unsupported operation");
+    }
+    /* Ops with their own post-op support handled them; the C-kernel and
+     * view paths never get posts (cpu_supports_post refuses). */
+    if (rc) {
+        node_destroy(nd);
+        plan->state = NULL;
+        return rc;
+    }
+    plan->scratch_bytes = nd->scratch;
+    return 0;
+}
+
+static inline void *resolve(const struct carg *a, const struct cpu_step *cs, void *const *in,
+                            void *out, void *scratch)
+{
+    switch (a->bind) {
+    case B_IN: return (char *)in[a->idx] + a->off;
+    case B_OUT: return out;
+    case B_SCRATCH: return (char *)scratch + a->off;
+    case B_WEIGHTS: return cs->weights;
+    case B_BIAS: return cs->bias;
+    case B_PARAM: return (void *)cs->param[a->idx];
+    }
+    return NULL;
+}
+
+static int cpu_node_run(struct exec_backend *be, void *context, void *step_state, void *node_state,
+                        void *const *in, void *out, void *scratch)
+{
+    (void)be;
+    struct cpu_ctx *ctx = context;
+    const struct cpu_step *cs = step_state;
+    const struct cpu_node *nd = node_state;
+    for (int i = 0; i < nd->ncalls; i++) {
+        const struct ccall *c = &nd->calls[i];
+        if (c->prim) {
+            dnnl_exec_arg_t args[CPU_MAX_ARGS];
+            for (int a = 0; a < c->nargs; a++) {
+                dnnl_memory_set_data_handle(c->args[a].mem, resolve(&c->args[a], cs, in, out, scratch));
+                args[a].arg = c->args[a].arg;
+                args[a].memory = c->args[a].mem;
+            }
+            dnnl_status_t s = dnnl_primitive_execute(c->prim, ctx->stream, c->nargs, args);
+            if (s != dnnl_success) return map_status(s);
+        } else {
+            void *ptrs[CPU_MAX_ARGS];
+            for (int a = 0; a < c->nargs; a++) ptrs[a] = resolve(&c->args[a], cs, in, out, scratch);
+            int rc = c->fn(nd, cs, ptrs);
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
+static void cpu_node_free(struct exec_backend *be, void *node_state)
+{
+    (void)be;
+    if (node_state) node_destroy(node_state);
+}
+
+static void cpu_destroy(struct exec_backend *be) { (void)be; }
+
+static void cpu_init_once(void)
+{
+    PPS_ASSERT(dnnl_engine_create(&g_cpu.engine, dnnl_cpu, 0) == dnnl_success);
+    struct exec_backend *b = &g_cpu.base;
+    b->name = "cpu-onednn";
+    b->ctx = &g_cpu;
+    b->supports = cpu_supports;
+    b->supports_post = cpu_supports_post;
+    b->folds_batchnorm = 1;
+    b->context_create = cpu_context_create;
+    b->context_begin = cpu_context_begin;
+    b->context_free = cpu_context_free;
+    b->step_init = cpu_step_init;
+    b->step_weights = cpu_step_weights;
+    b->step_bytes = cpu_step_bytes;
+    b->step_free = cpu_step_free;
+    b->node_prepare = cpu_node_prepare;
+    b->node_run = cpu_node_run;
+    b->node_free = cpu_node_free;
+    b->destroy = cpu_destroy;
+}
+
+struct exec_backend *cpu_backend_get(void)
+{
+    pthread_once(&g_cpu_once, cpu_init_once);
+    return &g_cpu.base;
+}

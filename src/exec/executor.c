@@ -1,0 +1,645 @@
+/* executor: plans, gates, the preparer thread and the run loop (see
+ * executor.h for the model's life cycle).
+ *
+ * Concurrency: m->mu guards the batch table, the gate counter and the
+ * failure code; the preparer thread is the only writer of prepared weights
+ * and publishes them by advancing m->prepared under m->mu, which is what
+ * makes them visible to a run that waited on the gate. m->run_mu serialises
+ * runs (a plan's arena is used by one run at a time) and the plan cache.
+ *
+ * The easy thing to get wrong: a step may only be run once every batch
+ * holding one of its parameters is prepared; gates open strictly in batch
+ * order, so "gate i open" means batches 0..i are prepared. */
+#include "exec/executor.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "exec/cpu/cpu_backend.h"
+#include "exec/fuse.h"
+#include "exec/memplan.h"
+#include "exec/shape.h"
+
+#define ARENA_ALIGN 64
+
+enum root_kind { ROOT_ARENA = 0, ROOT_INPUT = 1 };
+
+struct exec_plan {
+    int64_t batch;
+    struct exec_tensor *vals;        /* [nvalues] shapes and layouts */
+    struct exec_node_plan *np;       /* [nsteps] */
+    int *prepared_ok;                /* [nsteps] node_prepare succeeded (for freeing) */
+    int32_t *vroot;                  /* [nvalues] root index of each value's buffer */
+    int nroots;
+    struct memplan_buf *roots;       /* [nroots + nsteps]: value roots, then step scratch */
+    uint8_t *root_kind;              /* [nroots] */
+    int32_t *root_input;             /* [nroots] model input index for ROOT_INPUT */
+    uint8_t *arena;
+    uint64_t arena_bytes;
+    void **vptr;                     /* [nvalues] addresses for the current run */
+    struct exec_plan *next;
+};
+
+struct exec_model {
+    struct graph g;                  /* own deep copy */
+    struct exec_backend *be;
+    struct exec_options opt;
+    int nsteps;
+    struct exec_step *steps;
+    void **step_state;               /* [nsteps] backend's model-level state */
+    struct exec_tensor *shape1;      /* [nvalues] shapes at batch 1 */
+    int32_t *prep_first, *prep_list; /* CSR: steps prepared with each batch */
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    const void **batch_data;         /* [nbatches], guarded by mu */
+    int32_t prepared;                /* gates 0..prepared-1 are open; guarded by mu */
+    int failed;                      /* sticky PPS_E* code; guarded by mu */
+    int stop;
+    pthread_t preparer;
+    int preparer_started;
+
+    pthread_mutex_t run_mu;
+    struct exec_plan *plans;         /* guarded by run_mu */
+    void *run_ctx;                   /* backend context of the running thread */
+    double *prof_ms;                 /* [nsteps] when profiling */
+    int64_t *prof_runs;
+};
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+void exec_options_default(struct exec_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->threads = 2;
+    o->prep_threads = 1;
+    o->params_persist = 1;
+}
+
+static void graph_copy(struct graph *dst, const struct graph *src)
+{
+    *dst = *src;
+    dst->nodes = pps_xmalloc((unsigned long)(src->nnodes ? src->nnodes : 1) * sizeof *dst->nodes);
+    if (src->nnodes) memcpy(dst->nodes, src->nodes, (size_t)src->nnodes * sizeof *dst->nodes);
+    dst->node_cap = src->nnodes;
+    dst->params = pps_xmalloc((unsigned long)(src->nparams ? src->nparams : 1) * sizeof *dst->params);
+    if (src->nparams) memcpy(dst->params, src->params, (size_t)src->nparams * sizeof *dst->params);
+    dst->param_cap = src->nparams;
+    dst->batches = pps_xmalloc((unsigned long)(src->nbatches ? src->nbatches : 1) * sizeof *dst->batches);
+    if (src->nbatches) memcpy(dst->batches, src->batches, (size_t)src->nbatches * sizeof *dst->batches);
+}
+
+/* ---- preparation ------------------------------------------------------ */
+
+static void *preparer_main(void *arg)
+{
+    struct exec_model *m = arg;
+    void *ctx = m->be->context_create(m->be, m->opt.prep_threads);
+    const void *params[EXEC_STEP_MAX_PARAMS];
+    pthread_mutex_lock(&m->mu);
+    for (;;) {
+        int32_t b = m->prepared;
+        while (!m->stop && !m->failed && b < m->g.nbatches && !m->batch_data[b])
+            pthread_cond_wait(&m->cv, &m->mu);
+        if (m->stop || m->failed || b >= m->g.nbatches) break;
+        pthread_mutex_unlock(&m->mu);
+
+        /* Batches 0..b have arrived (they are prepared in order), so every
+         * parameter of these steps is readable. */
+        m->be->context_begin(m->be, ctx);
+        int rc = 0;
+        for (int32_t k = m->prep_first[b]; k < m->prep_first[b + 1] && !rc; k++) {
+            int s = m->prep_list[k];
+            const struct exec_step *st = &m->steps[s];
+            for (int p = 0; p < st->nparams; p++) {
+                const struct graph_param *gp = &m->g.params[st->params[p]];
+                params[p] = (const uint8_t *)m->batch_data[gp->batch] + gp->offset;
+            }
+            rc = m->be->step_weights(m->be, ctx, m->step_state[s], params, m->opt.params_persist);
+            if (rc)
+                log_error("exec: preparing weights of node '%s' failed: %s",
+                          m->g.nodes[st->node].name, pps_strerror(rc));
+        }
+
+        pthread_mutex_lock(&m->mu);
+        if (rc) {
+            if (!m->failed) m->failed = rc;
+        } else {
+            m->prepared = b + 1;
+        }
+        pthread_cond_broadcast(&m->cv);
+    }
+    pthread_mutex_unlock(&m->mu);
+    m->be->context_free(m->be, ctx);
+    return NULL;
+}
+
+int exec_batch_arrived(struct exec_model *m, int batch, const void *bytes, uint64_t len)
+{
+    if (batch < 0 || batch >= m->g.nbatches || !bytes) return PPS_EINVAL;
+    if (len != m->g.batches[batch].nbytes) return PPS_EINVAL;
+    pthread_mutex_lock(&m->mu);
+    int rc = 0;
+    if (m->batch_data[batch]) {
+        rc = PPS_EEXISTS;
+    } else {
+        m->batch_data[batch] = bytes;
+        pthread_cond_broadcast(&m->cv);
+    }
+    pthread_mutex_unlock(&m->mu);
+    return rc;
+}
+
+void exec_batch_failed(struct exec_model *m, int err)
+{
+    pthread_mutex_lock(&m->mu);
+    if (!m->failed) m->failed = err < 0 ? err : PPS_EFETCH;
+    pthread_cond_broadcast(&m->cv);
+    pthread_mutex_unlock(&m->mu);
+}
+
+int exec_wait_prepared(struct exec_model *m)
+{
+    pthread_mutex_lock(&m->mu);
+    while (!m->failed && m->prepared < m->g.nbatches) pthread_cond_wait(&m->cv, &m->mu);
+    int rc = m->prepared >= m->g.nbatches ? 0 : m->failed;
+    pthread_mutex_unlock(&m->mu);
+    return rc;
+}
+
+int exec_batches_prepared(struct exec_model *m)
+{
+    pthread_mutex_lock(&m->mu);
+    int n = m->prepared;
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
+int exec_batch_count(const struct exec_model *m) { return m->g.nbatches; }
+
+/* Wait until gate is open. Returns 0, or the failure code. */
+static int wait_gate(struct exec_model *m, int32_t gate, double *waited_ms, int *nwaits)
+{
+    pthread_mutex_lock(&m->mu);
+    if (m->prepared > gate) {
+        pthread_mutex_unlock(&m->mu);
+        return 0;
+    }
+    double t0 = now_ms();
+    while (m->prepared <= gate && !m->failed && !m->stop) pthread_cond_wait(&m->cv, &m->mu);
+    int rc = m->prepared > gate ? 0 : (m->failed ? m->failed : PPS_ECANCELED);
+    pthread_mutex_unlock(&m->mu);
+    *waited_ms += now_ms() - t0;
+    (*nwaits)++;
+    return rc;
+}
+
+/* ---- model creation --------------------------------------------------- */
+
+int exec_model_create(struct exec_model **out, const struct graph *g,
+                      const struct exec_options *opt, char *err, size_t errlen)
+{
+    *out = NULL;
+    int rc = graph_validate(g, err, errlen);
+    if (rc) return rc;
+    if (g->nparams > 0 && g->nbatches < 1)
+        return fail(err, errlen, PPS_EINVAL, "model '%s' has parameters but no batches", g->name);
+    if (g->ninputs < 1 || g->noutputs < 1)
+        return fail(err, errlen, PPS_EINVAL, "model '%s' needs inputs and outputs", g->name);
+
+    struct exec_model *m = pps_xcalloc(1, sizeof *m);
+    if (opt) m->opt = *opt;
+    else exec_options_default(&m->opt);
+    if (m->opt.threads <= 0) m->opt.threads = 2;
+    if (m->opt.prep_threads <= 0) m->opt.prep_threads = 1;
+    graph_copy(&m->g, g);
+    m->be = cpu_backend_get();
+    pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
+    pthread_mutex_init(&m->run_mu, NULL);
+    m->batch_data = pps_xcalloc((unsigned long)(g->nbatches ? g->nbatches : 1), sizeof *m->batch_data);
+
+    int32_t nv = graph_nvalues(g);
+    m->shape1 = pps_xcalloc((unsigned long)nv, sizeof *m->shape1);
+    struct exec_tensor *shape2 = pps_xcalloc((unsigned long)nv, sizeof *shape2);
+    rc = shape_infer(&m->g, 1, m->shape1, err, errlen);
+    if (!rc) rc = shape_infer(&m->g, 2, shape2, err, errlen);
+    if (!rc)
+        rc = fuse_build(&m->g, m->be, m->shape1, shape2, !m->opt.no_fusion, &m->steps,
+                        &m->nsteps, err, errlen);
+    free(shape2);
+    if (rc) {
+        exec_model_destroy(m);
+        return rc;
+    }
+
+    m->step_state = pps_xcalloc((unsigned long)(m->nsteps ? m->nsteps : 1), sizeof *m->step_state);
+    struct exec_tensor in[EXEC_STEP_MAX_INPUTS];
+    for (int s = 0; s < m->nsteps && !rc; s++) {
+        const struct exec_step *st = &m->steps[s];
+        for (int k = 0; k < st->ninputs; k++) in[k] = m->shape1[st->inputs[k]];
+        rc = m->be->step_init(m->be, &m->g, st, in, &m->shape1[st->output], &m->step_state[s],
+                              err, errlen);
+    }
+    if (rc) {
+        exec_model_destroy(m);
+        return rc;
+    }
+
+    /* Steps per preparation batch. */
+    int32_t nb = m->g.nbatches;
+    m->prep_first = pps_xcalloc((unsigned long)nb + 2, sizeof *m->prep_first);
+    m->prep_list = pps_xmalloc((unsigned long)(m->nsteps ? m->nsteps : 1) * sizeof *m->prep_list);
+    for (int s = 0; s < m->nsteps; s++)
+        if (m->steps[s].prep_batch >= 0) m->prep_first[m->steps[s].prep_batch + 1]++;
+    for (int32_t b = 0; b < nb; b++) m->prep_first[b + 1] += m->prep_first[b];
+    int32_t *fill = pps_xcalloc((unsigned long)nb + 1, sizeof *fill);
+    for (int s = 0; s < m->nsteps; s++) {
+        int32_t b = m->steps[s].prep_batch;
+        if (b >= 0) m->prep_list[m->prep_first[b] + fill[b]++] = s;
+    }
+    free(fill);
+
+    if (m->opt.profile) {
+        m->prof_ms = pps_xcalloc((unsigned long)(m->nsteps ? m->nsteps : 1), sizeof *m->prof_ms);
+        m->prof_runs = pps_xcalloc(1, sizeof *m->prof_runs);
+    }
+    m->run_ctx = m->be->context_create(m->be, m->opt.threads);
+    if (nb > 0) {
+        if (pthread_create(&m->preparer, NULL, preparer_main, m) != 0) {
+            exec_model_destroy(m);
+            return fail(err, errlen, PPS_ENOMEM, "cannot start the preparer thread");
+        }
+        m->preparer_started = 1;
+    }
+    *out = m;
+    return 0;
+}
+
+static void plan_free(struct exec_model *m, struct exec_plan *p)
+{
+    if (!p) return;
+    if (p->np)
+        for (int s = 0; s < m->nsteps; s++)
+            if (p->prepared_ok[s]) m->be->node_free(m->be, p->np[s].state);
+    free(p->np);
+    free(p->prepared_ok);
+    free(p->vals);
+    free(p->vroot);
+    free(p->roots);
+    free(p->root_kind);
+    free(p->root_input);
+    free(p->arena);
+    free(p->vptr);
+    free(p);
+}
+
+void exec_model_destroy(struct exec_model *m)
+{
+    if (!m) return;
+    if (m->preparer_started) {
+        pthread_mutex_lock(&m->mu);
+        m->stop = 1;
+        pthread_cond_broadcast(&m->cv);
+        pthread_mutex_unlock(&m->mu);
+        pthread_join(m->preparer, NULL);
+    }
+    pthread_mutex_lock(&m->run_mu);
+    while (m->plans) {
+        struct exec_plan *p = m->plans;
+        m->plans = p->next;
+        plan_free(m, p);
+    }
+    pthread_mutex_unlock(&m->run_mu);
+    if (m->step_state)
+        for (int s = 0; s < m->nsteps; s++)
+            if (m->step_state[s]) m->be->step_free(m->be, m->step_state[s]);
+    if (m->run_ctx) m->be->context_free(m->be, m->run_ctx);
+    free(m->step_state);
+    free(m->steps);
+    free(m->shape1);
+    free(m->prep_first);
+    free(m->prep_list);
+    free(m->batch_data);
+    free(m->prof_ms);
+    free(m->prof_runs);
+    pthread_mutex_destroy(&m->mu);
+    pthread_cond_destroy(&m->cv);
+    pthread_mutex_destroy(&m->run_mu);
+    graph_free(&m->g);
+    free(m);
+}
+
+const struct graph *exec_model_graph(const struct exec_model *m) { return &m->g; }
+int exec_model_nsteps(const struct exec_model *m) { return m->nsteps; }
+const struct exec_step *exec_model_step(const struct exec_model *m, int i) { return &m->steps[i]; }
+
+/* ---- plans ------------------------------------------------------------- */
+
+static int plan_build(struct exec_model *m, int64_t batch, struct exec_plan **out, char *err,
+                      size_t errlen)
+{
+    const struct graph *g = &m->g;
+    int32_t nv = graph_nvalues(g);
+    int ns = m->nsteps;
+    struct exec_plan *p = pps_xcalloc(1, sizeof *p);
+    p->batch = batch;
+    p->vals = pps_xcalloc((unsigned long)nv, sizeof *p->vals);
+    p->np = pps_xcalloc((unsigned long)(ns ? ns : 1), sizeof *p->np);
+    p->prepared_ok = pps_xcalloc((unsigned long)(ns ? ns : 1), sizeof *p->prepared_ok);
+    p->vroot = pps_xmalloc((unsigned long)nv * sizeof *p->vroot);
+    p->vptr = pps_xcalloc((unsigned long)nv, sizeof *p->vptr);
+    /* At most one root per input and per step, plus one scratch per step. */
+    int maxroots = g->ninputs + ns;
+    p->roots = pps_xcalloc((unsigned long)(maxroots + ns), sizeof *p->roots);
+    p->root_kind = pps_xcalloc((unsigned long)maxroots, 1);
+    p->root_input = pps_xcalloc((unsigned long)maxroots, sizeof *p->root_input);
+    int rc = shape_infer(g, batch, p->vals, err, errlen);
+    if (rc) {
+        plan_free(m, p);
+        return rc;
+    }
+
+    /* Static last use of every value, in steps (model outputs: past the end). */
+    int *last = pps_xmalloc((unsigned long)nv * sizeof *last);
+    for (int32_t v = 0; v < nv; v++) last[v] = -1;
+    for (int s = 0; s < ns; s++)
+        for (int k = 0; k < m->steps[s].ninputs; k++) last[m->steps[s].inputs[k]] = s;
+    for (int i = 0; i < g->noutputs; i++) last[g->outputs[i].value] = ns;
+    int *is_output = pps_xcalloc((unsigned long)nv, sizeof *is_output);
+    for (int i = 0; i < g->noutputs; i++) is_output[g->outputs[i].value] = 1;
+
+    for (int32_t v = 0; v < nv; v++) p->vroot[v] = -1;
+    int nroots = 0;
+    for (int i = 0; i < g->ninputs; i++) {
+        p->vroot[i] = nroots;
+        p->root_kind[nroots] = ROOT_INPUT;
+        p->root_input[nroots] = i;
+        p->roots[nroots].size = p->vals[i].nbytes;
+        p->roots[nroots].start = 0;
+        p->roots[nroots].end = ns;
+        nroots++;
+    }
+    /* Latest use of any value currently living in each root. */
+    int *root_last = pps_xcalloc((unsigned long)maxroots, sizeof *root_last);
+    for (int r = 0; r < nroots; r++) root_last[r] = ns;
+
+    struct exec_tensor in[EXEC_STEP_MAX_INPUTS];
+    for (int s = 0; s < ns && !rc; s++) {
+        const struct exec_step *st = &m->steps[s];
+        unsigned mask = 0;
+        for (int k = 0; k < st->ninputs; k++) {
+            int32_t v = st->inputs[k];
+            in[k] = p->vals[v];
+            int r = p->vroot[v];
+            int ok = p->root_kind[r] == ROOT_ARENA && root_last[r] == s && !is_output[v];
+            for (int j = 0; j < st->ninputs && ok; j++)
+                if (j != k && p->vroot[st->inputs[j]] == r) ok = 0;
+            if (ok) mask |= 1u << k;
+        }
+        struct exec_tensor *o = &p->vals[st->output];
+        rc = m->be->node_prepare(m->be, m->step_state[s], in, mask, is_output[st->output], o,
+                                 &p->np[s], err, errlen);
+        if (rc) break;
+        p->prepared_ok[s] = 1;
+        int a = p->np[s].alias_input;
+        if (a >= 0) {
+            PPS_ASSERT(a < st->ninputs);
+            int r = p->vroot[st->inputs[a]];
+            p->vroot[st->output] = r;
+            if (o->nbytes > p->roots[r].size) {
+                PPS_ASSERT(p->root_kind[r] == ROOT_ARENA);
+                p->roots[r].size = o->nbytes;
+            }
+            if (last[st->output] > root_last[r]) root_last[r] = last[st->output];
+        } else {
+            int r = nroots++;
+            p->vroot[st->output] = r;
+            p->root_kind[r] = ROOT_ARENA;
+            p->roots[r].size = o->nbytes;
+            p->roots[r].start = s;
+            root_last[r] = last[st->output] > s ? last[st->output] : s;
+        }
+    }
+    if (rc) {
+        free(last); free(is_output); free(root_last);
+        plan_free(m, p);
+        return rc;
+    }
+    for (int r = 0; r < nroots; r++) p->roots[r].end = root_last[r];
+    p->nroots = nroots;
+    /* Arena roots and scratch go through the planner; model-input roots are
+     * the caller's memory, so give them size 0 there. */
+    struct memplan_buf *plan_bufs = p->roots;
+    for (int r = 0; r < nroots; r++)
+        if (p->root_kind[r] == ROOT_INPUT) plan_bufs[r].size = 0;
+    for (int s = 0; s < ns; s++) {
+        plan_bufs[nroots + s].size = p->np[s].scratch_bytes;
+        plan_bufs[nroots + s].start = s;
+        plan_bufs[nroots + s].end = s;
+    }
+    p->arena_bytes = memplan_assign(plan_bufs, nroots + ns, ARENA_ALIGN);
+    free(last);
+    free(is_output);
+    free(root_last);
+    if (p->arena_bytes) {
+        p->arena = aligned_alloc(4096, (p->arena_bytes + 4095) & ~(uint64_t)4095);
+        if (!p->arena) {
+            plan_free(m, p);
+            return fail(err, errlen, PPS_ENOMEM, "cannot allocate %llu bytes of activations",
+                        (unsigned long long)p->arena_bytes);
+        }
+        /* Fault the pages in now, off the first run's critical path. */
+        memset(p->arena, 0, p->arena_bytes);
+    }
+    *out = p;
+    return 0;
+}
+
+static struct exec_plan *plan_find(struct exec_model *m, int64_t batch)
+{
+    for (struct exec_plan *p = m->plans; p; p = p->next)
+        if (p->batch == batch) return p;
+    return NULL;
+}
+
+int exec_input_info(struct exec_model *m, int idx, int64_t batch, struct exec_tensor *t)
+{
+    if (idx < 0 || idx >= m->g.ninputs || batch < 1) return PPS_EINVAL;
+    *t = m->shape1[idx];
+    t->dims[0] = batch;
+    t->nbytes = shape_elems(t) * shape_dtype_size(t->dtype);
+    return 0;
+}
+
+int exec_output_info(struct exec_model *m, int idx, int64_t batch, struct exec_tensor *t,
+                     char *err, size_t errlen)
+{
+    if (idx < 0 || idx >= m->g.noutputs || batch < 1) return PPS_EINVAL;
+    int32_t nv = graph_nvalues(&m->g);
+    struct exec_tensor *vals = malloc((size_t)nv * sizeof *vals);
+    if (!vals) return PPS_ENOMEM;
+    int rc = shape_infer(&m->g, batch, vals, err, errlen);
+    if (!rc) *t = vals[m->g.outputs[idx].value];
+    free(vals);
+    return rc;
+}
+
+/* ---- running ----------------------------------------------------------- */
+
+int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
+             const uint64_t *input_bytes, void *const *outputs, struct exec_timing *timing,
+             char *err, size_t errlen)
+{
+    struct exec_timing t;
+    memset(&t, 0, sizeof t);
+    double t0 = now_ms();
+    if (batch < 1 || batch > (1 << 20)) return fail(err, errlen, PPS_EINVAL, "bad batch size %lld", (long long)batch);
+    for (int i = 0; i < m->g.ninputs; i++) {
+        struct exec_tensor ti;
+        exec_input_info(m, i, batch, &ti);
+        if (!inputs[i] || input_bytes[i] != ti.nbytes)
+            return fail(err, errlen, PPS_ESHAPE, "input '%s': %llu bytes given, %llu expected",
+                        m->g.inputs[i].name, (unsigned long long)input_bytes[i],
+                        (unsigned long long)ti.nbytes);
+    }
+    pthread_mutex_lock(&m->run_mu);
+    struct exec_plan *p = plan_find(m, batch);
+    int rc = 0;
+    if (!p) {
+        double tp = now_ms();
+        rc = plan_build(m, batch, &p, err, errlen);
+        if (rc) {
+            pthread_mutex_unlock(&m->run_mu);
+            return rc;
+        }
+        p->next = m->plans;
+        m->plans = p;
+        t.plan_ms = now_ms() - tp;
+    }
+    m->be->context_begin(m->be, m->run_ctx);
+
+    int32_t nv = graph_nvalues(&m->g);
+    for (int32_t v = 0; v < nv; v++) {
+        int r = p->vroot[v];
+        if (r < 0) continue;
+        if (p->root_kind[r] == ROOT_INPUT) p->vptr[v] = (void *)inputs[p->root_input[r]];
+        else p->vptr[v] = p->arena + p->roots[r].offset;
+    }
+    void *in[EXEC_STEP_MAX_INPUTS];
+    double tc = now_ms();
+    for (int s = 0; s < m->nsteps; s++) {
+        const struct exec_step *st = &m->steps[s];
+        if (st->gate >= 0) {
+            rc = wait_gate(m, st->gate, &t.wait_ms, &t.gates_waited);
+            if (rc) {
+                fail(err, errlen, rc, "parameters for batch %d unavailable: %s", st->gate,
+                     pps_strerror(rc));
+                break;
+            }
+        }
+        for (int k = 0; k < st->ninputs; k++) in[k] = p->vptr[st->inputs[k]];
+        void *scratch = p->np[s].scratch_bytes ? p->arena + p->roots[p->nroots + s].offset : NULL;
+        double ts = m->prof_ms ? now_ms() : 0;
+        rc = m->be->node_run(m->be, m->run_ctx, m->step_state[s], p->np[s].state, in,
+                             p->vptr[st->output], scratch);
+        if (m->prof_ms) m->prof_ms[s] += now_ms() - ts;
+        if (rc) {
+            fail(err, errlen, rc, "node '%s' (%s) failed: %s", m->g.nodes[st->node].name,
+                 graph_op_name(m->g.nodes[st->node].op), pps_strerror(rc));
+            break;
+        }
+    }
+    if (!rc) {
+        for (int i = 0; i < m->g.noutputs; i++) {
+            int32_t v = m->g.outputs[i].value;
+            memcpy(outputs[i], p->vptr[v], shape_elems(&p->vals[v]) * shape_dtype_size(p->vals[v].dtype));
+        }
+        if (m->prof_runs) (*m->prof_runs)++;
+    }
+    pthread_mutex_unlock(&m->run_mu);
+    double t1 = now_ms();
+    t.total_ms = t1 - t0;
+    t.compute_ms = t1 - tc - t.wait_ms;
+    if (timing) *timing = t;
+    return rc;
+}
+
+uint64_t exec_model_memory_bytes(const struct exec_model *m)
+{
+    uint64_t total = 0;
+    for (int s = 0; s < m->nsteps; s++)
+        if (m->step_state[s]) total += m->be->step_bytes(m->be, m->step_state[s]);
+    pthread_mutex_lock((pthread_mutex_t *)&m->run_mu);
+    for (const struct exec_plan *p = m->plans; p; p = p->next) total += p->arena_bytes;
+    pthread_mutex_unlock((pthread_mutex_t *)&m->run_mu);
+    return total;
+}
+
+void exec_model_trim(struct exec_model *m)
+{
+    pthread_mutex_lock(&m->run_mu);
+    while (m->plans) {
+        struct exec_plan *p = m->plans;
+        m->plans = p->next;
+        plan_free(m, p);
+    }
+    pthread_mutex_unlock(&m->run_mu);
+}
+
+struct prof_row {
+    const char *name;
+    double ms;
+    int count;
+};
+
+static int by_ms_desc(const void *a, const void *b)
+{
+    const struct prof_row *x = a, *y = b;
+    return x->ms < y->ms ? 1 : (x->ms > y->ms ? -1 : 0);
+}
+
+void exec_profile_print(struct exec_model *m, FILE *out)
+{
+    if (!m->prof_ms || *m->prof_runs == 0) return;
+    struct prof_row rows[GRAPH_OP_COUNT];
+    memset(rows, 0, sizeof rows);
+    double total = 0;
+    for (int s = 0; s < m->nsteps; s++) {
+        enum graph_op op = m->g.nodes[m->steps[s].node].op;
+        rows[op].name = graph_op_name(op);
+        rows[op].ms += m->prof_ms[s];
+        rows[op].count++;
+        total += m->prof_ms[s];
+    }
+    qsort(rows, GRAPH_OP_COUNT, sizeof rows[0], by_ms_desc);
+    double runs = (double)*m->prof_runs;
+    fprintf(out, "profile: %.2f ms per run over %lld runs\n", total / runs, (long long)*m->prof_runs);
+    for (int i = 0; i < GRAPH_OP_COUNT && rows[i].count; i++)
+        fprintf(out, "  %-20s %5d steps %9.3f ms %5.1f%%\n", rows[i].name, rows[i].count,
+                rows[i].ms / runs, total > 0 ? 100.0 * rows[i].ms / total : 0.0);
+}

@@ -1,0 +1,113 @@
+/* executor: runs a model (struct graph) on a compute backend, starting
+ * before all of its parameters have arrived.
+ *
+ * Life of a model:
+ *   exec_model_create(graph)        shapes checked, nodes grouped into fused
+ *                                   steps, weight layouts fixed, a preparer
+ *                                   thread started; no parameter needed yet.
+ *   exec_batch_arrived(i, bytes)    from any thread, in any order: parameter
+ *                                   batch i is available. The preparer turns
+ *                                   it into prepared weights (BN folding,
+ *                                   reorders), in batch order, then opens
+ *                                   gate i.
+ *   exec_run(batch size, inputs)    runs the steps in order; before a step
+ *                                   whose parameters are in batch i it waits
+ *                                   on gate i. Groups whose batches are in
+ *                                   compute while later batches still arrive.
+ * Plans (shapes, kernels, activation memory) are built once per batch size
+ * and cached; prepared weights are shared by all plans and stay in the
+ * model, so a resident model re-runs without any preparation.
+ *
+ * Determinism: kernels, layouts and the order of operations depend only on
+ * the graph, the batch size and the thread count, never on when parameters
+ * arrived, so a pipelined run gives bit-identical output to a run with every
+ * batch present.
+ *
+ * Thread safety: exec_batch_arrived/exec_batch_failed may be called from
+ * any thread at any time; runs of one model are serialised by a lock. */
+#ifndef PIPEPS_EXEC_EXECUTOR_H
+#define PIPEPS_EXEC_EXECUTOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "exec/backend.h"
+#include "model/graph.h"
+
+struct exec_model;
+
+struct exec_options {
+    int threads;          /* compute threads (OpenMP, shared with oneDNN); 0 = 2 */
+    int prep_threads;     /* threads the preparer uses; 0 = 1 (it overlaps compute) */
+    /* 1 (default): the bytes given to exec_batch_arrived stay valid until
+     * exec_model_destroy and parameters that need no transformation are
+     * used in place (zero copy, e.g. from a shared-memory pool).
+     * 0: the bytes need only stay valid until exec_wait_prepared() returns
+     * (all batches prepared); the model copies whatever it keeps. */
+    int params_persist;
+    int no_fusion;        /* debugging: every node its own step */
+    int profile;          /* accumulate per-step times (exec_profile_print) */
+};
+void exec_options_default(struct exec_options *o);
+
+/* Per-run timing, in milliseconds. */
+struct exec_timing {
+    double total_ms;    /* the whole exec_run call */
+    double plan_ms;     /* building the plan for a new batch size (0 when cached) */
+    double wait_ms;     /* blocked on gates (parameters not yet prepared) */
+    double compute_ms;  /* running steps */
+    int gates_waited;   /* how many gates blocked */
+};
+
+/* Build a model for g (copied; g may be freed afterwards). g must pass
+ * graph_validate; shapes and op attributes are checked here. backend NULL
+ * selects the CPU backend. err receives a message on failure. */
+int exec_model_create(struct exec_model **out, const struct graph *g,
+                      const struct exec_options *opt, char *err, size_t errlen);
+/* Stops the preparer (a run blocked on a gate returns PPS_ECANCELED first)
+ * and frees everything. */
+void exec_model_destroy(struct exec_model *m);
+const struct graph *exec_model_graph(const struct exec_model *m);
+
+/* Parameter batch i is available at bytes (len must equal the graph's batch
+ * size). See exec_options.params_persist for how long bytes must stay valid.
+ * Returns PPS_EINVAL for a bad index or length, PPS_EEXISTS if it arrived
+ * already. */
+int exec_batch_arrived(struct exec_model *m, int batch, const void *bytes, uint64_t len);
+/* Parameters will not come (fetch failed, cache gone): runs blocked on a
+ * gate that is not open return err (a negative PPS_E* code). */
+void exec_batch_failed(struct exec_model *m, int err);
+/* Block until every batch is prepared (or failure: returns its code). */
+int exec_wait_prepared(struct exec_model *m);
+/* Number of open gates (batches prepared), and the total. */
+int exec_batches_prepared(struct exec_model *m);
+int exec_batch_count(const struct exec_model *m);
+
+/* Shape of model input/output idx at batch size batch (layout NULL). */
+int exec_input_info(struct exec_model *m, int idx, int64_t batch, struct exec_tensor *t);
+int exec_output_info(struct exec_model *m, int idx, int64_t batch, struct exec_tensor *t,
+                     char *err, size_t errlen);
+
+/* Run the model at batch size batch. inputs[i] holds input i (C order,
+ * input_bytes[i] bytes, checked against the shape); outputs[i] receives
+ * output i (exec_output_info gives its size). Blocks on gates as needed.
+ * timing may be NULL. Int64 inputs that index tables (token ids) are
+ * range-checked: PPS_ERANGE. */
+int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
+             const uint64_t *input_bytes, void *const *outputs, struct exec_timing *timing,
+             char *err, size_t errlen);
+
+/* Memory this model owns: prepared weights plus the activation arenas of
+ * its cached plans (parameter bytes used in place are not counted). */
+uint64_t exec_model_memory_bytes(const struct exec_model *m);
+/* Drop cached plans (their arenas); prepared weights stay. */
+void exec_model_trim(struct exec_model *m);
+
+/* Per-op time summary of profiled runs (options.profile). */
+void exec_profile_print(struct exec_model *m, FILE *out);
+/* Steps after fusion, for tests and `pipeps run --verbose`. */
+int exec_model_nsteps(const struct exec_model *m);
+const struct exec_step *exec_model_step(const struct exec_model *m, int i);
+
+#endif

@@ -1,0 +1,1159 @@
+/* Per-op tests of the executor and its CPU backend against naive reference
+ * implementations written here in plain C (loops straight from the ONNX
+ * operator definitions, double accumulation), including odd shapes:
+ * asymmetric padding, stride, dilation, groups and depthwise, non-square
+ * kernels and inputs, ceil_mode pooling, numpy broadcasting. Also checks
+ * fusion (fused == unfused == reference), the pipelined gates (batches
+ * arriving late and out of order give bit-identical output), and errors
+ * (bad input size, out-of-range token id, failed parameter fetch). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "exec/executor.h"
+#include "exec/memplan.h"
+#include "model/batching.h"
+#include "model/graph.h"
+
+/* ---- a tiny model harness ---------------------------------------------- */
+
+#define TM_MAXP 64
+
+struct tmodel {
+    struct graph g;
+    int np;
+    char pname[TM_MAXP][GRAPH_NAME_MAX + 1];
+    float *pdata[TM_MAXP];
+    uint8_t **batches;
+};
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(float lo, float hi)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return lo + (hi - lo) * (float)((rng >> 11) * (1.0 / 9007199254740992.0));
+}
+
+static float *rand_buf(uint64_t n, float lo, float hi)
+{
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    for (uint64_t i = 0; i < n; i++) p[i] = frand(lo, hi);
+    return p;
+}
+
+static void tm_init(struct tmodel *t, const char *name)
+{
+    memset(t, 0, sizeof *t);
+    graph_init(&t->g, name);
+}
+
+static int32_t tm_param_data(struct tmodel *t, const char *name, int nd, const int64_t *dims,
+                             const float *data)
+{
+    assert_true(t->np < TM_MAXP);
+    uint64_t n = 1;
+    for (int i = 0; i < nd; i++) n *= (uint64_t)dims[i];
+    snprintf(t->pname[t->np], sizeof t->pname[0], "%s", name);
+    t->pdata[t->np] = malloc(n * sizeof(float));
+    memcpy(t->pdata[t->np], data, n * sizeof(float));
+    t->np++;
+    return graph_add_param(&t->g, name, nd, dims);
+}
+
+static int32_t tm_param(struct tmodel *t, const char *name, int nd, const int64_t *dims, float lo,
+                        float hi)
+{
+    uint64_t n = 1;
+    for (int i = 0; i < nd; i++) n *= (uint64_t)dims[i];
+    float *d = rand_buf(n, lo, hi);
+    int32_t id = tm_param_data(t, name, nd, dims, d);
+    free(d);
+    return id;
+}
+
+static const float *tm_data(const struct tmodel *t, const char *name)
+{
+    for (int i = 0; i < t->np; i++)
+        if (strcmp(t->pname[i], name) == 0) return t->pdata[i];
+    fail_msg("no data for param %s", name);
+    return NULL;
+}
+
+static void tm_batch(struct tmodel *t, uint64_t max_batch)
+{
+    assert_int_equal(batching_apply(&t->g, max_batch), 0);
+    t->batches = calloc((size_t)t->g.nbatches, sizeof *t->batches);
+    for (int b = 0; b < t->g.nbatches; b++) {
+        t->batches[b] = aligned_alloc(512, t->g.batches[b].nbytes);
+        memset(t->batches[b], 0, t->g.batches[b].nbytes);
+    }
+    for (int p = 0; p < t->g.nparams; p++) {
+        const struct graph_param *gp = &t->g.params[p];
+        memcpy(t->batches[gp->batch] + gp->offset, tm_data(t, gp->name), gp->nbytes);
+    }
+}
+
+static void tm_free(struct tmodel *t)
+{
+    for (int b = 0; t->batches && b < t->g.nbatches; b++) free(t->batches[b]);
+    free(t->batches);
+    for (int i = 0; i < t->np; i++) free(t->pdata[i]);
+    graph_free(&t->g);
+}
+
+enum feed { FEED_ALL_FIRST, FEED_THREAD_DELAYED, FEED_THREAD_REVERSED };
+
+struct feeder {
+    struct exec_model *m;
+    struct tmodel *t;
+    enum feed mode;
+};
+
+static void *feeder_main(void *arg)
+{
+    struct feeder *f = arg;
+    int nb = f->t->g.nbatches;
+    for (int i = 0; i < nb; i++) {
+        int b = f->mode == FEED_THREAD_REVERSED ? nb - 1 - i : i;
+        usleep((useconds_t)(frand(0, 3000)));
+        assert_int_equal(exec_batch_arrived(f->m, b, f->t->batches[b], f->t->g.batches[b].nbytes), 0);
+    }
+    return NULL;
+}
+
+/* Run t's graph (batched with max_batch) at batch size n; returns output 0
+ * (malloc'ed) and its element count. */
+static float *tm_run_opts(struct tmodel *t, int64_t n, const void *const *inputs, uint64_t *nout,
+                          int no_fusion, enum feed mode, int expect_rc)
+{
+    struct exec_options opt;
+    exec_options_default(&opt);
+    opt.no_fusion = no_fusion;
+    struct exec_model *m;
+    char err[512] = "";
+    int rc = exec_model_create(&m, &t->g, &opt, err, sizeof err);
+    if (rc) fail_msg("exec_model_create: %s", err);
+    pthread_t th;
+    struct feeder f = {m, t, mode};
+    if (mode == FEED_ALL_FIRST) {
+        for (int b = 0; b < t->g.nbatches; b++)
+            assert_int_equal(exec_batch_arrived(m, b, t->batches[b], t->g.batches[b].nbytes), 0);
+    } else {
+        assert_int_equal(pthread_create(&th, NULL, feeder_main, &f), 0);
+    }
+    uint64_t in_bytes[4];
+    for (int i = 0; i < t->g.ninputs; i++) {
+        struct exec_tensor ti;
+        assert_int_equal(exec_input_info(m, i, n, &ti), 0);
+        in_bytes[i] = ti.nbytes;
+    }
+    struct exec_tensor to;
+    assert_int_equal(exec_output_info(m, 0, n, &to, err, sizeof err), 0);
+    uint64_t elems = to.nbytes / 4;
+    float *out = malloc(to.nbytes);
+    void *outs[1] = {out};
+    struct exec_timing tim;
+    rc = exec_run(m, n, inputs, in_bytes, outs, &tim, err, sizeof err);
+    if (rc != expect_rc) fail_msg("exec_run returned %d (%s), expected %d", rc, err, expect_rc);
+    if (!rc) {
+        /* A second run reuses the plan and prepared weights. */
+        float *again = malloc(to.nbytes);
+        void *outs2[1] = {again};
+        assert_int_equal(exec_run(m, n, inputs, in_bytes, outs2, &tim, err, sizeof err), 0);
+        assert_int_equal(tim.plan_ms, 0.0);
+        assert_memory_equal(out, again, to.nbytes);
+        free(again);
+    }
+    if (mode != FEED_ALL_FIRST) pthread_join(th, NULL);
+    exec_model_destroy(m);
+    *nout = elems;
+    return out;
+}
+
+static float *tm_run(struct tmodel *t, int64_t n, const void *const *inputs, uint64_t *nout)
+{
+    return tm_run_opts(t, n, inputs, nout, 0, FEED_ALL_FIRST, 0);
+}
+
+/* Normalised max error: max|got-ref| / max(max|ref|, 1e-3). */
+static void check_close(const char *what, const float *got, const float *ref, uint64_t n, double tol)
+{
+    double maxd = 0, maxr = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) fail_msg("%s: element %llu is %f", what, (unsigned long long)i, got[i]);
+        double d = fabs((double)got[i] - (double)ref[i]);
+        if (d > maxd) maxd = d;
+        if (fabs(ref[i]) > maxr) maxr = fabs(ref[i]);
+    }
+    double e = maxd / (maxr > 1e-3 ? maxr : 1e-3);
+    if (e > tol) fail_msg("%s: normalised error %.3g > %.3g", what, e, tol);
+}
+
+/* ---- naive references -------------------------------------------------- */
+
+struct win {
+    int64_t k[2], s[2], d[2], pb[2], pe[2];
+};
+
+static int64_t win_out(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pb, int64_t pe, int ceil_mode)
+{
+    int64_t ext = (k - 1) * d + 1;
+    double q = (double)(in + pb + pe - ext) / (double)s;
+    int64_t out = (int64_t)(ceil_mode ? ceil(q) : floor(q)) + 1;
+    if (ceil_mode && (out - 1) * s >= in + pb) out--;
+    return out;
+}
+
+static void ref_conv(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const float *w,
+                     int64_t M, const float *b, const struct win *p, int64_t G, float *y,
+                     int64_t OH, int64_t OW)
+{
+    int64_t cg = C / G, mg = M / G;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t oh = 0; oh < OH; oh++)
+                for (int64_t ow = 0; ow < OW; ow++) {
+                    double acc = b ? b[m] : 0;
+                    int64_t g = m / mg;
+                    for (int64_t c = 0; c < cg; c++)
+                        for (int64_t kh = 0; kh < p->k[0]; kh++)
+                            for (int64_t kw = 0; kw < p->k[1]; kw++) {
+                                int64_t ih = oh * p->s[0] - p->pb[0] + kh * p->d[0];
+                                int64_t iw = ow * p->s[1] - p->pb[1] + kw * p->d[1];
+                                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                                acc += (double)x[((n * C + g * cg + c) * H + ih) * W + iw] *
+                                       w[((m * cg + c) * p->k[0] + kh) * p->k[1] + kw];
+                            }
+                    y[((n * M + m) * OH + oh) * OW + ow] = (float)acc;
+                }
+}
+
+static void ref_bn(float *x, int64_t N, int64_t C, int64_t inner, const float *gamma,
+                   const float *beta, const float *mean, const float *var, float eps)
+{
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < inner; i++) {
+                float *v = &x[(n * C + c) * inner + i];
+                *v = (float)(((double)*v - mean[c]) / sqrt((double)var[c] + eps) * gamma[c] + beta[c]);
+            }
+}
+
+static void ref_pool(int is_max, int include_pad, const float *x, int64_t N, int64_t C, int64_t H,
+                     int64_t W, const struct win *p, float *y, int64_t OH, int64_t OW)
+{
+    for (int64_t nc = 0; nc < N * C; nc++)
+        for (int64_t oh = 0; oh < OH; oh++)
+            for (int64_t ow = 0; ow < OW; ow++) {
+                double acc = is_max ? -INFINITY : 0;
+                int64_t cnt = 0, cnt_pad = 0;
+                for (int64_t kh = 0; kh < p->k[0]; kh++)
+                    for (int64_t kw = 0; kw < p->k[1]; kw++) {
+                        int64_t ih = oh * p->s[0] - p->pb[0] + kh * p->d[0];
+                        int64_t iw = ow * p->s[1] - p->pb[1] + kw * p->d[1];
+                        if (ih < H + p->pe[0] && iw < W + p->pe[1]) cnt_pad++;
+                        if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                        double v = x[(nc * H + ih) * W + iw];
+                        if (is_max) acc = v > acc ? v : acc;
+                        else acc += v;
+                        cnt++;
+                    }
+                if (!is_max) acc /= (double)(include_pad ? cnt_pad : cnt);
+                y[(nc * OH + oh) * OW + ow] = (float)acc;
+            }
+}
+
+/* Numpy-broadcast binary op on shapes given as (rank, dims). */
+static void ref_broadcast(int op, const float *a, int ar, const int64_t *ad, const float *b, int br,
+                          const int64_t *bd, float *y, int yr, const int64_t *yd)
+{
+    int64_t total = 1;
+    for (int i = 0; i < yr; i++) total *= yd[i];
+    for (int64_t t = 0; t < total; t++) {
+        int64_t rem = t, ia = 0, ib = 0, sa = 1, sb = 1;
+        for (int i = yr - 1; i >= 0; i--) {
+            int64_t idx = rem % yd[i];
+            rem /= yd[i];
+            int ai = i - (yr - ar), bi = i - (yr - br);
+            if (ai >= 0) {
+                ia += (ad[ai] == 1 ? 0 : idx) * sa;
+                sa *= ad[ai];
+            }
+            if (bi >= 0) {
+                ib += (bd[bi] == 1 ? 0 : idx) * sb;
+                sb *= bd[bi];
+            }
+        }
+        double u = a[ia], v = b[ib], r = 0;
+        switch (op) {
+        case GRAPH_OP_ADD: r = u + v; break;
+        case GRAPH_OP_SUB: r = u - v; break;
+        case GRAPH_OP_MUL: r = u * v; break;
+        case GRAPH_OP_DIV: r = u / v; break;
+        case GRAPH_OP_POW: r = pow(u, v); break;
+        default: fail();
+        }
+        y[t] = (float)r;
+    }
+}
+
+/* y[M,N] = alpha * A[M,K] x op(B) + beta * c[N] */
+static void ref_gemm(const float *a, int64_t M, int64_t K, const float *b, int64_t N, int transb,
+                     const float *c, float alpha, float beta, float *y)
+{
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double acc = 0;
+            for (int64_t k = 0; k < K; k++)
+                acc += (double)a[i * K + k] * (transb ? b[j * K + k] : b[k * N + j]);
+            y[i * N + j] = (float)(alpha * acc + (c ? beta * c[j] : 0));
+        }
+}
+
+static void ref_softmax(const float *x, float *y, int64_t outer, int64_t n, int64_t inner)
+{
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++) {
+            double mx = -INFINITY, s = 0;
+            for (int64_t j = 0; j < n; j++) mx = fmax(mx, x[(o * n + j) * inner + i]);
+            for (int64_t j = 0; j < n; j++) s += exp(x[(o * n + j) * inner + i] - mx);
+            for (int64_t j = 0; j < n; j++)
+                y[(o * n + j) * inner + i] = (float)(exp(x[(o * n + j) * inner + i] - mx) / s);
+        }
+}
+
+static void ref_layernorm(const float *x, float *y, int64_t outer, int64_t n, const float *g,
+                          const float *b, float eps)
+{
+    for (int64_t o = 0; o < outer; o++) {
+        double mean = 0, var = 0;
+        for (int64_t j = 0; j < n; j++) mean += x[o * n + j];
+        mean /= (double)n;
+        for (int64_t j = 0; j < n; j++) var += (x[o * n + j] - mean) * (x[o * n + j] - mean);
+        var /= (double)n;
+        for (int64_t j = 0; j < n; j++)
+            y[o * n + j] = (float)((x[o * n + j] - mean) / sqrt(var + eps) * g[j] + (b ? b[j] : 0));
+    }
+}
+
+/* ---- conv tests -------------------------------------------------------- */
+
+struct conv_case {
+    int64_t n, c, h, w, m, g;
+    int64_t kh, kw, sh, sw, dh, dw, pads[4];
+    int bias;
+};
+
+static void run_conv_case(const struct conv_case *cc)
+{
+    struct tmodel t;
+    tm_init(&t, "conv");
+    int64_t xd[4] = {-1, cc->c, cc->h, cc->w};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+    int64_t wd[4] = {cc->m, cc->c / cc->g, cc->kh, cc->kw}, bd[1] = {cc->m};
+    int32_t ps[2] = {tm_param(&t, "w", 4, wd, -0.5f, 0.5f), cc->bias ? tm_param(&t, "b", 1, bd, -1, 1) : -1};
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_CONV, "conv", 1, &x, cc->bias ? 2 : 1, ps);
+    int64_t k[2] = {cc->kh, cc->kw}, s[2] = {cc->sh, cc->sw}, d[2] = {cc->dh, cc->dw};
+    graph_set_ints(&t.g, "kernel_shape", 2, k);
+    graph_set_ints(&t.g, "strides", 2, s);
+    graph_set_ints(&t.g, "dilations", 2, d);
+    graph_set_ints(&t.g, "pads", 4, cc->pads);
+    graph_set_int(&t.g, "group", cc->g);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+
+    struct win p = {{cc->kh, cc->kw}, {cc->sh, cc->sw}, {cc->dh, cc->dw},
+                    {cc->pads[0], cc->pads[1]}, {cc->pads[2], cc->pads[3]}};
+    int64_t oh = win_out(cc->h, cc->kh, cc->sh, cc->dh, cc->pads[0], cc->pads[2], 0);
+    int64_t ow = win_out(cc->w, cc->kw, cc->sw, cc->dw, cc->pads[1], cc->pads[3], 0);
+    uint64_t nx = (uint64_t)(cc->n * cc->c * cc->h * cc->w), ny = (uint64_t)(cc->n * cc->m * oh * ow);
+    float *in = rand_buf(nx, -1, 1);
+    float *ref = malloc(ny * sizeof *ref);
+    ref_conv(in, cc->n, cc->c, cc->h, cc->w, tm_data(&t, "w"), cc->m, cc->bias ? tm_data(&t, "b") : NULL,
+             &p, cc->g, ref, oh, ow);
+    const void *ins[1] = {in};
+    uint64_t nout;
+    float *out = tm_run(&t, cc->n, ins, &nout);
+    assert_int_equal(nout, ny);
+    char what[128];
+    snprintf(what, sizeof what, "conv c%lld m%lld g%lld k%lldx%lld s%lldx%lld d%lldx%lld",
+             (long long)cc->c, (long long)cc->m, (long long)cc->g, (long long)cc->kh,
+             (long long)cc->kw, (long long)cc->sh, (long long)cc->sw, (long long)cc->dh, (long long)cc->dw);
+    check_close(what, out, ref, ny, 1e-4);
+    free(out);
+    free(ref);
+    free(in);
+    tm_free(&t);
+}
+
+static void test_conv_shapes(void **state)
+{
+    (void)state;
+    const struct conv_case cases[] = {
+        {1, 4, 7, 9, 8, 1, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}, 1},          /* basic, non-square input */
+        {2, 3, 11, 8, 5, 1, 3, 2, 2, 1, 2, 1, {0, 1, 1, 2}, 1},         /* asym pads, stride, dilation */
+        {2, 8, 6, 6, 4, 2, 3, 3, 1, 2, 1, 1, {1, 0, 1, 0}, 0},          /* groups, no bias */
+        {1, 16, 9, 9, 16, 16, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}, 1},       /* depthwise */
+        {2, 16, 5, 7, 32, 16, 3, 3, 1, 1, 2, 2, {2, 2, 2, 2}, 1},       /* depthwise x2, dilated */
+        {2, 32, 8, 8, 64, 1, 1, 1, 1, 1, 1, 1, {0, 0, 0, 0}, 1},        /* 1x1, blocked layouts */
+        {1, 3, 32, 30, 16, 1, 7, 7, 2, 2, 1, 1, {3, 3, 3, 3}, 0},       /* stem-like */
+        {3, 24, 10, 10, 40, 1, 1, 7, 1, 1, 1, 1, {0, 3, 0, 3}, 1},      /* 1x7 (inception) */
+        {1, 5, 4, 4, 3, 1, 5, 5, 1, 1, 1, 1, {2, 2, 2, 2}, 1},          /* kernel larger than input */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_conv_case(&cases[i]);
+}
+
+/* x -> conv1(+BN, relu) -> conv2(+BN) -> add(x') -> relu, where x' = conv3(x)
+ * (ResNet's downsample block): fused, unfused and reference agree. */
+static void test_conv_bn_add_relu_fusion(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "block");
+    int64_t C = 16, M = 32, H = 9, W = 9, N = 2;
+    int64_t xd[4] = {-1, C, H, W};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+    int64_t w1d[4] = {M, C, 3, 3}, w2d[4] = {M, M, 3, 3}, w3d[4] = {M, C, 1, 1}, cd[1] = {M};
+    int64_t k3[2] = {3, 3}, k1[2] = {1, 1}, p1[4] = {1, 1, 1, 1}, p0[4] = {0, 0, 0, 0};
+    const char *bn_names[3] = {"bn1", "bn2", "bn3"};
+    int32_t pw[3] = {tm_param(&t, "w1", 4, w1d, -0.3f, 0.3f), tm_param(&t, "w2", 4, w2d, -0.1f, 0.1f),
+                     tm_param(&t, "w3", 4, w3d, -0.5f, 0.5f)};
+    int32_t bnp[3][4];
+    for (int i = 0; i < 3; i++) {
+        char nm[32];
+        snprintf(nm, sizeof nm, "%s.weight", bn_names[i]);
+        bnp[i][0] = tm_param(&t, nm, 1, cd, 0.5f, 1.5f);
+        snprintf(nm, sizeof nm, "%s.bias", bn_names[i]);
+        bnp[i][1] = tm_param(&t, nm, 1, cd, -0.5f, 0.5f);
+        snprintf(nm, sizeof nm, "%s.running_mean", bn_names[i]);
+        bnp[i][2] = tm_param(&t, nm, 1, cd, -0.5f, 0.5f);
+        snprintf(nm, sizeof nm, "%s.running_var", bn_names[i]);
+        bnp[i][3] = tm_param(&t, nm, 1, cd, 0.5f, 2.0f);
+    }
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_CONV, "conv1", 1, &x, 1, &pw[0]);
+    graph_set_ints(&t.g, "kernel_shape", 2, k3);
+    graph_set_ints(&t.g, "pads", 4, p1);
+    v = graph_add_node(&t.g, GRAPH_OP_BATCHNORM, "bn1", 1, &v, 4, bnp[0]);
+    graph_set_float(&t.g, "epsilon", 1e-5f);
+    v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu1", 1, &v, 0, NULL);
+    v = graph_add_node(&t.g, GRAPH_OP_CONV, "conv2", 1, &v, 1, &pw[1]);
+    graph_set_ints(&t.g, "kernel_shape", 2, k3);
+    graph_set_ints(&t.g, "pads", 4, p1);
+    int32_t y2 = graph_add_node(&t.g, GRAPH_OP_BATCHNORM, "bn2", 1, &v, 4, bnp[1]);
+    graph_set_float(&t.g, "epsilon", 1e-5f);
+    int32_t y3 = graph_add_node(&t.g, GRAPH_OP_CONV, "conv3", 1, &x, 1, &pw[2]);
+    graph_set_ints(&t.g, "kernel_shape", 2, k1);
+    graph_set_ints(&t.g, "pads", 4, p0);
+    y3 = graph_add_node(&t.g, GRAPH_OP_BATCHNORM, "bn3", 1, &y3, 4, bnp[2]);
+    graph_set_float(&t.g, "epsilon", 1e-5f);
+    int32_t add_in[2] = {y2, y3};
+    v = graph_add_node(&t.g, GRAPH_OP_ADD, "add", 2, add_in, 0, NULL);
+    v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu2", 1, &v, 0, NULL);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, 40000); /* several batches */
+
+    uint64_t nx = (uint64_t)(N * C * H * W), ny = (uint64_t)(N * M * H * W);
+    float *in = rand_buf(nx, -1, 1);
+    float *a = malloc(ny * 4), *b = malloc(ny * 4), *r = malloc(ny * 4);
+    struct win w3 = {{3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}}, w1 = {{1, 1}, {1, 1}, {1, 1}, {0, 0}, {0, 0}};
+    ref_conv(in, N, C, H, W, tm_data(&t, "w1"), M, NULL, &w3, 1, a, H, W);
+    ref_bn(a, N, M, H * W, tm_data(&t, "bn1.weight"), tm_data(&t, "bn1.bias"),
+           tm_data(&t, "bn1.running_mean"), tm_data(&t, "bn1.running_var"), 1e-5f);
+    for (uint64_t i = 0; i < ny; i++) a[i] = a[i] > 0 ? a[i] : 0;
+    ref_conv(a, N, M, H, W, tm_data(&t, "w2"), M, NULL, &w3, 1, b, H, W);
+    ref_bn(b, N, M, H * W, tm_data(&t, "bn2.weight"), tm_data(&t, "bn2.bias"),
+           tm_data(&t, "bn2.running_mean"), tm_data(&t, "bn2.running_var"), 1e-5f);
+    ref_conv(in, N, C, H, W, tm_data(&t, "w3"), M, NULL, &w1, 1, r, H, W);
+    ref_bn(r, N, M, H * W, tm_data(&t, "bn3.weight"), tm_data(&t, "bn3.bias"),
+           tm_data(&t, "bn3.running_mean"), tm_data(&t, "bn3.running_var"), 1e-5f);
+    for (uint64_t i = 0; i < ny; i++) {
+        float s = b[i] + r[i];
+        r[i] = s > 0 ? s : 0;
+    }
+    const void *ins[1] = {in};
+    uint64_t n1, n2;
+    float *fused = tm_run_opts(&t, N, ins, &n1, 0, FEED_ALL_FIRST, 0);
+    float *plain = tm_run_opts(&t, N, ins, &n2, 1, FEED_ALL_FIRST, 0);
+    assert_int_equal(n1, ny);
+    check_close("block fused", fused, r, ny, 1e-4);
+    check_close("block unfused", plain, r, ny, 1e-4);
+
+    /* The fusion analysis found the pattern: 3 conv steps, nothing else. */
+    struct exec_model *m;
+    char err[256];
+    assert_int_equal(exec_model_create(&m, &t.g, NULL, err, sizeof err), 0);
+    assert_int_equal(exec_model_nsteps(m), 3);
+    int sums = 0, bns = 0;
+    for (int i = 0; i < 3; i++) {
+        const struct exec_step *st = exec_model_step(m, i);
+        bns += st->bn_node >= 0;
+        for (int k = 0; k < st->npost; k++) sums += st->post[k].kind == EXEC_POST_SUM;
+    }
+    assert_int_equal(bns, 3);
+    assert_int_equal(sums, 1);
+    exec_model_destroy(m);
+    free(fused); free(plain); free(in); free(a); free(b); free(r);
+    tm_free(&t);
+}
+
+/* ---- pooling ----------------------------------------------------------- */
+
+static void run_pool(enum graph_op op, int64_t n, int64_t c, int64_t h, int64_t w, const struct win *p,
+                     int ceil_mode, int include_pad)
+{
+    struct tmodel t;
+    tm_init(&t, "pool");
+    int64_t xd[4] = {-1, c, h, w};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+    /* A 1x1 conv in front so the pool sees oneDNN's blocked layout too. */
+    int64_t wd[4] = {c, c, 1, 1};
+    int32_t wp = tm_param(&t, "w", 4, wd, -0.5f, 0.5f);
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_CONV, "conv", 1, &x, 1, &wp);
+    int64_t k1[2] = {1, 1};
+    graph_set_ints(&t.g, "kernel_shape", 2, k1);
+    v = graph_add_node(&t.g, op, "pool", 1, &v, 0, NULL);
+    int64_t k[2] = {p->k[0], p->k[1]}, s[2] = {p->s[0], p->s[1]}, d[2] = {p->d[0], p->d[1]},
+            pads[4] = {p->pb[0], p->pb[1], p->pe[0], p->pe[1]};
+    if (op != GRAPH_OP_GLOBALAVGPOOL) {
+        graph_set_ints(&t.g, "kernel_shape", 2, k);
+        graph_set_ints(&t.g, "strides", 2, s);
+        graph_set_ints(&t.g, "pads", 4, pads);
+        if (op == GRAPH_OP_MAXPOOL) graph_set_ints(&t.g, "dilations", 2, d);
+        graph_set_int(&t.g, "ceil_mode", ceil_mode);
+        if (op == GRAPH_OP_AVGPOOL) graph_set_int(&t.g, "count_include_pad", include_pad);
+    }
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+    uint64_t nx = (uint64_t)(n * c * h * w);
+    float *in = rand_buf(nx, -1, 1);
+    float *conv = malloc(nx * 4);
+    struct win one = {{1, 1}, {1, 1}, {1, 1}, {0, 0}, {0, 0}};
+    ref_conv(in, n, c, h, w, tm_data(&t, "w"), c, NULL, &one, 1, conv, h, w);
+    struct win q = *p;
+    int64_t oh, ow;
+    if (op == GRAPH_OP_GLOBALAVGPOOL) {
+        q = (struct win){{h, w}, {1, 1}, {1, 1}, {0, 0}, {0, 0}};
+        oh = ow = 1;
+    } else {
+        oh = win_out(h, p->k[0], p->s[0], p->d[0], p->pb[0], p->pe[0], ceil_mode);
+        ow = win_out(w, p->k[1], p->s[1], p->d[1], p->pb[1], p->pe[1], ceil_mode);
+    }
+    uint64_t ny = (uint64_t)(n * c * oh * ow);
+    float *ref = malloc(ny * 4);
+    ref_pool(op == GRAPH_OP_MAXPOOL, include_pad, conv, n, c, h, w, &q, ref, oh, ow);
+    const void *ins[1] = {in};
+    uint64_t nout;
+    float *out = tm_run(&t, n, ins, &nout);
+    assert_int_equal(nout, ny);
+    char what[96];
+    snprintf(what, sizeof what, "%s k%lldx%lld s%lld ceil%d pad%d", graph_op_name(op), (long long)p->k[0],
+             (long long)p->k[1], (long long)p->s[0], ceil_mode, include_pad);
+    check_close(what, out, ref, ny, 1e-5);
+    free(out); free(ref); free(conv); free(in);
+    tm_free(&t);
+}
+
+static void test_pooling(void **state)
+{
+    (void)state;
+    struct win r50 = {{3, 3}, {2, 2}, {1, 1}, {1, 1}, {1, 1}};
+    run_pool(GRAPH_OP_MAXPOOL, 2, 16, 12, 11, &r50, 0, 0);
+    struct win ceilw = {{3, 3}, {2, 2}, {1, 1}, {0, 0}, {0, 0}};
+    run_pool(GRAPH_OP_MAXPOOL, 1, 16, 8, 9, &ceilw, 1, 0);  /* ceil adds a window */
+    run_pool(GRAPH_OP_MAXPOOL, 1, 16, 8, 9, &ceilw, 0, 0);
+    struct win dil = {{2, 3}, {1, 2}, {2, 1}, {1, 0}, {0, 1}};
+    run_pool(GRAPH_OP_MAXPOOL, 1, 8, 7, 10, &dil, 0, 0);
+    struct win inc = {{3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+    run_pool(GRAPH_OP_AVGPOOL, 2, 16, 7, 7, &inc, 0, 1);    /* inception's avg pool */
+    run_pool(GRAPH_OP_AVGPOOL, 2, 16, 7, 7, &inc, 0, 0);
+    struct win dn = {{2, 2}, {2, 2}, {1, 1}, {0, 0}, {0, 0}};
+    run_pool(GRAPH_OP_AVGPOOL, 1, 32, 9, 8, &dn, 0, 0);     /* densenet transition, odd input */
+    struct win cp = {{3, 3}, {2, 2}, {1, 1}, {1, 1}, {1, 1}};
+    run_pool(GRAPH_OP_AVGPOOL, 1, 8, 8, 8, &cp, 1, 1);      /* ceil + include pad: C kernel */
+    run_pool(GRAPH_OP_AVGPOOL, 1, 8, 8, 8, &cp, 1, 0);
+    struct win g = {{1, 1}, {1, 1}, {1, 1}, {0, 0}, {0, 0}};
+    run_pool(GRAPH_OP_GLOBALAVGPOOL, 2, 32, 7, 5, &g, 0, 0);
+}
+
+/* ---- concat, batch norm, binary --------------------------------------- */
+
+/* concat(conv_a(x), conv_b(x), x) -> BN -> relu: blocked and plain inputs. */
+static void test_concat_bn(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "concat");
+    int64_t N = 2, C = 16, H = 5, W = 6, A = 32, B = 16;
+    int64_t xd[4] = {-1, C, H, W};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+    int64_t wa[4] = {A, C, 1, 1}, wb[4] = {B, C, 3, 3}, k1[2] = {1, 1}, k3[2] = {3, 3}, p1[4] = {1, 1, 1, 1};
+    int32_t pa = tm_param(&t, "wa", 4, wa, -0.5f, 0.5f), pb = tm_param(&t, "wb", 4, wb, -0.2f, 0.2f);
+    int32_t va = graph_add_node(&t.g, GRAPH_OP_CONV, "ca", 1, &x, 1, &pa);
+    graph_set_ints(&t.g, "kernel_shape", 2, k1);
+    int32_t vb = graph_add_node(&t.g, GRAPH_OP_CONV, "cb", 1, &x, 1, &pb);
+    graph_set_ints(&t.g, "kernel_shape", 2, k3);
+    graph_set_ints(&t.g, "pads", 4, p1);
+    int32_t cat_in[3] = {va, vb, x};
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_CONCAT, "cat", 3, cat_in, 0, NULL);
+    graph_set_int(&t.g, "axis", 1);
+    int64_t T = A + B + C, td[1] = {T};
+    int32_t bn[4] = {tm_param(&t, "g", 1, td, 0.5f, 1.5f), tm_param(&t, "b", 1, td, -0.5f, 0.5f),
+                     tm_param(&t, "m", 1, td, -0.5f, 0.5f), tm_param(&t, "v", 1, td, 0.5f, 2.0f)};
+    v = graph_add_node(&t.g, GRAPH_OP_BATCHNORM, "bn", 1, &v, 4, bn);
+    graph_set_float(&t.g, "epsilon", 1e-3f);
+    v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu", 1, &v, 0, NULL);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+
+    float *in = rand_buf((uint64_t)(N * C * H * W), -1, 1);
+    uint64_t plane = (uint64_t)(H * W);
+    float *ya = malloc((uint64_t)(N * A) * plane * 4), *yb = malloc((uint64_t)(N * B) * plane * 4);
+    struct win one = {{1, 1}, {1, 1}, {1, 1}, {0, 0}, {0, 0}}, three = {{3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+    ref_conv(in, N, C, H, W, tm_data(&t, "wa"), A, NULL, &one, 1, ya, H, W);
+    ref_conv(in, N, C, H, W, tm_data(&t, "wb"), B, NULL, &three, 1, yb, H, W);
+    uint64_t ny = (uint64_t)(N * T) * plane;
+    float *ref = malloc(ny * 4);
+    for (int64_t n = 0; n < N; n++) {
+        float *dst = ref + (uint64_t)(n * T) * plane;
+        memcpy(dst, ya + (uint64_t)(n * A) * plane, (size_t)(A * (int64_t)plane) * 4);
+        memcpy(dst + A * plane, yb + (uint64_t)(n * B) * plane, (size_t)(B * (int64_t)plane) * 4);
+        memcpy(dst + (A + B) * plane, in + (uint64_t)(n * C) * plane, (size_t)(C * (int64_t)plane) * 4);
+    }
+    ref_bn(ref, N, T, (int64_t)plane, tm_data(&t, "g"), tm_data(&t, "b"), tm_data(&t, "m"), tm_data(&t, "v"), 1e-3f);
+    for (uint64_t i = 0; i < ny; i++) ref[i] = ref[i] > 0 ? ref[i] : 0;
+    const void *ins[1] = {in};
+    uint64_t nout;
+    float *out = tm_run(&t, N, ins, &nout);
+    assert_int_equal(nout, ny);
+    check_close("concat+bn+relu", out, ref, ny, 1e-4);
+    free(out); free(ref); free(ya); free(yb); free(in);
+    tm_free(&t);
+}
+
+struct bin_case {
+    enum graph_op op;
+    int ar;
+    int64_t ad[4];
+    int br;
+    int64_t bd[4];
+    int b_is_param;
+};
+
+static void run_binary(const struct bin_case *bc, int64_t n)
+{
+    struct tmodel t;
+    tm_init(&t, "bin");
+    int64_t ad[4], bd[4];
+    memcpy(ad, bc->ad, sizeof ad);
+    memcpy(bd, bc->bd, sizeof bd);
+    ad[0] = -1;
+    int32_t a = graph_add_input(&t.g, "a", GRAPH_F32, bc->ar, ad);
+    int32_t v;
+    int b_input = !bc->b_is_param;
+    if (b_input) {
+        bd[0] = -1;
+        int32_t b = graph_add_input(&t.g, "b", GRAPH_F32, bc->br, bd);
+        int32_t ins2[2] = {a, b};
+        v = graph_add_node(&t.g, bc->op, "op", 2, ins2, 0, NULL);
+    } else {
+        float lo = bc->op == GRAPH_OP_DIV ? 0.5f : -1.0f;
+        int32_t p = tm_param(&t, "p", bc->br, bd, lo, 2.0f);
+        v = graph_add_node(&t.g, bc->op, "op", 1, &a, 1, &p);
+    }
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+    int64_t ar[4], br[4];
+    memcpy(ar, bc->ad, sizeof ar);
+    memcpy(br, bc->bd, sizeof br);
+    ar[0] = n;
+    if (b_input) br[0] = n;
+    uint64_t na = 1, nb = 1;
+    for (int i = 0; i < bc->ar; i++) na *= (uint64_t)ar[i];
+    for (int i = 0; i < bc->br; i++) nb *= (uint64_t)br[i];
+    int yr = bc->ar > bc->br ? bc->ar : bc->br;
+    int64_t yd[4];
+    uint64_t ny = 1;
+    for (int i = 0; i < yr; i++) {
+        int ai = i - (yr - bc->ar), bi = i - (yr - bc->br);
+        int64_t x = ai >= 0 ? ar[ai] : 1, y = bi >= 0 ? br[bi] : 1;
+        yd[i] = x == 1 ? y : x;
+        ny *= (uint64_t)yd[i];
+    }
+    float lo = bc->op == GRAPH_OP_POW ? 0.1f : -1.0f;
+    float *xa = rand_buf(na, lo, 2.0f);
+    float *xb = b_input ? rand_buf(nb, bc->op == GRAPH_OP_DIV ? 0.5f : -1.0f, 2.0f) : NULL;
+    const float *bdata = b_input ? xb : tm_data(&t, "p");
+    float *ref = malloc(ny * 4);
+    ref_broadcast(bc->op, xa, bc->ar, ar, bdata, bc->br, br, ref, yr, yd);
+    const void *ins[2] = {xa, xb};
+    uint64_t nout;
+    float *out = tm_run(&t, n, ins, &nout);
+    assert_int_equal(nout, ny);
+    check_close(graph_op_name(bc->op), out, ref, ny, 1e-5);
+    free(out); free(ref); free(xa); free(xb);
+    tm_free(&t);
+}
+
+static void test_binary_broadcast(void **state)
+{
+    (void)state;
+    const struct bin_case cases[] = {
+        {GRAPH_OP_ADD, 3, {0, 3, 4}, 3, {0, 3, 4}, 0},
+        {GRAPH_OP_ADD, 4, {0, 6, 5, 3}, 4, {1, 6, 1, 1}, 1},   /* per-channel parameter */
+        {GRAPH_OP_SUB, 3, {0, 3, 4}, 1, {4}, 1},               /* trailing vector */
+        {GRAPH_OP_DIV, 3, {0, 3, 4}, 1, {1}, 1},               /* scalar */
+        {GRAPH_OP_MUL, 3, {0, 1, 4}, 3, {0, 3, 4}, 0},         /* src0 broadcasts: swapped */
+        {GRAPH_OP_SUB, 3, {0, 1, 4}, 2, {3, 4}, 1},            /* src0 broadcasts: C kernel */
+        {GRAPH_OP_DIV, 4, {0, 1, 3, 1}, 4, {0, 5, 1, 2}, 0},   /* both broadcast */
+        {GRAPH_OP_POW, 3, {0, 2, 5}, 1, {1}, 1},
+        {GRAPH_OP_MUL, 4, {0, 2, 3, 4}, 4, {0, 2, 3, 4}, 0},
+        {GRAPH_OP_ADD, 4, {0, 2, 1, 4}, 2, {3, 1}, 1},         /* [N,2,1,4]+[3,1] -> [N,2,3,4] */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_binary(&cases[i], 1);
+        run_binary(&cases[i], 3);
+    }
+}
+
+/* ---- gemm / matmul ----------------------------------------------------- */
+
+static void test_gemm(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 4; variant++) {
+        struct tmodel t;
+        tm_init(&t, "gemm");
+        int64_t T = 5, K = 24, N = 19, B = 2;
+        int64_t xd[3] = {-1, T, K};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int transb = variant != 1;
+        int64_t wd[2] = {transb ? N : K, transb ? K : N}, bd[1] = {N};
+        int32_t ps[2] = {tm_param(&t, "w", 2, wd, -0.5f, 0.5f), tm_param(&t, "c", 1, bd, -1, 1)};
+        int32_t res = -1;
+        if (variant == 3) { /* residual: another Gemm of the same shape */
+            int64_t wd2[2] = {N, K};
+            int32_t p2 = tm_param(&t, "w2", 2, wd2, -0.5f, 0.5f);
+            res = graph_add_node(&t.g, GRAPH_OP_GEMM, "g2", 1, &x, 1, &p2);
+            graph_set_int(&t.g, "transB", 1);
+        }
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_GEMM, "g", 1, &x, 2, ps);
+        graph_set_int(&t.g, "transB", transb);
+        float alpha = variant == 1 ? 0.5f : 1.0f, beta = variant == 1 ? 2.0f : 1.0f;
+        if (variant == 1) {
+            graph_set_float(&t.g, "alpha", alpha);
+            graph_set_float(&t.g, "beta", beta);
+        }
+        if (variant == 2) {
+            v = graph_add_node(&t.g, GRAPH_OP_GELU, "gelu", 1, &v, 0, NULL);
+        }
+        if (variant == 3) {
+            int32_t ai[2] = {v, res};
+            v = graph_add_node(&t.g, GRAPH_OP_ADD, "add", 2, ai, 0, NULL);
+            v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu", 1, &v, 0, NULL);
+        }
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        float *in = rand_buf((uint64_t)(B * T * K), -1, 1);
+        uint64_t ny = (uint64_t)(B * T * N);
+        float *ref = malloc(ny * 4);
+        ref_gemm(in, B * T, K, tm_data(&t, "w"), N, transb, tm_data(&t, "c"), alpha, beta, ref);
+        if (variant == 2)
+            for (uint64_t i = 0; i < ny; i++) ref[i] = (float)(0.5 * ref[i] * (1 + erf(ref[i] / sqrt(2.0))));
+        if (variant == 3) {
+            float *r2 = malloc(ny * 4);
+            ref_gemm(in, B * T, K, tm_data(&t, "w2"), N, 1, NULL, 1, 0, r2);
+            for (uint64_t i = 0; i < ny; i++) {
+                float s = ref[i] + r2[i];
+                ref[i] = s > 0 ? s : 0;
+            }
+            free(r2);
+        }
+        const void *ins[1] = {in};
+        uint64_t nout;
+        float *out = tm_run(&t, B, ins, &nout);
+        assert_int_equal(nout, ny);
+        check_close("gemm", out, ref, ny, 1e-5);
+        free(out); free(ref); free(in);
+        tm_free(&t);
+    }
+}
+
+/* Attention-shaped MatMul: [N,H,T,D] x [N,H,D,T] / scalar, plus broadcast
+ * batch dims and a MatMul with a 2-D parameter. */
+static void test_matmul(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 3; variant++) {
+        struct tmodel t;
+        tm_init(&t, "mm");
+        int64_t Nb = 2, H = 3, T = 4, D = 5, U = 6;
+        int64_t ad[4] = {-1, H, T, D}, bd[4] = {-1, H, D, U};
+        if (variant == 1) {
+            ad[1] = 1;   /* [N,1,T,D] x [N,H,D,U] */
+        }
+        int32_t a = graph_add_input(&t.g, "a", GRAPH_F32, 4, ad);
+        int32_t v;
+        int64_t pd2[2] = {D, U}, sd[1] = {1};
+        if (variant == 2) {
+            int32_t p = tm_param(&t, "w", 2, pd2, -1, 1);
+            v = graph_add_node(&t.g, GRAPH_OP_MATMUL, "mm", 1, &a, 1, &p);
+        } else {
+            int32_t b = graph_add_input(&t.g, "b", GRAPH_F32, 4, bd);
+            int32_t ins2[2] = {a, b};
+            v = graph_add_node(&t.g, GRAPH_OP_MATMUL, "mm", 2, ins2, 0, NULL);
+        }
+        float scale = 8.0f;
+        int32_t sp = tm_param_data(&t, "scale", 1, sd, &scale);
+        v = graph_add_node(&t.g, GRAPH_OP_DIV, "div", 1, &v, 1, &sp);
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        int64_t ha = variant == 1 ? 1 : H;
+        uint64_t na = (uint64_t)(Nb * ha * T * D), nb = (uint64_t)(Nb * H * D * U), ny = (uint64_t)(Nb * H * T * U);
+        float *xa = rand_buf(na, -1, 1), *xb = rand_buf(nb, -1, 1);
+        const float *bsrc = variant == 2 ? tm_data(&t, "w") : xb;
+        float *ref = malloc(ny * 4);
+        for (int64_t n = 0; n < Nb; n++)
+            for (int64_t h = 0; h < H; h++) {
+                const float *pa = xa + ((n * ha + (variant == 1 ? 0 : h)) * T) * D;
+                const float *pb = variant == 2 ? bsrc : bsrc + ((n * H + h) * D) * U;
+                float *py = ref + ((n * H + h) * T) * U;
+                ref_gemm(pa, T, D, pb, U, 0, NULL, 1.0f / scale, 0, py);
+            }
+        const void *ins[2] = {xa, xb};
+        uint64_t nout;
+        float *out = tm_run(&t, Nb, ins, &nout);
+        assert_int_equal(nout, ny);
+        check_close("matmul", out, ref, ny, 1e-5);
+        free(out); free(ref); free(xa); free(xb);
+        tm_free(&t);
+    }
+}
+
+/* ---- shape ops, gather, norms ------------------------------------------ */
+
+/* x[N,4,6] -> Reshape[0,2,2,6] -> Transpose(0,2,1,3) -> Flatten(2) ->
+ * Slice(axis 1, 5:0:-2) ; Identity; compared with index arithmetic. */
+static void test_shape_ops(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "shape");
+    int64_t xd[3] = {-1, 4, 6};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_RESHAPE, "r", 1, &x, 0, NULL);
+    int64_t shp[4] = {0, 2, -1, 6};
+    graph_set_ints(&t.g, "shape", 4, shp);
+    v = graph_add_node(&t.g, GRAPH_OP_TRANSPOSE, "t", 1, &v, 0, NULL);
+    int64_t perm[4] = {0, 2, 1, 3};
+    graph_set_ints(&t.g, "perm", 4, perm);
+    v = graph_add_node(&t.g, GRAPH_OP_FLATTEN, "f", 1, &v, 0, NULL);
+    graph_set_int(&t.g, "axis", 3);        /* [N*2*2, 6] */
+    v = graph_add_node(&t.g, GRAPH_OP_SLICE, "s", 1, &v, 0, NULL);
+    int64_t st[1] = {5}, en[1] = {-100}, ax[1] = {1}, sp[1] = {-2};
+    graph_set_ints(&t.g, "starts", 1, st);
+    graph_set_ints(&t.g, "ends", 1, en);
+    graph_set_ints(&t.g, "axes", 1, ax);
+    graph_set_ints(&t.g, "steps", 1, sp);
+    v = graph_add_node(&t.g, GRAPH_OP_IDENTITY, "id", 1, &v, 0, NULL);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+    int64_t N = 3;
+    float *in = rand_buf((uint64_t)(N * 24), -1, 1);
+    /* y[(n*2+b)*2+a, j] = x[n, a*2+b... ]: reshape [n,2,2,6] as [n][a][b][k],
+     * transpose -> [n][b][a][k], flatten -> row (n*2+b)*2+a, slice k=5,3,1. */
+    float ref[3 * 4 * 3];
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t b = 0; b < 2; b++)
+            for (int64_t a = 0; a < 2; a++)
+                for (int64_t j = 0; j < 3; j++) {
+                    int64_t k = 5 - 2 * j;
+                    ref[(((n * 2 + b) * 2 + a) * 3) + j] = in[n * 24 + (a * 2 + b) * 6 + k];
+                }
+    const void *ins[1] = {in};
+    uint64_t nout;
+    float *out = tm_run(&t, N, ins, &nout);
+    assert_int_equal(nout, 36);
+    assert_memory_equal(out, ref, sizeof ref);
+    free(out); free(in);
+    tm_free(&t);
+}
+
+/* ids[N,T] -> Gather(table) + Gather(pos) -> LayerNorm -> Softmax(axis 1)
+ * and an int64 Transpose/Slice path; out-of-range id is an error. */
+static void test_gather_layernorm_softmax(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "emb");
+    int64_t V = 11, E = 8, T = 5, N = 2;
+    int64_t idd[2] = {-1, T};
+    int32_t ids = graph_add_input(&t.g, "ids", GRAPH_I64, 2, idd);
+    int64_t td[2] = {V, E}, pd[3] = {1, T, E}, ed[1] = {E};
+    int32_t tab = tm_param(&t, "tab", 2, td, -1, 1);
+    int32_t pos = tm_param(&t, "pos", 3, pd, -1, 1);
+    /* ids -> transpose twice (int64 path) -> gather */
+    int32_t tv = graph_add_node(&t.g, GRAPH_OP_TRANSPOSE, "t1", 1, &ids, 0, NULL);
+    tv = graph_add_node(&t.g, GRAPH_OP_TRANSPOSE, "t2", 1, &tv, 0, NULL);
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_GATHER, "emb", 1, &tv, 1, &tab);
+    v = graph_add_node(&t.g, GRAPH_OP_ADD, "addpos", 1, &v, 1, &pos);
+    int32_t lnp[2] = {tm_param(&t, "ln.g", 1, ed, 0.5f, 1.5f), tm_param(&t, "ln.b", 1, ed, -0.5f, 0.5f)};
+    v = graph_add_node(&t.g, GRAPH_OP_LAYERNORM, "ln", 1, &v, 2, lnp);
+    graph_set_int(&t.g, "axis", -1);
+    graph_set_float(&t.g, "epsilon", 1e-5f);
+    v = graph_add_node(&t.g, GRAPH_OP_SOFTMAX, "sm", 1, &v, 0, NULL);
+    graph_set_int(&t.g, "axis", 1);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+    int64_t in[10] = {0, 3, 10, -1, 5, 7, 7, 2, 9, 1};
+    uint64_t ny = (uint64_t)(N * T * E);
+    float *emb = malloc(ny * 4), *ln = malloc(ny * 4), *ref = malloc(ny * 4);
+    for (int64_t i = 0; i < N * T; i++) {
+        int64_t id = in[i] < 0 ? in[i] + V : in[i];
+        for (int64_t e = 0; e < E; e++)
+            emb[i * E + e] = tm_data(&t, "tab")[id * E + e] + tm_data(&t, "pos")[(i % T) * E + e];
+    }
+    ref_layernorm(emb, ln, N * T, E, tm_data(&t, "ln.g"), tm_data(&t, "ln.b"), 1e-5f);
+    ref_softmax(ln, ref, N, T, E);
+    const void *ins[1] = {in};
+    uint64_t nout;
+    float *out = tm_run(&t, N, ins, &nout);
+    assert_int_equal(nout, ny);
+    check_close("gather+ln+softmax", out, ref, ny, 1e-5);
+    free(out);
+    in[4] = 11; /* out of range */
+    out = tm_run_opts(&t, N, ins, &nout, 0, FEED_ALL_FIRST, PPS_ERANGE);
+    free(out);
+    free(emb); free(ln); free(ref);
+    tm_free(&t);
+}
+
+/* Unary ops and Where (GPT-2's causal mask pattern). */
+static void test_unary_where(void **state)
+{
+    (void)state;
+    const enum graph_op ops[] = {GRAPH_OP_RELU, GRAPH_OP_GELU, GRAPH_OP_GELU, GRAPH_OP_ERF,
+                                 GRAPH_OP_TANH, GRAPH_OP_SIGMOID, GRAPH_OP_SQRT};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        struct tmodel t;
+        tm_init(&t, "un");
+        int64_t xd[3] = {-1, 7, 9};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t v = graph_add_node(&t.g, ops[i], "u", 1, &x, 0, NULL);
+        int approx = i == 2;
+        if (approx) graph_set_int(&t.g, "approximate", 1);
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        uint64_t n = 2 * 63;
+        float *in = rand_buf(n, ops[i] == GRAPH_OP_SQRT ? 0.0f : -3.0f, 3.0f);
+        float *ref = malloc(n * 4);
+        for (uint64_t k = 0; k < n; k++) {
+            double z = in[k], r = 0;
+            switch (ops[i]) {
+            case GRAPH_OP_RELU: r = z > 0 ? z : 0; break;
+            case GRAPH_OP_GELU:
+                r = approx ? 0.5 * z * (1 + tanh(sqrt(2 / M_PI) * (z + 0.044715 * z * z * z)))
+                           : 0.5 * z * (1 + erf(z / sqrt(2.0)));
+                break;
+            case GRAPH_OP_ERF: r = erf(z); break;
+            case GRAPH_OP_TANH: r = tanh(z); break;
+            case GRAPH_OP_SIGMOID: r = 1 / (1 + exp(-z)); break;
+            case GRAPH_OP_SQRT: r = sqrt(z); break;
+            default: fail();
+            }
+            ref[k] = (float)r;
+        }
+        const void *ins[1] = {in};
+        uint64_t nout;
+        float *out = tm_run(&t, 2, ins, &nout);
+        assert_int_equal(nout, n);
+        check_close(graph_op_name(ops[i]), out, ref, n, 1e-5);
+        free(out); free(ref); free(in);
+        tm_free(&t);
+    }
+    /* Where(cond[N,1,T,T] activation, x[N,H,T,T], fill[1] param) */
+    struct tmodel t;
+    tm_init(&t, "where");
+    int64_t cd[4] = {-1, 1, 4, 4}, xd[4] = {-1, 3, 4, 4}, fd[1] = {1};
+    int32_t c = graph_add_input(&t.g, "c", GRAPH_F32, 4, cd);
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+    float fill = -1e4f;
+    int32_t f = tm_param_data(&t, "fill", 1, fd, &fill);
+    int32_t wi[2] = {c, x};
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_WHERE, "w", 2, wi, 1, &f);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+    float cond[2 * 16], xs[2 * 48], ref[2 * 48];
+    for (int k = 0; k < 32; k++) cond[k] = (float)((k % 4) <= ((k / 4) % 4));
+    for (int k = 0; k < 96; k++) xs[k] = frand(-1, 1);
+    for (int n = 0; n < 2; n++)
+        for (int h = 0; h < 3; h++)
+            for (int k = 0; k < 16; k++)
+                ref[(n * 3 + h) * 16 + k] = cond[n * 16 + k] != 0 ? xs[(n * 3 + h) * 16 + k] : fill;
+    const void *ins[2] = {cond, xs};
+    uint64_t nout;
+    float *out = tm_run(&t, 2, ins, &nout);
+    assert_int_equal(nout, 96);
+    assert_memory_equal(out, ref, sizeof ref);
+    free(out);
+    tm_free(&t);
+}
+
+/* ---- pipelining, determinism, errors ----------------------------------- */
+
+/* A chain of convs (one node per batch): batches delivered late, in order
+ * and reversed, give bit-identical output to all-present. */
+static void build_chain(struct tmodel *t)
+{
+    tm_init(t, "chain");
+    int64_t xd[4] = {-1, 8, 10, 10};
+    int32_t v = graph_add_input(&t->g, "x", GRAPH_F32, 4, xd);
+    int64_t c = 8;
+    for (int i = 0; i < 6; i++) {
+        int64_t m = 16 + 16 * (i % 2);
+        int64_t wd[4] = {m, c, 3, 3}, bd[1] = {m}, k[2] = {3, 3}, p[4] = {1, 1, 1, 1};
+        char nm[32];
+        snprintf(nm, sizeof nm, "w%d", i);
+        int32_t ps[2];
+        ps[0] = tm_param(t, nm, 4, wd, -0.2f, 0.2f);
+        snprintf(nm, sizeof nm, "b%d", i);
+        ps[1] = tm_param(t, nm, 1, bd, -0.1f, 0.1f);
+        v = graph_add_node(&t->g, GRAPH_OP_CONV, nm, 1, &v, 2, ps);
+        graph_set_ints(&t->g, "kernel_shape", 2, k);
+        graph_set_ints(&t->g, "pads", 4, p);
+        v = graph_add_node(&t->g, GRAPH_OP_RELU, "relu", 1, &v, 0, NULL);
+        c = m;
+    }
+    v = graph_add_node(&t->g, GRAPH_OP_GLOBALAVGPOOL, "gap", 1, &v, 0, NULL);
+    v = graph_add_node(&t->g, GRAPH_OP_FLATTEN, "flat", 1, &v, 0, NULL);
+    int64_t fd[2] = {5, c}, fb[1] = {5};
+    int32_t fp[2] = {tm_param(t, "fc.w", 2, fd, -1, 1), tm_param(t, "fc.b", 1, fb, -1, 1)};
+    v = graph_add_node(&t->g, GRAPH_OP_GEMM, "fc", 1, &v, 2, fp);
+    graph_set_int(&t->g, "transB", 1);
+    graph_add_output(&t->g, "y", v);
+    tm_batch(t, 0);
+}
+
+static void test_pipelined_bit_identical(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    build_chain(&t);
+    assert_true(t.g.nbatches >= 7);
+    float *in = rand_buf(2 * 800, -1, 1);
+    const void *ins[1] = {in};
+    uint64_t n0, n1, n2;
+    float *all = tm_run_opts(&t, 2, ins, &n0, 0, FEED_ALL_FIRST, 0);
+    float *late = tm_run_opts(&t, 2, ins, &n1, 0, FEED_THREAD_DELAYED, 0);
+    float *rev = tm_run_opts(&t, 2, ins, &n2, 0, FEED_THREAD_REVERSED, 0);
+    assert_int_equal(n0, 10);
+    assert_memory_equal(all, late, n0 * 4);
+    assert_memory_equal(all, rev, n0 * 4);
+    free(all); free(late); free(rev); free(in);
+    tm_free(&t);
+}
+
+struct failer {
+    struct exec_model *m;
+    struct tmodel *t;
+};
+
+static void *fail_main(void *arg)
+{
+    struct failer *f = arg;
+    exec_batch_arrived(f->m, 0, f->t->batches[0], f->t->g.batches[0].nbytes);
+    usleep(20000);
+    exec_batch_failed(f->m, PPS_EFETCH);
+    return NULL;
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    build_chain(&t);
+    struct exec_model *m;
+    char err[256];
+    assert_int_equal(exec_model_create(&m, &t.g, NULL, err, sizeof err), 0);
+    /* Wrong batch length / index. */
+    assert_int_equal(exec_batch_arrived(m, 0, t.batches[0], 3), PPS_EINVAL);
+    assert_int_equal(exec_batch_arrived(m, t.g.nbatches, t.batches[0], t.g.batches[0].nbytes), PPS_EINVAL);
+    float *in = rand_buf(2 * 800, -1, 1);
+    const void *ins[1] = {in};
+    float out[10];
+    void *outs[1] = {out};
+    uint64_t bad = 100, good = 2 * 800 * 4;
+    assert_int_equal(exec_run(m, 2, ins, &bad, outs, NULL, err, sizeof err), PPS_ESHAPE);
+    /* Parameters never come: the run returns the failure, not a hang. */
+    pthread_t th;
+    struct failer f = {m, &t};
+    assert_int_equal(pthread_create(&th, NULL, fail_main, &f), 0);
+    assert_int_equal(exec_run(m, 2, ins, &good, outs, NULL, err, sizeof err), PPS_EFETCH);
+    pthread_join(th, NULL);
+    exec_model_destroy(m);
+
+    /* A graph whose op attributes are wrong is refused at creation. */
+    struct tmodel b;
+    tm_init(&b, "bad");
+    int64_t xd[4] = {-1, 3, 8, 8}, wd[4] = {4, 5, 3, 3};
+    int32_t x = graph_add_input(&b.g, "x", GRAPH_F32, 4, xd);
+    int32_t w = tm_param(&b, "w", 4, wd, 0, 1);
+    int32_t v = graph_add_node(&b.g, GRAPH_OP_CONV, "conv", 1, &x, 1, &w);
+    graph_add_output(&b.g, "y", v);
+    tm_batch(&b, BATCHING_DEFAULT_MAX);
+    assert_int_equal(exec_model_create(&m, &b.g, NULL, err, sizeof err), PPS_ESHAPE);
+    assert_non_null(strstr(err, "conv"));
+    tm_free(&b);
+    free(in);
+    tm_free(&t);
+}
+
+static void test_memplan(void **state)
+{
+    (void)state;
+    struct memplan_buf b[5] = {
+        {100, 0, 1, 0}, {200, 1, 2, 0}, {100, 2, 3, 0}, {300, 3, 4, 0}, {50, 0, 4, 0},
+    };
+    uint64_t total = memplan_assign(b, 5, 64);
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++) {
+            int live = b[i].start <= b[j].end && b[j].start <= b[i].end;
+            int overlap = b[i].offset < b[j].offset + b[j].size && b[j].offset < b[i].offset + b[i].size;
+            assert_false(live && overlap);
+        }
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(b[i].offset % 64, 0);
+        assert_true(b[i].offset + b[i].size <= total);
+    }
+    assert_true(total < 100 + 200 + 100 + 300 + 50); /* something was shared */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_memplan),
+        cmocka_unit_test(test_conv_shapes),
+        cmocka_unit_test(test_conv_bn_add_relu_fusion),
+        cmocka_unit_test(test_pooling),
+        cmocka_unit_test(test_concat_bn),
+        cmocka_unit_test(test_binary_broadcast),
+        cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_shape_ops),
+        cmocka_unit_test(test_gather_layernorm_softmax),
+        cmocka_unit_test(test_unary_where),
+        cmocka_unit_test(test_pipelined_bit_identical),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
