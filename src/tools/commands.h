@@ -16,7 +16,8 @@
     X("storage", storage_main, "bulk parameter store daemon: storage PORT [--dir DIR]") \
     X("cache", cache_main, "the per-machine shared-memory parameter cache") \
     X("deploy_file", deploy_file_main, "push kv.bin's models to the storages and publish them") \
-    X("fetch", fetch_main, "read a deployed model back through its location record")
+    X("fetch", fetch_main, "read a deployed model back through its location record") \
+    X("run", run_main, "run a model from kv.bin on the CPU executor (latency, output .npy)")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
@@ -32,5 +33,6 @@ int version_main(int argc, char **argv);
 int stat_main(int argc, char **argv);
 #include "cache/cache_main.h"
 #include "cache/cache_tool.h"
+#include "exec/run_cmd.h"
 
 #endif

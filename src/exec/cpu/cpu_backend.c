@@ -482,7 +482,11 @@ static int cpu_supports(struct exec_backend *be, const struct graph *g, const st
 {
     (void)be;
     (void)g;
-    return n->op > GRAPH_OP_INVALID && n->op < GRAPH_OP_COUNT;
+    if (n->op <= GRAPH_OP_INVALID || n->op >= GRAPH_OP_COUNT) return 0;
+    /* Only these read their data from a parameter alone; the others
+     * expect their first operand to be an activation. */
+    if (n->ninputs < 1) return n->op == GRAPH_OP_SLICE || n->op == GRAPH_OP_CONCAT;
+    return 1;
 }
 
 static int cpu_supports_post(struct exec_backend *be, const struct graph *g,
@@ -1210,9 +1214,8 @@ static int prep_concat(PREP_ARGS)
     const struct graph_node *n = cs->node;
     int nops = shape_noperands(n);
     int axis = shape_axis(graph_attr_int(n, "axis", 1), out->ndims);
-    if (out->dtype != GRAPH_F32 || nops > 4) {
-        /* int64 (or many operands): C kernel on plain operands. Shapes of
-         * up to 4 operands fit nd->sh; beyond that, oneDNN handles f32. */
+    if (out->dtype != GRAPH_F32) {
+        /* int64: C kernel on plain operands (up to 4, the shapes nd->sh holds). */
         if (nops > 4) return efail(err, errlen, cs, PPS_EUNSUPPORTED, "int64 concat of more than 4 operands");
         struct src_ref refs[4];
         for (int k = 0; k < nops; k++) {
@@ -1528,13 +1531,16 @@ static int prep_slice(PREP_ARGS)
     (void)mask;
     (void)out_plain;
     (void)plan;
+    /* The data may be an activation or a parameter (a position table). */
+    struct exec_tensor x;
+    operand_tensor(cs, in, 0, &x);
     struct shape_slice sl;
-    int rc = shape_slice(cs->node, &in[0], &sl, err, errlen);
+    int rc = shape_slice(cs->node, &x, &sl, err, errlen);
     if (rc) return rc;
     struct src_ref r;
-    if ((rc = plain_input(nd, &in[0], 0, &r))) return efail(err, errlen, cs, rc, "reorder");
-    to_shape(&nd->sh[0], &in[0]);
-    nd->esize = shape_dtype_size(in[0].dtype);
+    if ((rc = operand_ref(nd, cs, in, 0, &r))) return efail(err, errlen, cs, rc, "reorder");
+    to_shape(&nd->sh[0], &x);
+    nd->esize = shape_dtype_size(x.dtype);
     memcpy(nd->start, sl.start, sizeof sl.start);
     memcpy(nd->step, sl.step, sizeof sl.step);
     memcpy(nd->count, sl.count, sizeof sl.count);

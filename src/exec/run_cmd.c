@@ -1,0 +1,424 @@
+/* run_cmd: `pipeps run` (see run_cmd.h).
+ *
+ * Feeding modes (how parameter batches reach the executor):
+ *   default                 every batch is handed over before the first run;
+ *                           "load" includes preparing all weights.
+ *   --pipelined-delay-ms D  a feeder thread hands batch i over after a
+ *                           random pause of 0..D ms (seeded by --seed), while
+ *                           the first run is already executing: the output
+ *                           must be bit-identical to the default mode's.
+ *   --feed-gbps G           a feeder thread hands batch i over when a link of
+ *                           G GB/s would have delivered it (bytes of batches
+ *                           0..i / G after the first); reports the time from
+ *                           "first batch available" to the output.
+ * The kv.bin mapping is read once before a feeding thread starts, so the
+ * simulated arrival is not slowed by the disk.
+ *
+ * The easy thing to get wrong: a kv.bin whose batches do not match the
+ * description (count, sizes) must be refused before anything runs, since
+ * the executor reads parameters at the offsets the description gives. */
+#include "exec/run_cmd.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/args.h"
+#include "common/err.h"
+#include "exec/executor.h"
+#include "exec/shape.h"
+#include "formats/kvbin.h"
+#include "formats/npy.h"
+#include "model/model_blob.h"
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void sleep_until(double t_ms)
+{
+    for (;;) {
+        double d = t_ms - now_ms();
+        if (d <= 0) return;
+        struct timespec ts = {(time_t)(d / 1e3), (long)(fmod(d, 1e3) * 1e6)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: pipeps run KV_BIN MODEL [options]\n"
+            "  --batch N                batch size (default 1, or the input's first dimension)\n"
+            "  --input x.npy            input tensor (float32 or int64, C order); default: generated\n"
+            "  --output y.npy           write the output tensor\n"
+            "  --threads T              compute threads (default 2)\n"
+            "  --repeat R               warm runs after the first (default 10)\n"
+            "  --pipelined-delay-ms D   feed batches from a thread with random 0..D ms pauses\n"
+            "  --feed-gbps G            feed batches as a G GB/s link would deliver them\n"
+            "  --seed S                 seed of the generated input and the delays (default 1)\n"
+            "  --verify                 check every value's checksum in kv.bin first\n"
+            "  --no-fusion              run every node on its own (debugging)\n"
+            "  --profile                print time per operation type\n");
+}
+
+struct feeder {
+    struct exec_model *m;
+    const struct kvbin_model *km;
+    const uint8_t **data;
+    const uint64_t *len;
+    int nbatches;
+    double delay_ms;     /* > 0: random pauses */
+    double gbps;         /* > 0: link simulation */
+    uint64_t seed;
+    double t_first;      /* when batch 0 was handed over */
+    double t_last;
+    int rc;
+};
+
+static uint64_t xorshift(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static void *feeder_main(void *arg)
+{
+    struct feeder *f = arg;
+    uint64_t s = f->seed * 0x9E3779B97F4A7C15ull + 1;
+    double t0 = now_ms(), sent = 0;
+    for (int i = 0; i < f->nbatches; i++) {
+        if (f->delay_ms > 0) {
+            double pause = f->delay_ms * (double)(xorshift(&s) % 1000001) / 1e6;
+            sleep_until(now_ms() + pause);
+        } else if (f->gbps > 0 && i > 0) {
+            sleep_until(t0 + sent / (f->gbps * 1e6));
+        }
+        if (i == 0) f->t_first = t0 = now_ms();
+        sent += (double)f->len[i];
+        int rc = exec_batch_arrived(f->m, i, f->data[i], f->len[i]);
+        if (rc && !f->rc) f->rc = rc;
+    }
+    f->t_last = now_ms();
+    return NULL;
+}
+
+/* The vocabulary an int64 input indexes: rows of the table a Gather reads
+ * with it (0 if no Gather uses the input directly). */
+static int64_t index_range(const struct graph *g, int32_t value)
+{
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct graph_node *n = &g->nodes[i];
+        if (n->op != GRAPH_OP_GATHER || n->ninputs < 1 || n->inputs[0] != value || n->nparams < 1)
+            continue;
+        const struct graph_param *p = &g->params[n->params[0]];
+        int64_t axis = graph_attr_int(n, "axis", 0);
+        if (axis < 0) axis += p->ndims;
+        if (axis >= 0 && axis < p->ndims) return p->dims[axis];
+    }
+    return 0;
+}
+
+/* Deterministic input: float32 uniform in [-1, 1), int64 uniform in
+ * [0, vocabulary) (or [0, 100) when no table bounds it), from xorshift64
+ * seeded by seed and the input index. */
+static void generate_input(const struct graph *g, int idx, const struct exec_tensor *t,
+                           uint64_t seed, void *buf)
+{
+    uint64_t s = (seed + 1) * 0x9E3779B97F4A7C15ull + (uint64_t)idx * 7919 + 1;
+    uint64_t n = shape_elems(t);
+    if (t->dtype == GRAPH_I64) {
+        int64_t range = index_range(g, g->inputs[idx].value);
+        if (range <= 0) range = 100;
+        int64_t *p = buf;
+        for (uint64_t i = 0; i < n; i++) p[i] = (int64_t)(xorshift(&s) % (uint64_t)range);
+    } else {
+        float *p = buf;
+        for (uint64_t i = 0; i < n; i++)
+            p[i] = (float)((double)(xorshift(&s) >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int run_main(int argc, char **argv)
+{
+    struct args_option opts[] = {
+        {"batch", 1, NULL},  {"input", 1, NULL},   {"output", 1, NULL},
+        {"threads", 1, NULL}, {"repeat", 1, NULL}, {"pipelined-delay-ms", 1, NULL},
+        {"feed-gbps", 1, NULL}, {"seed", 1, NULL}, {"verify", 0, NULL},
+        {"no-fusion", 0, NULL}, {"profile", 0, NULL},
+    };
+    enum { O_BATCH, O_INPUT, O_OUTPUT, O_THREADS, O_REPEAT, O_DELAY, O_GBPS, O_SEED, O_VERIFY,
+           O_NOFUSE, O_PROFILE, O_COUNT };
+    struct args a;
+    int help = 0;
+    if (args_split(argc, argv, opts, O_COUNT, &a, &help) != 0 || a.npositional != 2) {
+        usage(help ? stdout : stderr);
+        return help ? 0 : 2;
+    }
+    int batch = 0, threads = 2, repeat = 10, seed = 1;
+    double delay = 0, gbps = 0;
+    if ((opts[O_BATCH].value && args_parse_int(opts[O_BATCH].value, 1, 1 << 16, &batch)) ||
+        (opts[O_THREADS].value && args_parse_int(opts[O_THREADS].value, 1, 1024, &threads)) ||
+        (opts[O_REPEAT].value && args_parse_int(opts[O_REPEAT].value, 0, 1000000, &repeat)) ||
+        (opts[O_SEED].value && args_parse_int(opts[O_SEED].value, 0, 1 << 30, &seed))) {
+        fprintf(stderr, "run: bad numeric option\n");
+        return 2;
+    }
+    if (opts[O_DELAY].value) {
+        char *end;
+        delay = strtod(opts[O_DELAY].value, &end);
+        if (*end || !(delay >= 0 && delay < 1e6)) {
+            fprintf(stderr, "run: bad --pipelined-delay-ms\n");
+            return 2;
+        }
+    }
+    if (opts[O_GBPS].value) {
+        char *end;
+        gbps = strtod(opts[O_GBPS].value, &end);
+        if (*end || !(gbps > 0 && gbps < 1e6)) {
+            fprintf(stderr, "run: bad --feed-gbps\n");
+            return 2;
+        }
+    }
+    const char *path = a.positional[0], *name = a.positional[1];
+    char err[KVBIN_ERR_LEN];
+    int status = 1;
+    struct graph g;
+    memset(&g, 0, sizeof g);
+    struct exec_model *m = NULL;
+    struct npy_array in_arr;
+    memset(&in_arr, 0, sizeof in_arr);
+    void *gen_in = NULL, *out = NULL;
+    const uint8_t **bdata = NULL;
+    uint64_t *blen = NULL;
+    double *lat = NULL;
+
+    double t_open = now_ms();
+    struct kvbin kv;
+    int rc = kvbin_open(&kv, path, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "run: %s\n", err);
+        return 1;
+    }
+    const struct kvbin_model *km = kvbin_find_model(&kv, name);
+    if (!km) {
+        fprintf(stderr, "run: model '%s' is not in %s\n", name, path);
+        goto out;
+    }
+    if ((rc = kvbin_check_model(&kv, km, opts[O_VERIFY].value != NULL, err, sizeof err))) {
+        fprintf(stderr, "run: %s\n", err);
+        goto out;
+    }
+    char key[KVBIN_NAME_MAX + 32];
+    snprintf(key, sizeof key, "%s-METADATA", name);
+    const struct kvbin_record *meta = kvbin_find_record(km, key);
+    if (!meta) {
+        fprintf(stderr, "run: %s has no %s\n", path, key);
+        goto out;
+    }
+    if ((rc = model_blob_decode(&g, meta->data, meta->len, err, sizeof err))) {
+        fprintf(stderr, "run: %s: %s\n", key, err);
+        goto out;
+    }
+    /* The batches must be exactly the ones the description lays out. */
+    if ((uint32_t)g.nbatches != km->nbatches || graph_total_padded(&g) != km->total_size) {
+        fprintf(stderr, "run: %s: kv.bin has %u batches (%" PRIu64 " bytes), the description %d (%" PRIu64 " bytes)\n",
+                name, km->nbatches, km->total_size, g.nbatches, graph_total_padded(&g));
+        goto out;
+    }
+    bdata = calloc((size_t)g.nbatches + 1, sizeof *bdata);
+    blen = calloc((size_t)g.nbatches + 1, sizeof *blen);
+    if (!bdata || !blen) goto out;
+    for (int i = 0; i < g.nbatches; i++) {
+        snprintf(key, sizeof key, "%s-BATCH-%d", name, i);
+        const struct kvbin_record *r = kvbin_find_record(km, key);
+        if (!r || r->len != g.batches[i].nbytes) {
+            fprintf(stderr, "run: %s: %s is %" PRIu64 " bytes, the description says %" PRIu64 "\n",
+                    name, key, r ? r->len : 0, g.batches[i].nbytes);
+            goto out;
+        }
+        bdata[i] = r->data;
+        blen[i] = r->len;
+    }
+    double t_parsed = now_ms();
+
+    struct exec_options eo;
+    exec_options_default(&eo);
+    eo.threads = threads;
+    eo.no_fusion = opts[O_NOFUSE].value != NULL;
+    eo.profile = opts[O_PROFILE].value != NULL;
+    if ((rc = exec_model_create(&m, &g, &eo, err, sizeof err))) {
+        fprintf(stderr, "run: %s: %s\n", name, err);
+        goto out;
+    }
+    double t_created = now_ms();
+
+    /* Input. */
+    if (g.ninputs != 1) {
+        fprintf(stderr, "run: %s has %d inputs; only single-input models are supported\n", name, g.ninputs);
+        goto out;
+    }
+    struct exec_tensor ti;
+    const void *input;
+    if (opts[O_INPUT].value) {
+        if ((rc = npy_read_file(opts[O_INPUT].value, &in_arr, err, sizeof err))) {
+            fprintf(stderr, "run: %s\n", err);
+            goto out;
+        }
+        if (in_arr.ndims < 1 || (batch && in_arr.dims[0] != batch)) {
+            fprintf(stderr, "run: %s: first dimension must be the batch size%s\n", opts[O_INPUT].value,
+                    batch ? " given by --batch" : "");
+            goto out;
+        }
+        batch = (int)in_arr.dims[0];
+        exec_input_info(m, 0, batch, &ti);
+        int same = (int)in_arr.dtype == (int)ti.dtype && in_arr.ndims == ti.ndims;
+        for (int d = 0; same && d < ti.ndims; d++) same = in_arr.dims[d] == ti.dims[d];
+        if (!same) {
+            fprintf(stderr, "run: %s: input must be %s [%d", opts[O_INPUT].value,
+                    graph_dtype_name(ti.dtype), batch);
+            for (int d = 1; d < ti.ndims; d++) fprintf(stderr, ", %" PRId64, ti.dims[d]);
+            fprintf(stderr, "]\n");
+            goto out;
+        }
+        input = in_arr.data;
+    } else {
+        if (!batch) batch = 1;
+        exec_input_info(m, 0, batch, &ti);
+        gen_in = malloc(ti.nbytes ? ti.nbytes : 1);
+        if (!gen_in) goto out;
+        generate_input(&g, 0, &ti, (uint64_t)seed, gen_in);
+        input = gen_in;
+    }
+    struct exec_tensor to;
+    if ((rc = exec_output_info(m, 0, batch, &to, err, sizeof err))) {
+        fprintf(stderr, "run: %s\n", err);
+        goto out;
+    }
+    out = malloc(to.nbytes);
+    if (!out) goto out;
+
+    /* Feed the parameters. */
+    struct feeder f;
+    memset(&f, 0, sizeof f);
+    f.m = m;
+    f.km = km;
+    f.data = bdata;
+    f.len = blen;
+    f.nbatches = g.nbatches;
+    f.delay_ms = delay;
+    f.gbps = gbps;
+    f.seed = (uint64_t)seed;
+    pthread_t th;
+    int threaded = delay > 0 || gbps > 0;
+    double t_prepared = t_created;
+    if (threaded) {
+        /* Read the mapping once so the simulated arrival is not the disk. */
+        volatile uint8_t sink = 0;
+        for (int i = 0; i < g.nbatches; i++)
+            for (uint64_t o = 0; o < blen[i]; o += 4096) sink ^= bdata[i][o];
+        (void)sink;
+        if (pthread_create(&th, NULL, feeder_main, &f) != 0) {
+            fprintf(stderr, "run: cannot start the feeder thread\n");
+            goto out;
+        }
+    } else {
+        for (int i = 0; i < g.nbatches && !rc; i++) rc = exec_batch_arrived(m, i, bdata[i], blen[i]);
+        if (!rc) rc = exec_wait_prepared(m);
+        if (rc) {
+            fprintf(stderr, "run: preparing parameters: %s\n", pps_strerror(rc));
+            goto out;
+        }
+        t_prepared = now_ms();
+    }
+
+    const void *ins[1] = {input};
+    uint64_t in_bytes[1] = {ti.nbytes};
+    void *outs[1] = {out};
+    struct exec_timing first;
+    double t_run0 = now_ms();
+    rc = exec_run(m, batch, ins, in_bytes, outs, &first, err, sizeof err);
+    double t_run1 = now_ms();
+    if (threaded) pthread_join(th, NULL);
+    if (rc || f.rc) {
+        fprintf(stderr, "run: %s\n", rc ? err : pps_strerror(f.rc));
+        goto out;
+    }
+
+    printf("model %s: %d nodes -> %d steps, %d parameter batches, %.1f MB of parameters\n", name,
+           g.nnodes, exec_model_nsteps(m), g.nbatches, (double)km->total_size / 1e6);
+    printf("batch %d, %d threads%s\n", batch, threads, eo.no_fusion ? ", fusion off" : "");
+    if (threaded) {
+        printf("load: %.1f ms (open+parse %.1f, create %.1f); batches fed by a thread", t_created - t_open,
+               t_parsed - t_open, t_created - t_parsed);
+        if (delay > 0) printf(" with random 0..%.1f ms pauses\n", delay);
+        else printf(" at %.2f GB/s (last batch %.1f ms after the first)\n", gbps, f.t_last - f.t_first);
+        printf("first inference: %.2f ms (plan %.2f, waiting for parameters %.2f, compute %.2f)\n",
+               first.total_ms, first.plan_ms, first.wait_ms, first.compute_ms);
+        printf("first batch available -> output: %.2f ms\n", t_run1 - f.t_first);
+    } else {
+        printf("load: %.1f ms (open+parse %.1f, create %.1f, prepare weights %.1f)\n",
+               t_prepared - t_open, t_parsed - t_open, t_created - t_parsed, t_prepared - t_created);
+        printf("first inference: %.2f ms (plan %.2f, waiting for parameters %.2f, compute %.2f)\n",
+               first.total_ms, first.plan_ms, first.wait_ms, first.compute_ms);
+    }
+    (void)t_run0;
+
+    if (repeat > 0) {
+        lat = malloc((size_t)repeat * sizeof *lat);
+        if (!lat) goto out;
+        for (int r = 0; r < repeat; r++) {
+            struct exec_timing t;
+            if ((rc = exec_run(m, batch, ins, in_bytes, outs, &t, err, sizeof err))) {
+                fprintf(stderr, "run: %s\n", err);
+                goto out;
+            }
+            lat[r] = t.total_ms;
+        }
+        qsort(lat, (size_t)repeat, sizeof *lat, cmp_double);
+        double med = repeat % 2 ? lat[repeat / 2] : 0.5 * (lat[repeat / 2 - 1] + lat[repeat / 2]);
+        printf("warm latency: median %.2f ms, min %.2f ms, max %.2f ms over %d runs\n", med, lat[0],
+               lat[repeat - 1], repeat);
+    }
+    printf("memory owned by the executor: %.1f MB\n", (double)exec_model_memory_bytes(m) / 1e6);
+    if (eo.profile) exec_profile_print(m, stdout);
+
+    printf("output %s: %s [", g.outputs[0].name, graph_dtype_name(to.dtype));
+    for (int d = 0; d < to.ndims; d++) printf("%s%" PRId64, d ? ", " : "", to.dims[d]);
+    printf("]\n");
+    if (opts[O_OUTPUT].value) {
+        if ((rc = npy_write_file(opts[O_OUTPUT].value, (enum npy_dtype)to.dtype, to.ndims, to.dims, out,
+                                 shape_elems(&to) * shape_dtype_size(to.dtype)))) {
+            fprintf(stderr, "run: cannot write %s: %s\n", opts[O_OUTPUT].value, pps_strerror(rc));
+            goto out;
+        }
+    }
+    status = 0;
+out:
+    free(lat);
+    exec_model_destroy(m);
+    graph_free(&g);
+    npy_free(&in_arr);
+    free(gen_in);
+    free(out);
+    free(bdata);
+    free(blen);
+    kvbin_close(&kv);
+    return status;
+}
