@@ -3,6 +3,7 @@
 #   tests/fuzz/build.sh            build build-fuzz/fuzz_kvbin, seed a corpus, fuzz 60 s
 #   tests/fuzz/build.sh 600        fuzz 600 s
 #   tests/fuzz/build.sh 60 model_blob   the METADATA blob decoder (fuzz_model_blob) instead
+#   tests/fuzz/build.sh 60 cache_proto  the cache's message decoders (fuzz_cache_proto)
 # Crashes land in build-fuzz/ as crash-*; replay one with
 #   build-fuzz/fuzz_kvbin build-fuzz/crash-...
 set -euo pipefail
@@ -20,6 +21,15 @@ if [ "${2:-}" = "model_blob" ]; then
     -lxxhash -lm -o "$out/fuzz_model_blob"
   exec "$out/fuzz_model_blob" -max_total_time="$seconds" -max_len=131072 -artifact_prefix="$out/" \
     "$out/corpus-model-blob"
+fi
+if [ "${2:-}" = "cache_proto" ]; then
+  mkdir -p "$out/corpus-cache-proto"
+  printf '\001\005\000\000\000model' > "$out/corpus-cache-proto/subscribe"
+  clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
+    tests/fuzz/fuzz_cache_proto.c src/cache/cache_proto.c src/common/err.c src/common/buf.c \
+    -o "$out/fuzz_cache_proto"
+  exec "$out/fuzz_cache_proto" -max_total_time="$seconds" -max_len=4096 -artifact_prefix="$out/" \
+    "$out/corpus-cache-proto"
 fi
 mkdir -p "$out/corpus-kvbin"
 flags=(-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -DKVBIN_FUZZ_NO_HEADER_CHECKSUM)
