@@ -553,3 +553,38 @@ def test_bad_arguments(cl):
         assert p.returncode != 0, args
     p = subprocess.run([T.binary("cache"), "--help"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and "SHM_BLOCK_SIZE" in p.stdout
+
+
+def test_model_deployed_by_deploy_file_matches_kv_bin(cl, tmp_path):
+    """The real chain: a kv.bin (written by the independent Python writer),
+    deploy_file over both storages, the cache fetching it: every byte of
+    every batch and of the METADATA blob in the pool equals kv.bin."""
+    import kvbin_py
+    models = kvbin_py.synthetic(seed=21, scale=2)
+    kv = str(tmp_path / "kv.bin")
+    kvbin_py.write(kv, models)
+    sl = tmp_path / "storage_list.txt"
+    sl.write_text("address, port\n127.0.0.1, %d\n" % cl.meta.port +
+                  "".join("127.0.0.1, %d\n" % s.port for s in cl.storages))
+    dl = tmp_path / "model_distribution_list.txt"
+    dl.write_text("model, storages\nalpha, 0, 1\nbeta, 1\n")
+    p = subprocess.run([T.binary("deploy_file"), str(sl), str(dl), kv], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    cache = cl.cache()
+    pool = pool_view(cache.shm_name)
+    for name, total, nbatches, records in kvbin_py.read(kv):
+        values = {key: value for key, _h, _v, value in records}
+        conn, rid, events = subscribe_all(cache, name)
+        assert events[-1]["kind"] == "done", events[-1]
+        meta = events[0]
+        assert meta["kind"] == "meta" and meta["nbatches"] == nbatches
+        assert meta["total_size"] == total
+        assert pool[meta["offset"]:meta["offset"] + meta["len"]] == values[name + "-METADATA"]
+        batches = [e for e in events if e["kind"] == "batch"]
+        assert [e["index"] for e in batches] == list(range(nbatches))
+        for e in batches:
+            expect = values["%s-BATCH-%d" % (name, e["index"])]
+            assert pool[e["offset"]:e["offset"] + e["len"]] == expect
+        conn.close()
+    pool.close()
