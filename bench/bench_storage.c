@@ -4,10 +4,11 @@
  *
  *   bench_storage [ADDR:PORT] [--reps 7] [--value 32M] [--slice 30M]
  *                 [--slices 8] [--put-size 256M] [--dir DIR] [--sockbuf SIZE]
+ *                 [--send-path mmap|sendfile]
  *
  * Without ADDR:PORT it starts build/bin/storage (next to this program) on a
  * free port with a fresh data directory (--dir, default a temporary one
- * under $TMPDIR or /tmp, removed afterwards).
+ * under $TMPDIR or /tmp, removed afterwards), passing it --send-path.
  *
  * Each repetition measures, interleaved so that drift hits both alike:
  *   - plain TCP, one value's size: a sender thread writes the bytes with
@@ -112,7 +113,7 @@ static double plain_once(int fd, uint8_t *dst, uint64_t n)
 
 /* ---- the storage daemon ---- */
 
-static pid_t spawn_storage(const char *dir, uint16_t *port, int sockbuf)
+static pid_t spawn_storage(const char *dir, uint16_t *port, int sockbuf, const char *send_path)
 {
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -141,9 +142,11 @@ static pid_t spawn_storage(const char *dir, uint16_t *port, int sockbuf)
         char datadir[PATH_MAX];
         snprintf(datadir, sizeof datadir, "%s/data", dir);
         if (sockbuf)
-            execl(server, "storage", portbuf, "--dir", datadir, "--sockbuf", sb, (char *)NULL);
+            execl(server, "storage", portbuf, "--dir", datadir, "--send-path", send_path,
+                  "--sockbuf", sb, (char *)NULL);
         else
-            execl(server, "storage", portbuf, "--dir", datadir, (char *)NULL);
+            execl(server, "storage", portbuf, "--dir", datadir, "--send-path", send_path,
+                  (char *)NULL);
         _exit(127);
     }
     for (int i = 0; i < 200; i++) {
@@ -208,9 +211,15 @@ static void row(const char *name, const double *v, int n)
     printf("  %-38s %9.0f %9.0f\n", name, minimum(v, n) / 1e6, median(v, n) / 1e6);
 }
 
+/* min/min, median/median, and the median of the per-repetition ratios
+ * (each pair measured back to back, so load changes hit both alike). */
 static void ratio(const char *name, const double *a, const double *b, int n)
 {
-    printf("  %-38s %9.3f %9.3f\n", name, minimum(a, n) / minimum(b, n), median(a, n) / median(b, n));
+    double paired[MAX_REPS];
+    for (int i = 0; i < n; i++)
+        paired[i] = a[i] / b[i];
+    printf("  %-38s %9.3f %9.3f %9.3f\n", name, minimum(a, n) / minimum(b, n),
+           median(a, n) / median(b, n), median(paired, n));
 }
 
 /* ---- main ---- */
@@ -230,14 +239,15 @@ int main(int argc, char **argv)
 {
     struct args_option opts[] = {
         {"reps", 1, NULL},   {"value", 1, NULL}, {"slice", 1, NULL}, {"slices", 1, NULL},
-        {"put-size", 1, NULL}, {"dir", 1, NULL}, {"sockbuf", 1, NULL},
+        {"put-size", 1, NULL}, {"dir", 1, NULL}, {"sockbuf", 1, NULL}, {"send-path", 1, NULL},
     };
     struct args a;
     int help = 0;
-    if (args_split(argc, argv, opts, 7, &a, &help) || a.npositional > 1) {
+    if (args_split(argc, argv, opts, 8, &a, &help) || a.npositional > 1) {
         fprintf(help ? stdout : stderr,
                 "usage: bench_storage [ADDR:PORT] [--reps 7] [--value 32M] [--slice 30M]\n"
-                "                     [--slices 8] [--put-size 256M] [--dir DIR] [--sockbuf SIZE]\n");
+                "                     [--slices 8] [--put-size 256M] [--dir DIR] [--sockbuf SIZE]\n"
+                "                     [--send-path mmap|sendfile]\n");
         return help ? 0 : 2;
     }
     int reps = 7, nslices = 8;
@@ -251,6 +261,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_storage: bad option value\n");
         return 2;
     }
+    const char *send_path = opts[7].value ? opts[7].value : "mmap";
     net_ignore_sigpipe();
 
     char host[256] = "127.0.0.1";
@@ -265,7 +276,7 @@ int main(int argc, char **argv)
         snprintf(tmpdir, sizeof tmpdir, "%s/bench-storage-XXXXXX", base ? base : "/tmp");
         if (!mkdtemp(tmpdir))
             die("mkdtemp", pps_from_errno(errno));
-        pid = spawn_storage(tmpdir, &port, (int)sockbuf);
+        pid = spawn_storage(tmpdir, &port, (int)sockbuf, send_path);
         if (pid < 0)
             die("starting build/bin/storage", PPS_ECONNECT);
     }
@@ -380,8 +391,8 @@ int main(int argc, char **argv)
     }
 
     char label[96];
-    printf("storage benchmark: loopback, %d repetitions (after one warm-up), MB/s = 1e6 bytes/s\n",
-           reps);
+    printf("storage benchmark: loopback, %d repetitions (after one warm-up), MB/s = 1e6 bytes/s,"
+           " GETs sent with %s\n", reps, pid > 0 ? send_path : "(the running storage's setting)");
     printf("  %-38s %9s %9s\n", "", "min", "median");
     snprintf(label, sizeof label, "plain TCP stream %llu MiB",
              (unsigned long long)(value >> 20));
@@ -401,7 +412,7 @@ int main(int argc, char **argv)
                  (unsigned long long)(put_size >> 20));
         row(label, local_v, reps);
     }
-    printf("  ratios (min/min, median/median):\n");
+    printf("  ratios %31s %9s %9s %9s\n", "", "min/min", "med/med", "paired");
     ratio("GET value / plain stream", get_v, plain_v, reps);
     ratio("GET model / plain stream", get_m, plain_m, reps);
     if (lfd >= 0)

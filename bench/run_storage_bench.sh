@@ -2,7 +2,9 @@
 # Storage benchmark: GET of a 32 MiB value and of a 240 MiB model's slices
 # (8 x 30 MiB) from one storage over loopback, against a plain loopback TCP
 # stream of the same size in the same run; PUT (fdatasync'd) against a local
-# write + fdatasync. Builds nothing: run after `cmake --build build`.
+# write + fdatasync; once with each GET send path of the storage (send from a
+# mapping of the data file, the default, and sendfile). Builds nothing: run
+# after `cmake --build build`.
 #
 #   bench/run_storage_bench.sh [BUILD_DIR] [bench_storage options...]
 #   e.g. bench/run_storage_bench.sh build --reps 9
@@ -19,7 +21,10 @@ if [ ! -x "$bin/bench_storage" ] || [ ! -x "$bin/storage" ]; then
   exit 1
 fi
 echo "== $(date -u +%FT%TZ) $(nproc) CPUs, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+# The default GET path (send from a mapping of the data file), then sendfile.
 "$bin/bench_storage" "$@"
+echo
+"$bin/bench_storage" --send-path sendfile "$@"
 
 if command -v iperf3 >/dev/null; then
   port=$(( 20000 + RANDOM % 20000 ))

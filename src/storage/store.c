@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -30,6 +31,8 @@
 /* Room kept free on the file system beyond a PUT's own record. */
 #define STORE_SPACE_MARGIN (1ull << 20)
 #define COPY_CHUNK (8u << 20)
+/* Mapping lengths are rounded up to this. */
+#define MAP_ROUND (2u << 20)
 /* A PUT starts the writeback of its value every this many bytes. */
 #define WRITEBACK_STEP (8u << 20)
 /* The active file is sealed for compaction only with at least
@@ -48,6 +51,17 @@ struct store_file {
     uint64_t live;   /* bytes of winning PUT records and needed tombstones */
     /* guarded by store.compact_mu */
     int no_compact;  /* compaction failed on it; not retried */
+    /* guarded by map_mu; a mapping, once made, stays until the file closes */
+    pthread_mutex_t map_mu;
+    uint8_t *map;    /* read-only shared mapping of [0, map_len), or NULL */
+    uint64_t map_len;
+    struct old_map *old_maps; /* outgrown mappings that readers may still use */
+};
+
+struct old_map {
+    void *p;
+    size_t len;
+    struct old_map *next;
 };
 
 struct store {
@@ -104,12 +118,61 @@ static void file_name(uint32_t id, char *buf, size_t n) { snprintf(buf, n, "data
 
 static void file_ref(struct store_file *f) { atomic_fetch_add(&f->refs, 1); }
 
+static struct store_file *file_new(uint32_t id, int fd)
+{
+    struct store_file *f = pps_xcalloc(1, sizeof *f);
+    f->id = id;
+    f->fd = fd;
+    atomic_init(&f->refs, 1);
+    pthread_mutex_init(&f->map_mu, NULL);
+    return f;
+}
+
 static void file_unref(struct store_file *f)
 {
     if (atomic_fetch_sub(&f->refs, 1) == 1) {
+        if (f->map)
+            munmap(f->map, (size_t)f->map_len);
+        while (f->old_maps) {
+            struct old_map *o = f->old_maps;
+            f->old_maps = o->next;
+            munmap(o->p, o->len);
+            free(o);
+        }
+        pthread_mutex_destroy(&f->map_mu);
         close(f->fd);
         free(f);
     }
+}
+
+/* A read-only mapping of f covering at least [0, end), made on first use.
+ * It is as long as a full data file (or the record that made it longer),
+ * past the current end of the file: that is allowed, and the pages become
+ * readable as records are appended; only committed records, which are
+ * never cut off, are ever read through it. NULL if mmap fails (the caller
+ * then uses the descriptor). */
+static const uint8_t *file_map(const struct store *s, struct store_file *f, uint64_t end)
+{
+    pthread_mutex_lock(&f->map_mu);
+    if (!f->map || f->map_len < end) {
+        uint64_t len = end > s->file_size ? end : s->file_size;
+        len = (len + MAP_ROUND - 1) & ~(uint64_t)(MAP_ROUND - 1);
+        void *p = mmap(NULL, (size_t)len, PROT_READ, MAP_SHARED, f->fd, 0);
+        if (p == MAP_FAILED) {
+            pthread_mutex_unlock(&f->map_mu);
+            return NULL;
+        }
+        if (f->map) {
+            struct old_map *o = pps_xmalloc(sizeof *o);
+            *o = (struct old_map){f->map, (size_t)f->map_len, f->old_maps};
+            f->old_maps = o;
+        }
+        f->map = p;
+        f->map_len = len;
+    }
+    const uint8_t *base = f->map;
+    pthread_mutex_unlock(&f->map_mu);
+    return base;
 }
 
 static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
@@ -268,10 +331,7 @@ static int roll(struct store *s)
         return rc;
     }
     fsync(s->dir_fd); /* the new name must survive a crash before its records do */
-    struct store_file *f = pps_xcalloc(1, sizeof *f);
-    f->id = id;
-    f->fd = fd;
-    atomic_init(&f->refs, 1);
+    struct store_file *f = file_new(id, fd);
     s->next_id++;
     if (s->active)
         s->active->sealed = 1;
@@ -509,6 +569,8 @@ int store_read_begin(struct store *s, const char *key, uint32_t key_len, uint64_
     out->len = length == UINT64_MAX ? vlen - offset : length;
     out->value_len = vlen;
     pthread_rwlock_unlock(&s->lock);
+    const uint8_t *base = file_map(s, out->file, out->off + out->len);
+    out->data = base ? base + out->off : NULL;
     return 0;
 }
 
@@ -518,6 +580,7 @@ void store_read_end(struct store_read *r)
         file_unref(r->file);
     r->file = NULL;
     r->fd = -1;
+    r->data = NULL;
 }
 
 /* ---- DELETE ---- */
@@ -976,10 +1039,7 @@ static int recover(struct store *s)
             log_error("cannot open %s/%s: %s", s->dir, name, strerror(errno));
             break;
         }
-        struct store_file *f = pps_xcalloc(1, sizeof *f);
-        f->id = ids[i];
-        f->fd = fd;
-        atomic_init(&f->refs, 1);
+        struct store_file *f = file_new(ids[i], fd);
         if (s->nfiles == s->files_cap) {
             s->files_cap = s->files_cap ? s->files_cap * 2 : 16;
             s->files = pps_xrealloc(s->files, s->files_cap * sizeof *s->files);

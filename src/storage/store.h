@@ -60,13 +60,16 @@ int store_put_value(struct store *s, const char *key, uint32_t key_len, const vo
                     uint64_t value_len);
 
 /* A value range pinned for reading: the bytes are [off, off + len) of fd,
- * unchanged until store_read_end, whatever happens to the key meanwhile. */
+ * also readable at data (a read-only mapping of the file, NULL if mmap
+ * failed), unchanged until store_read_end whatever happens to the key
+ * meanwhile. */
 struct store_read {
     struct store_file *file;
     int fd;
     uint64_t off;
     uint64_t len;
-    uint64_t value_len; /* of the whole value */
+    uint64_t value_len;  /* of the whole value */
+    const uint8_t *data; /* the len bytes, mapped; or NULL */
 };
 /* length UINT64_MAX: to the end. PPS_ENOTFOUND, or PPS_ERANGE if the range
  * is not inside the value. */

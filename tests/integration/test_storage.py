@@ -718,3 +718,25 @@ def test_many_connections(storages):
     assert store_stat(conns[0])["connections"] >= 100
     for c in conns:
         c.close()
+
+
+def test_sendfile_send_path(storages):
+    """The --send-path sendfile variant serves the same bytes as the default."""
+    s = storages(extra=["--send-path", "sendfile"])
+    c = s.conn()
+    v = big_pattern(20 << 20, 21)
+    assert store_put(c, "v", v) == 0
+    assert store_get(c, "v") == (0, v)
+    assert store_get(c, "v", 7, 5_000_001) == (0, v[7:5_000_008])
+    assert store_get(c, "v", len(v)) == (0, b"")
+    # A reader that goes away in the middle does not disturb the daemon.
+    sock = raw(s)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    sock.sendall(header(MSG["STORE_GET"], 4 + 1 + 16) + pack_str("v") + struct.pack("<QQ", 0, U64_MAX))
+    recv_exact(sock, 32 + 4096)
+    sock.close()
+    assert store_get(c, "v", 1 << 20, 100) == (0, v[1 << 20:(1 << 20) + 100])
+    assert "sendfile" in s.log_text()
+    r = subprocess.run([binary("storage"), str(free_port()), "--send-path", "carrier-pigeon"],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 2 and b"--send-path" in r.stderr
