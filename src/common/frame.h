@@ -56,8 +56,12 @@
     X(CACHE_UNPIN,   0x0306)                                                  \
     X(CACHE_IN,      0x0307)                                                  \
     X(CACHE_OUT,     0x0308)                                                  \
+    X(INFER,         0x0401)                                                  \
+    X(MODEL_INFO,    0x0402)                                                  \
     X(LB_CACHE_REGISTER, 0x0501)                                              \
-    X(LB_CACHE_EVENT, 0x0502)
+    X(LB_CACHE_EVENT, 0x0502)                                                 \
+    X(LB_SERVER_REGISTER, 0x0503)                                             \
+    X(LB_SERVER_EVENT, 0x0504)
 
 enum frame_type {
 #define FRAME_TYPE_ENUM(name, value) MSG_##name = (value),

@@ -17,7 +17,9 @@
     X("cache", cache_main, "the per-machine shared-memory parameter cache") \
     X("deploy_file", deploy_file_main, "push kv.bin's models to the storages and publish them") \
     X("fetch", fetch_main, "read a deployed model back through its location record") \
-    X("run", run_main, "run a model from kv.bin on the CPU executor (latency, output .npy)")
+    X("run", run_main, "run a model from kv.bin on the CPU executor (latency, output .npy)") \
+    X("server", server_main, "the inference server (pipelined model loading)") \
+    X("infer", infer_main, "send inference requests to a server, print timings")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
@@ -29,6 +31,8 @@ int version_main(int argc, char **argv);
 #include "metadata/meta_server.h"
 #include "deploy/deploy.h"
 #include "deploy/fetch.h"
+#include "server/infer_client.h"
+#include "server/server.h"
 
 int stat_main(int argc, char **argv);
 #include "cache/cache_main.h"

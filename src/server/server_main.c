@@ -1,0 +1,101 @@
+/* server_main: the `server` command line (README "Server"): parse the
+ * seed's positional arguments and the options, then run the daemon. */
+#include "common/args.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "common/net.h"
+#include "server/server.h"
+#include "server/server_proto.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: server CLIENT_ADDR CLIENT_PORT CACHE_ADDR CACHE_PORT LB_ADDR LB_PORT\n"
+            "              [--threads T] [--memory BYTES] [--mode pipelined|stop-and-start]\n"
+            "              [--max-request BYTES] [--max-batch N] [--max-queue N]\n"
+            "              [--stall-timeout SECONDS]\n"
+            "  Serves INFER requests on CLIENT_ADDR:CLIENT_PORT (also its identity for the load\n"
+            "  balancer), loads models through the cache at CACHE_ADDR:CACHE_PORT and registers\n"
+            "  with the load balancer at LB_ADDR:LB_PORT (LB_PORT 0: none), retrying until it is up.\n"
+            "  --threads        compute threads per inference (default 2)\n"
+            "  --memory         bytes of prepared weights kept resident, LRU (default 4G)\n"
+            "  --mode           pipelined (default): layer group i runs once batch i is here;\n"
+            "                   stop-and-start: wait for every batch, then run (baseline)\n"
+            "  --max-request    largest INFER payload accepted (default 256M)\n"
+            "  --max-batch      largest batch size accepted (default 256)\n"
+            "  --max-queue      INFER requests waiting before PPS_EBUSY (default 1024)\n"
+            "  --stall-timeout  a model fetch with no progress this long fails (default 60)\n");
+}
+
+int server_main(int argc, char **argv)
+{
+    struct args_option opts[] = {
+        {"threads", 1, NULL},     {"memory", 1, NULL},    {"mode", 1, NULL},
+        {"max-request", 1, NULL}, {"max-batch", 1, NULL}, {"max-queue", 1, NULL},
+        {"stall-timeout", 1, NULL},
+    };
+    struct args a;
+    int help = 0;
+    if (args_split(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), &a, &help)) {
+        usage(help ? stdout : stderr);
+        return help ? 0 : 2;
+    }
+    if (a.npositional != 6) {
+        usage(stderr);
+        return 2;
+    }
+    struct server_config cfg;
+    server_config_default(&cfg);
+    int bad = 0;
+    if (snprintf(cfg.client_addr, sizeof cfg.client_addr, "%s", a.positional[0]) >=
+            (int)sizeof cfg.client_addr ||
+        snprintf(cfg.cache_addr, sizeof cfg.cache_addr, "%s", a.positional[2]) >=
+            (int)sizeof cfg.cache_addr ||
+        snprintf(cfg.lb_addr, sizeof cfg.lb_addr, "%s", a.positional[4]) >= (int)sizeof cfg.lb_addr) {
+        fprintf(stderr, "server: address too long\n");
+        return 2;
+    }
+    if (strcmp(a.positional[1], "0") == 0)
+        cfg.client_port = 0;
+    else if (net_parse_port(a.positional[1], &cfg.client_port))
+        bad = fprintf(stderr, "server: bad CLIENT_PORT '%s'\n", a.positional[1]);
+    if (net_parse_port(a.positional[3], &cfg.cache_port))
+        bad = fprintf(stderr, "server: bad CACHE_PORT '%s'\n", a.positional[3]);
+    if (strcmp(a.positional[5], "0") == 0)
+        cfg.lb_port = 0;
+    else if (net_parse_port(a.positional[5], &cfg.lb_port))
+        bad = fprintf(stderr, "server: bad LB_PORT '%s'\n", a.positional[5]);
+    if (opts[0].value && args_parse_int(opts[0].value, 1, 256, &cfg.threads))
+        bad = fprintf(stderr, "server: bad --threads '%s' (1..256)\n", opts[0].value);
+    if (opts[1].value && args_parse_size(opts[1].value, &cfg.memory))
+        bad = fprintf(stderr, "server: bad --memory '%s'\n", opts[1].value);
+    if (opts[2].value) {
+        if (strcmp(opts[2].value, "pipelined") == 0)
+            cfg.mode = INFER_MODE_PIPELINED;
+        else if (strcmp(opts[2].value, "stop-and-start") == 0)
+            cfg.mode = INFER_MODE_STOP_AND_START;
+        else
+            bad = fprintf(stderr, "server: --mode is pipelined or stop-and-start, not '%s'\n",
+                          opts[2].value);
+    }
+    if (opts[3].value && (args_parse_size(opts[3].value, &cfg.max_request) || cfg.max_request < 4096))
+        bad = fprintf(stderr, "server: bad --max-request '%s' (at least 4K)\n", opts[3].value);
+    if (opts[4].value && args_parse_int(opts[4].value, 1, 1 << 20, &cfg.max_batch))
+        bad = fprintf(stderr, "server: bad --max-batch '%s'\n", opts[4].value);
+    if (opts[5].value && args_parse_int(opts[5].value, 1, 1 << 20, &cfg.max_queue))
+        bad = fprintf(stderr, "server: bad --max-queue '%s'\n", opts[5].value);
+    int stall = 0;
+    if (opts[6].value) {
+        if (args_parse_int(opts[6].value, 0, 86400, &stall))
+            bad = fprintf(stderr, "server: bad --stall-timeout '%s'\n", opts[6].value);
+        else
+            cfg.stall_ms = stall * 1000;
+    }
+    if (bad)
+        return 2;
+    int rc = server_run(&cfg);
+    return rc ? 1 : 0;
+}
