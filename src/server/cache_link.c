@@ -279,7 +279,7 @@ static void check_stalls(struct cache_link *l)
                 break;
         if (!s)
             return;
-        char msg[256];
+        char msg[400];
         snprintf(msg, sizeof msg, "no progress from the cache for %d ms fetching %s", l->stall_ms,
                  s->model);
         log_warn("cache: %s", msg);

@@ -174,8 +174,8 @@ static int handle_incoming(struct lb_link *l, int fd)
     rc = net_discard(fd, h.payload_len);
     if (rc)
         return rc;
-    log_warn("load balancer sent message %s, which a server does not handle",
-             frame_type_name(h.type));
+    log_warn("load balancer %s:%u sent message %s, which a server does not handle", l->addr,
+             l->port, frame_type_name(h.type));
     return frame_send_error(fd, MSG_ERROR, h.request_id, PPS_EUNSUPPORTED,
                             "message type not handled by the server");
 }

@@ -835,7 +835,7 @@ static void handle_model_info(struct server *srv, struct sconn *c, uint64_t rid,
         int rc = wait_until(sm, meta_ready, META_TIMEOUT_MS);
         pthread_mutex_unlock(&sm->lock);
         struct graph g;
-        char err[256] = "";
+        char err[600] = "";
         if (!rc && (rc = model_blob_decode(&g, sm->meta, sm->meta_len, err, sizeof err)) == 0) {
             fill_info(&mi, &g);
             graph_free(&g);
@@ -844,7 +844,7 @@ static void handle_model_info(struct server *srv, struct sconn *c, uint64_t rid,
         }
         smodel_free(srv, sm);
         if (rc) {
-            char msg[400];
+            char msg[900];
             snprintf(msg, sizeof msg, "%s: %s", name, err);
             conn_error(c, MSG_MODEL_INFO, rid, rc, msg);
             return;
