@@ -517,3 +517,132 @@ class FakeLB:
     def stop(self):
         self.lsock.close()
         self.drop_peers()
+
+
+# ---- server (0x04xx) and its load-balancer link (0x0503/0x0504) ----
+
+MSG.update({"INFER": 0x0401, "MODEL_INFO": 0x0402,
+            "LB_SERVER_REGISTER": 0x0503, "LB_SERVER_EVENT": 0x0504})
+
+INFER_TIMING_FIELDS = [
+    ("queue_us", "Q"), ("wait_us", "Q"), ("compute_us", "Q"), ("total_us", "Q"),
+    ("source", "B"), ("mode", "B"), ("nbatches", "I"), ("batches_at_start", "I"),
+    ("meta_us", "Q"), ("exec_start_us", "Q"), ("first_batch_us", "Q"), ("last_batch_us", "Q"),
+    ("load_us", "Q"), ("plan_us", "Q"), ("exec_end_us", "Q"),
+]
+INFER_SOURCES = {0: "resident", 1: "cache", 2: "storage"}
+
+
+def encode_tensor(offset, arr):
+    """One tensor of an INFER payload whose bytes so far number `offset`
+    (docs/protocol.md, "Server"): header, zero padding to 64, C-order data."""
+    import numpy as np
+    arr = np.ascontiguousarray(arr)
+    dtype = {np.dtype("<f4"): 1, np.dtype("<i8"): 2}[arr.dtype]
+    out = struct.pack("<BB6x", dtype, arr.ndim) + struct.pack("<%dq" % arr.ndim, *arr.shape)
+    out += struct.pack("<Q", arr.nbytes)
+    pad = (-(offset + len(out))) % 64
+    return out + b"\0" * pad + arr.tobytes()
+
+
+def encode_infer(model, arrays, flags=0):
+    out = pack_str(model) + struct.pack("<II", flags, len(arrays))
+    for a in arrays:
+        out += encode_tensor(len(out), a)
+    return out
+
+
+def decode_tensor(body, pos):
+    import numpy as np
+    dtype, ndims = struct.unpack_from("<BB", body, pos)
+    pos += 8
+    dims = struct.unpack_from("<%dq" % ndims, body, pos)
+    pos += 8 * ndims
+    (nbytes,) = struct.unpack_from("<Q", body, pos)
+    pos += 8
+    pos += (-pos) % 64
+    np_dtype = {1: "<f4", 2: "<i8"}[dtype]
+    arr = np.frombuffer(body[pos:pos + nbytes], dtype=np_dtype).reshape(dims)
+    return arr, pos + nbytes
+
+
+def decode_infer_response(body):
+    """-> (timing dict, [numpy arrays])."""
+    (tlen,) = struct.unpack_from("<I", body, 0)
+    timing, pos = {}, 4
+    for name, code in INFER_TIMING_FIELDS:
+        size = struct.calcsize("<" + code)
+        if pos + size > 4 + tlen:
+            break
+        (timing[name],) = struct.unpack_from("<" + code, body, pos)
+        pos += size
+    pos = 4 + tlen
+    (n,) = struct.unpack_from("<I", body, pos)
+    pos += 4
+    outs = []
+    for _ in range(n):
+        arr, pos = decode_tensor(body, pos)
+        outs.append(arr)
+    assert pos == len(body), "trailing bytes in an INFER response"
+    return timing, outs
+
+
+class ServerConn(Conn):
+    def infer(self, model, arrays):
+        """-> (status, timing or error text, outputs)."""
+        status, body = self.call(MSG["INFER"], encode_infer(model, arrays))
+        if status != 0:
+            return status, body.decode(errors="replace"), None
+        timing, outs = decode_infer_response(body)
+        return status, timing, outs
+
+    def stat(self):
+        status, body = self.call(MSG["STAT"])
+        assert status == 0, body
+        return parse_stat(body)
+
+
+def start_server(cache_port, lb_port, log_path, port=None, extra=()):
+    """build/bin/server on a free loopback port (LB_PORT 0: no load balancer)."""
+    port = port or free_port()
+    args = [binary("server"), "127.0.0.1", str(port), "127.0.0.1", str(cache_port), "127.0.0.1",
+            str(lb_port)] + [str(a) for a in extra]
+    return Daemon(args, port, str(log_path))
+
+
+def decode_lb_server_register(body):
+    pos = 0
+
+    def s():
+        nonlocal pos
+        (k,) = struct.unpack_from("<I", body, pos)
+        v = body[pos + 4:pos + 4 + k].decode()
+        pos += 4 + k
+        return v
+
+    out = {"client_addr": s()}
+    (out["client_port"],) = struct.unpack_from("<H", body, pos)
+    pos += 2
+    out["cache_addr"] = s()
+    (out["cache_port"],) = struct.unpack_from("<H", body, pos)
+    pos += 2
+    (out["memory_capacity"], out["memory_used"], out["threads"], out["mode"],
+     n) = struct.unpack_from("<QQIBI", body, pos)
+    pos += struct.calcsize("<QQIBI")
+    out["models"] = {}
+    for _ in range(n):
+        name = s()
+        (out["models"][name],) = struct.unpack_from("<Q", body, pos)
+        pos += 8
+    assert pos == len(body)
+    return out
+
+
+def decode_lb_server_event(body):
+    (kind,) = struct.unpack_from("<B", body, 0)
+    (k,) = struct.unpack_from("<I", body, 1)
+    model = body[5:5 + k].decode()
+    nbytes, used, cap = struct.unpack_from("<QQQ", body, 5 + k)
+    assert 5 + k + 24 == len(body)
+    return {"kind": {1: "resident", 2: "evicted"}[kind], "model": model, "bytes": nbytes,
+            "used": used, "capacity": cap}
