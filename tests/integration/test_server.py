@@ -239,7 +239,7 @@ def test_bad_requests_get_errors_and_server_keeps_serving(tier, serving):
                 T.header(T.MSG["INFER"], 1 << 40)):
         s = socket.create_connection(("127.0.0.1", a.port), timeout=30)
         s.sendall(hdr)
-        _, _, mtype, status, _, _, _, plen = T.HEADER.unpack(T.recv_exact(s, 32))
+        _, _, _, mtype, status, _, _, plen = T.HEADER.unpack(T.recv_exact(s, 32))
         assert status in (T.E["PROTO"], T.E["TOOBIG"])
         T.recv_exact(s, plen)
         assert s.recv(1) == b""
