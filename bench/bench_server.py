@@ -1,0 +1,274 @@
+#!/usr/bin/python3
+"""Server benchmark (issue 5): latency of a request with the model resident,
+in the local cache only, and only in remote storage (pipelined and
+stop-and-start), plain and with the fetch throttled to 1.25 GB/s (10 GbE),
+for resnet152 and bert_base at batch 1 and 8; median of N runs each, all in
+one run. Not a test: figures and ratios are printed (and written as a
+Markdown table with --markdown FILE); nothing is asserted.
+
+It starts its own metadata storage, two storages (filled by deploy_file
+from a kv.bin made by generate_file), caches and servers on loopback, in a
+temporary directory. The fetch time of each model (SUBSCRIBE to DONE on an
+empty cache, no server attached) is measured in the same run, unthrottled
+and throttled, so ratios compare figures taken on the same machine state.
+
+Usage: bench/bench_server.py [--bin build/bin] [--runs 5] [--models resnet152,bert_base]
+                             [--batches 1,8] [--throttle 1.25G] [--threads 2]
+                             [--markdown out.md] [--keep DIR]
+"""
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
+import pipeps_testlib as T  # noqa: E402
+
+MSG_CACHE_SUBSCRIBE, MSG_CACHE_DONE, MSG_CACHE_OUT = 0x0302, 0x0305, 0x0308
+SEQ = 128
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def run(args):
+    p = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit("%s failed:\n%s%s" % (args[0], p.stdout, p.stderr))
+    return p
+
+
+class Bench:
+    def __init__(self, opt, tmp):
+        self.opt, self.tmp = opt, tmp
+        self.bin = opt.bin
+        self.daemons = []
+        models = "".join("%s%s\n" % (m, ", %d" % SEQ if m in ("bert_base", "gpt2") else "")
+                         for m in opt.models)
+        open(os.path.join(tmp, "models.txt"), "w").write("model_name\n" + models)
+        self.kv = os.path.join(tmp, "kv.bin")
+        log("generating kv.bin ...")
+        run([self.b("generate_file"), os.path.join(tmp, "models.txt"), self.kv, "--quiet"])
+        self.meta = self.daemon([self.b("metadata_storage"), None, "--dir", self.p("meta")], "meta")
+        self.storages = [self.daemon([self.b("storage"), None, "--dir", self.p("s%d" % i)],
+                                     "s%d" % i) for i in range(2)]
+        open(self.p("storage_list.txt"), "w").write(
+            "address, port\n" + "".join("127.0.0.1, %d\n" % d.port
+                                        for d in [self.meta] + self.storages))
+        open(self.p("dist.txt"), "w").write(
+            "model, storages\n" + "".join("%s, 0, 1\n" % m for m in opt.models))
+        log("deploying ...")
+        run([self.b("deploy_file"), self.p("storage_list.txt"), self.p("dist.txt"), self.kv])
+        self.cache = None
+        self.nserver = 0
+
+    def b(self, name):
+        return os.path.join(self.bin, name)
+
+    def p(self, name):
+        return os.path.join(self.tmp, name)
+
+    def daemon(self, args, tag, port=None):
+        port = port or T.free_port()
+        args = [str(port) if a is None else str(a) for a in args]
+        log_path = self.p("%s.log" % tag)
+        d = T.Daemon.__new__(T.Daemon)
+        d.args, d.port, d.log_path = args, port, log_path
+        d.log = open(log_path, "ab")
+        env = dict(os.environ, PIPEPS_LOG=os.environ.get("PIPEPS_LOG", "info"))
+        d.proc = subprocess.Popen(args, stdout=d.log, stderr=subprocess.STDOUT, env=env)
+        T.wait_for_port(port, d.proc, log_path, timeout=600)
+        self.daemons.append(d)
+        return d
+
+    def start_cache(self, throttle=None):
+        if self.cache:
+            self.cache.stop()
+        name = "pipeps-bench-%d" % os.getpid()
+        extra = ["--throttle", throttle] if throttle else []
+        self.cache = self.daemon([self.b("cache"), "127.0.0.1", None, "127.0.0.1", self.meta.port,
+                                  "127.0.0.1", T.free_port(), name, "1536M", "64K"] + extra,
+                                 "cache-%s" % (throttle or "plain"))
+
+    def evict(self, model):
+        c = T.Conn(self.cache.port)
+        try:
+            status, body = c.call(MSG_CACHE_OUT, T.pack_str(model))
+        finally:
+            c.close()
+        assert status in (0, T.E["NOTFOUND"]), (status, body)
+
+    def fetch_time(self, model):
+        """SUBSCRIBE to DONE on an empty cache: the time to bring the model
+        from the storages into the pool."""
+        self.evict(model)
+        c = T.Conn(self.cache.port, timeout=600)
+        try:
+            t0 = time.perf_counter()
+            rid = c.send(MSG_CACHE_SUBSCRIBE, T.pack_str(model))
+            while True:
+                mtype, flags, status, r, body = c.recv()
+                assert status == 0, body
+                if r == rid and mtype == MSG_CACHE_DONE:
+                    break
+            return time.perf_counter() - t0
+        finally:
+            c.close()  # unpins
+
+    def server(self, mode):
+        self.nserver += 1
+        d = self.daemon([self.b("server"), "127.0.0.1", None, "127.0.0.1", self.cache.port,
+                         "127.0.0.1", "0", "--mode", mode, "--threads", self.opt.threads,
+                         "--memory", "8G"], "server-%d" % self.nserver)
+        # Wait for its cache connection, so the measured request does not pay for it.
+        for _ in range(600):
+            if T.ServerConn(d.port).stat().get("cache_connected") == 1:
+                break
+            time.sleep(0.05)
+        return d
+
+    def stop_server(self, d):
+        d.stop()
+        self.daemons.remove(d)
+
+    def infer(self, srv, model, x):
+        c = T.ServerConn(srv.port, timeout=900)
+        try:
+            status, timing, _ = c.infer(model, [x])
+        finally:
+            c.close()
+        if status != 0:
+            sys.exit("INFER %s failed: %s" % (model, timing))
+        return timing
+
+    def close(self):
+        for d in self.daemons:
+            d.stop()
+
+
+def make_input(model, batch):
+    import numpy as np
+    rng = np.random.RandomState(batch)
+    if model in ("bert_base", "gpt2"):
+        return rng.randint(0, 1000, size=(batch, SEQ)).astype(np.int64)
+    side = 299 if model == "inception_v3" else 224
+    return rng.uniform(-1, 1, size=(batch, 3, side, side)).astype(np.float32)
+
+
+def ms(us):
+    return us / 1000.0
+
+
+def summary(vals):
+    return min(vals), statistics.median(vals)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(HERE, "..", "build", "bin"))
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--models", default="resnet152,bert_base")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--throttle", default="1.25G")
+    ap.add_argument("--threads", default="2")
+    ap.add_argument("--markdown")
+    ap.add_argument("--keep")
+    opt = ap.parse_args()
+    opt.models = opt.models.split(",")
+    batches = [int(b) for b in opt.batches.split(",")]
+    tmp = opt.keep or tempfile.mkdtemp(prefix="pipeps-bench-server-")
+    os.makedirs(tmp, exist_ok=True)
+    bench = Bench(opt, tmp)
+    res = {}   # (model, batch, what) -> [ms]
+    fetch = {}  # (model, throttled) -> [s]
+    try:
+        for throttled in (False, True):
+            bench.start_cache(opt.throttle if throttled else None)
+            tag = "throttled" if throttled else "plain"
+            for model in opt.models:
+                fetch[(model, throttled)] = [bench.fetch_time(model) for _ in range(opt.runs)]
+                log("%s fetch (%s): median %.1f ms" % (model, tag,
+                                                       1e3 * statistics.median(fetch[(model, throttled)])))
+                for batch in batches:
+                    x = make_input(model, batch)
+                    for mode in ("pipelined", "stop-and-start"):
+                        key = (model, batch, "storage-%s-%s" % (tag, mode))
+                        res[key] = []
+                        for _ in range(opt.runs):
+                            bench.evict(model)
+                            srv = bench.server(mode)
+                            t = bench.infer(srv, model, x)
+                            bench.stop_server(srv)
+                            assert t["source"] == 2, t
+                            res[key].append(ms(t["total_us"]))
+                        log("%s b%d from storage (%s, %s): median %.1f ms" %
+                            (model, batch, tag, mode, statistics.median(res[key])))
+                    if throttled:
+                        continue
+                    # The model is in the cache now (the last run fetched it).
+                    key = (model, batch, "cache")
+                    res[key] = []
+                    for _ in range(opt.runs):
+                        srv = bench.server("pipelined")
+                        t = bench.infer(srv, model, x)
+                        bench.stop_server(srv)
+                        assert t["source"] == 1, t
+                        res[key].append(ms(t["total_us"]))
+                    srv = bench.server("pipelined")
+                    bench.infer(srv, model, x)           # load + warm-up
+                    bench.infer(srv, model, x)
+                    ts = [bench.infer(srv, model, x) for _ in range(opt.runs)]
+                    bench.stop_server(srv)
+                    res[(model, batch, "resident")] = [ms(t["total_us"]) for t in ts]
+                    res[(model, batch, "resident-compute")] = [ms(t["compute_us"]) for t in ts]
+                    log("%s b%d from cache: median %.1f ms; resident %.1f ms" %
+                        (model, batch, statistics.median(res[(model, batch, "cache")]),
+                         statistics.median(res[(model, batch, "resident")])))
+    finally:
+        bench.close()
+
+    lines = []
+    lines.append("| model | batch | resident | from cache | cache/resident | fetch | "
+                 "storage pipelined | storage stop-and-start | pipelined/max(fetch, resident) | "
+                 "stop-and-start/pipelined | fetch @%s | pipelined @%s | stop-and-start @%s | "
+                 "pipelined/max @%s | s&s/pipelined @%s |"
+                 % ((opt.throttle,) * 5))
+    lines.append("|" + "---|" * 15)
+    for model in opt.models:
+        for batch in batches:
+            g = lambda w: res[(model, batch, w)]  # noqa: E731
+            f = lambda v: "%.1f / %.1f" % summary(v)  # noqa: E731
+            resident = statistics.median(g("resident"))
+            cache = statistics.median(g("cache"))
+            row = [model, str(batch), f(g("resident")), f(g("cache")), "%.3f" % (cache / resident)]
+            for throttled, tag in ((False, "plain"), (True, "throttled")):
+                fe = [1e3 * v for v in fetch[(model, throttled)]]
+                pipe = statistics.median(g("storage-%s-pipelined" % tag))
+                sas = statistics.median(g("storage-%s-stop-and-start" % tag))
+                bound = max(statistics.median(fe), resident)
+                row += [f(fe), f(g("storage-%s-pipelined" % tag)),
+                        f(g("storage-%s-stop-and-start" % tag)), "%.3f" % (pipe / bound),
+                        "%.3f" % (sas / pipe)]
+            lines.append("| " + " | ".join(row) + " |")
+    text = "\n".join(lines)
+    print("All latencies in ms as min / median of %d runs (server-side total: receipt of the "
+          "request to response ready). fetch = SUBSCRIBE to DONE on an empty cache, no server "
+          "attached. Goals: cache/resident <= 1.10; pipelined/max(fetch, resident) <= 1.15."
+          % opt.runs)
+    print(text)
+    if opt.markdown:
+        open(opt.markdown, "w").write(text + "\n")
+    if not opt.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
