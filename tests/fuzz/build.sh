@@ -4,6 +4,7 @@
 #   tests/fuzz/build.sh 600        fuzz 600 s
 #   tests/fuzz/build.sh 60 model_blob   the METADATA blob decoder (fuzz_model_blob) instead
 #   tests/fuzz/build.sh 60 cache_proto  the cache's message decoders (fuzz_cache_proto)
+#   tests/fuzz/build.sh 60 server_proto the server's payload decoders (fuzz_server_proto)
 # Crashes land in build-fuzz/ as crash-*; replay one with
 #   build-fuzz/fuzz_kvbin build-fuzz/crash-...
 set -euo pipefail
@@ -30,6 +31,14 @@ if [ "${2:-}" = "cache_proto" ]; then
     -o "$out/fuzz_cache_proto"
   exec "$out/fuzz_cache_proto" -max_total_time="$seconds" -max_len=4096 -artifact_prefix="$out/" \
     "$out/corpus-cache-proto"
+fi
+if [ "${2:-}" = "server_proto" ]; then
+  mkdir -p "$out/corpus-server-proto"
+  clang -std=c11 -D_GNU_SOURCE -g -O1 -Isrc -fsanitize=fuzzer,address,undefined \
+    tests/fuzz/fuzz_server_proto.c src/server/server_proto.c src/common/err.c src/common/buf.c \
+    -o "$out/fuzz_server_proto"
+  exec "$out/fuzz_server_proto" -max_total_time="$seconds" -max_len=8192 -artifact_prefix="$out/" \
+    "$out/corpus-server-proto"
 fi
 mkdir -p "$out/corpus-kvbin"
 flags=(-std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -DKVBIN_FUZZ_NO_HEADER_CHECKSUM)
