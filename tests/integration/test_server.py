@@ -424,3 +424,116 @@ def test_bad_arguments():
     assert p.returncode == 2 and "usage" in p.stderr
     p = subprocess.run([T.binary("server"), "--help"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and "stop-and-start" in p.stdout
+
+
+class FakeCache:
+    """Plays a misbehaving cache: a real shared-memory segment holding one
+    model's METADATA and batches (from a kv.bin), a HELLO answer, and a
+    SUBSCRIBE stream shaped by `behaviour`:
+      "stall":       META and batch 0, then silence
+      "bad-offset":  META, then a batch outside the pool
+      "bad-meta":    META pointing at bytes that are not a METADATA blob
+    Records the UNPINs it receives."""
+
+    _records = {}
+
+    def __init__(self, kv_path, model, behaviour):
+        import kvbin_py
+        if (kv_path, model) not in FakeCache._records:
+            for name, _, _, records in kvbin_py.read(kv_path):
+                if name == model:
+                    FakeCache._records[(kv_path, model)] = {k: v for k, _, _, v in records}
+        recs = FakeCache._records[(kv_path, model)]
+        self.meta = recs["%s-METADATA" % model]
+        self.batches = []
+        i = 0
+        while "%s-BATCH-%d" % (model, i) in recs:
+            self.batches.append(recs["%s-BATCH-%d" % (model, i)])
+            i += 1
+        self.shm = "pipeps-fakecache-%d" % os.getpid()
+        layout, off = [], 4096
+        blob = bytearray(4096)
+        blob[:len(self.meta)] = self.meta
+        for b in self.batches:
+            layout.append((off, len(b)))
+            blob += b + b"\0" * ((-len(b)) % 4096)
+            off += len(b) + (-len(b)) % 4096
+        self.layout, self.size = layout, len(blob)
+        with open("/dev/shm/" + self.shm, "wb") as f:
+            f.write(blob)
+        self.model, self.behaviour = model, behaviour
+        self.unpins = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _send(self, c, mtype, rid, payload):
+        c.sendall(T.header(mtype, len(payload), rid, flags=T.FLAG_RESPONSE) + payload)
+
+    def _serve(self, c):
+        try:
+            while True:
+                _, _, _, mtype, _, _, rid, plen = T.HEADER.unpack(T.recv_exact(c, 32))
+                body = T.recv_exact(c, plen)
+                if mtype == 0x0301:    # HELLO
+                    self._send(c, mtype, rid, struct.pack("<I", 1) + T.pack_str("/" + self.shm)
+                               + struct.pack("<QQ", self.size, 4096))
+                elif mtype == 0x0302:  # SUBSCRIBE
+                    total = sum(len(b) for b in self.batches)
+                    meta_off, meta_len = (0, len(self.meta))
+                    if self.behaviour == "bad-meta":
+                        meta_off = self.layout[0][0]
+                    self._send(c, 0x0303, rid, T.pack_str(self.model) + struct.pack(
+                        "<QQIQQ", 1, total, len(self.batches), meta_off, meta_len))
+                    if self.behaviour == "stall":
+                        off, n = self.layout[0]
+                        self._send(c, 0x0304, rid, struct.pack("<IQQ", 0, off, n))
+                    elif self.behaviour == "bad-offset":
+                        self._send(c, 0x0304, rid, struct.pack("<IQQ", 0, self.size, 4096))
+                elif mtype == 0x0306:  # UNPIN
+                    self.unpins.append(struct.unpack("<Q", body)[0])
+                    self._send(c, mtype, rid, b"")
+        except (ConnectionError, OSError):
+            pass
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+        os.unlink("/dev/shm/" + self.shm)
+
+
+@pytest.mark.parametrize("behaviour", ["stall", "bad-offset", "bad-meta"])
+def test_misbehaving_cache_gives_errors_not_hangs(tier, behaviour):
+    model = "densenet201"
+    fake = FakeCache(tier.kv, model, behaviour)
+    srv = T.start_server(fake.port, 0, tier.tmp / ("server-fake-%s.log" % behaviour),
+                         extra=["--stall-timeout", "2"])
+    try:
+        conn = T.ServerConn(srv.port, timeout=120)
+        status, msg, _ = conn.infer(model, [make_input(model)])
+        want = {"stall": ("FETCH", "no progress"), "bad-offset": ("CLOSED", "cache"),
+                "bad-meta": ("CORRUPT", "metadata")}[behaviour]
+        assert status == T.E[want[0]] and want[1] in msg, (status, msg)
+        if behaviour == "stall":
+            # The server gave up on its own: it releases the pin.
+            assert wait_for(lambda: fake.unpins, timeout=30)
+        status, body = conn.call(T.MSG["PING"], b"still there")
+        assert status == 0 and body == b"still there"
+        conn.close()
+        assert srv.alive()
+    finally:
+        srv.stop()
+        fake.close()
