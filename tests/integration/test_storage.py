@@ -192,7 +192,16 @@ def test_same_dir_twice_is_refused(storages, tmp_path):
 
 # ---------------------------------------------------------------- big values
 
-def put_streamed(sock, key, n, chunk_fn, nchunks):
+def rss_anon_kib(pid):
+    """Anonymous resident memory of a process (heap, stacks), in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def put_streamed(sock, key, n, chunk_fn, nchunks, on_chunk=None):
     """PUT a value of n bytes produced chunk by chunk; returns its sha1."""
     k = key.encode()
     sock.sendall(header(MSG["STORE_PUT"], 4 + len(k) + n, request_id=77) + pack_str(k))
@@ -203,6 +212,8 @@ def put_streamed(sock, key, n, chunk_fn, nchunks):
         h.update(b)
         sock.sendall(b)
         sent += len(b)
+        if on_chunk:
+            on_chunk(i)
     assert sent == n
     return h.hexdigest()
 
@@ -221,8 +232,15 @@ def test_1gib_value_streamed(storages):
         base[0:8] = struct.pack("<Q", i)  # every chunk differs: catches misplaced data
         return bytes(base)
 
+    pid = s.daemon.proc.pid
+    peak = [rss_anon_kib(pid)]
+
+    def sample(i):
+        if i % 16 == 0:
+            peak[0] = max(peak[0], rss_anon_kib(pid))
+
     sock = socket.create_connection(("127.0.0.1", s.port), timeout=120)
-    digest = put_streamed(sock, "huge", n, make_chunk, n // chunk)
+    digest = put_streamed(sock, "huge", n, make_chunk, n // chunk, sample)
     _m, _v, flags, _t, status, _r, rid, plen = read_response_header(sock)
     assert status == 0 and rid == 77 and plen == 0
 
@@ -239,7 +257,11 @@ def test_1gib_value_streamed(storages):
         assert got > 0
         h.update(view[:got])
         left -= got
+        if left % (64 << 20) < got:
+            peak[0] = max(peak[0], rss_anon_kib(pid))
     assert h.hexdigest() == digest
+    # The value was streamed, never held in the daemon's memory.
+    assert peak[0] < 256 * 1024, "daemon anonymous memory reached %d KiB" % peak[0]
 
     # A range across a chunk boundary deep inside the value.
     c = s.conn(timeout=120)
