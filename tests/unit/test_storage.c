@@ -89,6 +89,8 @@ static void expect(struct store *s, const char *key, size_t n, uint32_t seed)
     assert_int_equal(pread(rd.fd, got, n, (off_t)rd.off), (ssize_t)n);
     fill(want, n, seed);
     assert_memory_equal(got, want, n);
+    assert_non_null(rd.data);
+    assert_memory_equal(rd.data, want, n);
     free(got);
     free(want);
     store_read_end(&rd);
@@ -365,11 +367,16 @@ static void test_store_rebuild(void **state)
     expect(s, "k1", 2000, 11);
     expect(s, "k2", 0, 2);
     expect_missing(s, "k3");
+    /* The file grows past what was there when its mapping was made. */
+    put(s, "k5", 300000, 5);
+    expect(s, "k5", 300000, 5);
+    assert_int_equal(store_delete(s, "k5", 2), 0);
     struct store_stats st;
     store_get_stats(s, &st);
     assert_int_equal(st.values, 2);
     assert_int_equal(st.bytes_stored, 2000);
     assert_int_equal(st.recovered_records, 5);
+    assert_int_equal(st.puts, 1);
     assert_int_equal(st.recovery_dropped, 0);
     /* New writes continue after the recovered ones. */
     put(s, "k4", 10, 4);
@@ -638,6 +645,8 @@ static void test_store_reader_pinned(void **state)
     fill(want, sizeof want, 7);
     assert_int_equal(pread(rd.fd, got, sizeof got, (off_t)rd.off), (ssize_t)sizeof got);
     assert_memory_equal(got, want + 1000, sizeof got); /* ...its bytes are not */
+    assert_non_null(rd.data);                          /* nor through the mapping */
+    assert_memory_equal(rd.data, want + 1000, sizeof got);
     store_read_end(&rd);
     expect_missing(s, "x");
     store_close(s);
