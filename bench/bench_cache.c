@@ -2,13 +2,16 @@
  * plain loopback TCP stream of the same size measured in the same run.
  *
  *   bench_cache [--size-mb 240] [--reps 5] [--block 64K] [--depth 2]
- *               [--fetch-threads 1] [--dir DIR] [--keep]
+ *               [--fetch-threads 1] [--dir DIR] [--keep] [--kv KV_BIN --models ONE,TWO]
  *
  * Starts build/bin/metadata_storage, two build/bin/storage and build/bin/cache
  * (next to this program) on free loopback ports with data under --dir
  * (default: a fresh directory under $TMPDIR or /tmp, removed afterwards),
  * deploys a synthetic ResNet-152-sized model (8 batches, the seed's 32 MB
  * batching) twice: once whole on storage 0, once sliced over both storages.
+ * With --kv, deploy_file deploys two models of a real kv.bin instead (ONE
+ * on storage 0, TWO over both; e.g. resnet152 and resnet152-alter-1 from
+ * generate_file, which share their weights).
  * Each repetition then, for the one-storage model, the two-storage model and
  * the baseline:
  *   - sends CACHE_IN and, at the same moment, SUBSCRIBEs on a second
@@ -27,6 +30,7 @@
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/net.h"
+#include "formats/kvbin.h"
 #include "formats/location.h"
 #include "metadata/meta_client.h"
 #include "storage/storage_client.h"
@@ -229,6 +233,35 @@ static int deploy(const char *model, const uint64_t *sizes, uint32_t nb, const u
     return rc;
 }
 
+/* ONE on storage 0, TWO on storages 0 and 1, with deploy_file. */
+static int deploy_kv(const char *dir, const char *kv, const char *one, const char *two,
+                     uint16_t meta_port, const uint16_t *ports)
+{
+    char sl[PATH_MAX + 32], dl[PATH_MAX + 32], prog[PATH_MAX + 32], log[PATH_MAX + 32];
+    snprintf(sl, sizeof sl, "%s/storage_list.txt", dir);
+    snprintf(dl, sizeof dl, "%s/model_distribution_list.txt", dir);
+    snprintf(prog, sizeof prog, "%s/deploy_file", bindir);
+    snprintf(log, sizeof log, "%s/deploy.log", dir);
+    FILE *f = fopen(sl, "w");
+    if (!f)
+        return PPS_EIO;
+    fprintf(f, "address, port\n127.0.0.1, %u\n127.0.0.1, %u\n127.0.0.1, %u\n", meta_port,
+            ports[0], ports[1]);
+    fclose(f);
+    if (!(f = fopen(dl, "w")))
+        return PPS_EIO;
+    fprintf(f, "model, storages\n%s, 0\n%s, 0, 1\n", one, two);
+    fclose(f);
+    struct proc p = {0, 0};
+    char *argv[] = {prog, sl, dl, (char *)kv, NULL};
+    int rc = start_proc(&p, log, argv, 0);
+    int st = 0;
+    if (!rc && waitpid(p.pid, &st, 0) == p.pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+        return 0;
+    fprintf(stderr, "bench_cache: deploy_file failed; see %s\n", log);
+    return PPS_EIO;
+}
+
 /* ---- baseline: plain loopback stream ---- */
 
 struct sender {
@@ -351,16 +384,19 @@ int main(int argc, char **argv)
     struct args_option opts[] = {{"size-mb", 1, NULL}, {"reps", 1, NULL},
                                  {"block", 1, NULL},   {"depth", 1, NULL},
                                  {"fetch-threads", 1, NULL}, {"dir", 1, NULL},
-                                 {"keep", 0, NULL}};
+                                 {"keep", 0, NULL},    {"kv", 1, NULL},
+                                 {"models", 1, NULL}};
     struct args a;
     int help;
     int size_mb = 240, reps = 5;
     const char *block = "64K", *depth = "2", *threads = "1";
-    if (args_split(argc, argv, opts, 7, &a, &help) || a.npositional ||
+    if (args_split(argc, argv, opts, 9, &a, &help) || a.npositional ||
+        (opts[7].value && (!opts[8].value || !strchr(opts[8].value, ','))) ||
         (opts[0].value && args_parse_int(opts[0].value, 1, 4096, &size_mb)) ||
         (opts[1].value && args_parse_int(opts[1].value, 1, MAX_REPS, &reps))) {
         fprintf(stderr, "usage: bench_cache [--size-mb 240] [--reps 5] [--block 64K] "
-                        "[--depth 2] [--fetch-threads 1] [--dir DIR] [--keep]\n");
+                        "[--depth 2] [--fetch-threads 1] [--dir DIR] [--keep]\n"
+                        "                   [--kv KV_BIN --models ONE,TWO]\n");
         return 2;
     }
     if (opts[2].value)
@@ -395,6 +431,32 @@ int main(int argc, char **argv)
         sizes[nb] = s;
         left -= s;
     }
+    char one[128] = "bench-one", two[128] = "bench-two";
+    if (opts[7].value) {
+        const char *comma = strchr(opts[8].value, ',');
+        snprintf(one, sizeof one, "%.*s", (int)(comma - opts[8].value), opts[8].value);
+        snprintf(two, sizeof two, "%s", comma + 1);
+        struct kvbin kv;
+        char err[256];
+        if (kvbin_open(&kv, opts[7].value, err, sizeof err)) {
+            fprintf(stderr, "bench_cache: %s\n", err);
+            return 1;
+        }
+        const struct kvbin_model *m1 = kvbin_find_model(&kv, one), *m2 = kvbin_find_model(&kv, two);
+        if (!m1 || !m2 || m1->total_size != m2->total_size || !m1->nbatches) {
+            fprintf(stderr, "bench_cache: %s needs models %s and %s of the same size\n",
+                    opts[7].value, one, two);
+            kvbin_close(&kv);
+            return 1;
+        }
+        total = m1->total_size;
+        nb = m1->nbatches;
+        sizes[0] = 0;
+        for (uint32_t r = 0; r < m1->nrecords; r++) /* batch 0's size, for the report */
+            if (strcmp(m1->records[r].key + strlen(one), "-BATCH-0") == 0)
+                sizes[0] = m1->records[r].len;
+        kvbin_close(&kv);
+    }
     char path[PATH_MAX + 64], a1[32], a4[PATH_MAX + 16];
     struct proc meta = {.port = pick_port()}, st[2] = {{0, 0}, {0, 0}};
     struct proc cache = {.port = pick_port()};
@@ -417,12 +479,17 @@ int main(int argc, char **argv)
         rc = start_proc(&st[s], sl, sargv, 1);
     }
     uint16_t ports[2] = {st[0].port, st[1].port};
-    printf("bench_cache: model of %u batches, %.1f MB; data in %s\n", nb, total / 1e6, dir);
+    printf("bench_cache: model of %u batches, %.1f MB%s%s; data in %s\n", nb, total / 1e6,
+           opts[7].value ? " from " : " (synthetic)", opts[7].value ? opts[7].value : "", dir);
     fflush(stdout);
-    if (!rc)
-        rc = deploy("bench-one", sizes, nb, ports, 1, meta.port);
-    if (!rc)
-        rc = deploy("bench-two", sizes, nb, ports, 2, meta.port);
+    if (!rc && opts[7].value) {
+        rc = deploy_kv(dir, opts[7].value, one, two, meta.port, ports);
+    } else {
+        if (!rc)
+            rc = deploy(one, sizes, nb, ports, 1, meta.port);
+        if (!rc)
+            rc = deploy(two, sizes, nb, ports, 2, meta.port);
+    }
     char cport[16], mport[16], lbport[16], shm[64], pool[32];
     snprintf(cport, sizeof cport, "%u", cache.port);
     snprintf(mport, sizeof mport, "%u", meta.port);
@@ -455,9 +522,9 @@ int main(int argc, char **argv)
         b0_two[MAX_REPS];
     for (int r = 0; r < reps && !rc; r++) {
         t_stream[r] = stream_once(total, dst, src);
-        rc = fetch_once(fd, cc, "bench-one", &b0_one[r], &t_one[r]);
+        rc = fetch_once(fd, cc, one, &b0_one[r], &t_one[r]);
         if (!rc)
-            rc = fetch_once(fd, cc, "bench-two", &b0_two[r], &t_two[r]);
+            rc = fetch_once(fd, cc, two, &b0_two[r], &t_two[r]);
         if (!rc)
             printf("rep %d: stream %.3f s, one storage %.3f s (batch 0 %.1f ms), two storages "
                    "%.3f s (batch 0 %.1f ms)\n",
