@@ -3,6 +3,7 @@
  *
  *   bench_cache [--size-mb 240] [--reps 5] [--block 64K] [--depth 2]
  *               [--fetch-threads 1] [--dir DIR] [--keep] [--kv KV_BIN --models ONE,TWO]
+ *               [--storage-opt 'OPTION VALUE']
  *
  * Starts build/bin/metadata_storage, two build/bin/storage and build/bin/cache
  * (next to this program) on free loopback ports with data under --dir
@@ -385,18 +386,18 @@ int main(int argc, char **argv)
                                  {"block", 1, NULL},   {"depth", 1, NULL},
                                  {"fetch-threads", 1, NULL}, {"dir", 1, NULL},
                                  {"keep", 0, NULL},    {"kv", 1, NULL},
-                                 {"models", 1, NULL}};
+                                 {"models", 1, NULL},  {"storage-opt", 1, NULL}};
     struct args a;
     int help;
     int size_mb = 240, reps = 5;
     const char *block = "64K", *depth = "2", *threads = "1";
-    if (args_split(argc, argv, opts, 9, &a, &help) || a.npositional ||
+    if (args_split(argc, argv, opts, 10, &a, &help) || a.npositional ||
         (opts[7].value && (!opts[8].value || !strchr(opts[8].value, ','))) ||
         (opts[0].value && args_parse_int(opts[0].value, 1, 4096, &size_mb)) ||
         (opts[1].value && args_parse_int(opts[1].value, 1, MAX_REPS, &reps))) {
         fprintf(stderr, "usage: bench_cache [--size-mb 240] [--reps 5] [--block 64K] "
                         "[--depth 2] [--fetch-threads 1] [--dir DIR] [--keep]\n"
-                        "                   [--kv KV_BIN --models ONE,TWO]\n");
+                        "                   [--kv KV_BIN --models ONE,TWO] [--storage-opt 'OPT VALUE']\n");
         return 2;
     }
     if (opts[2].value)
@@ -475,7 +476,15 @@ int main(int argc, char **argv)
         snprintf(sport, sizeof sport, "%u", st[s].port);
         snprintf(sd, sizeof sd, "%s/s%d", dir, s);
         snprintf(sl, sizeof sl, "%s/storage%d.log", dir, s);
-        char *sargv[] = {sp, sport, "--dir", sd, NULL};
+        /* --storage-opt "--send-path sendfile": one option and its value */
+        char sopt[256] = "", *sval = NULL;
+        if (opts[9].value) {
+            snprintf(sopt, sizeof sopt, "%s", opts[9].value);
+            sval = strchr(sopt, ' ');
+            if (sval)
+                *sval++ = '\0';
+        }
+        char *sargv[] = {sp, sport, "--dir", sd, opts[9].value ? sopt : NULL, sval, NULL};
         rc = start_proc(&st[s], sl, sargv, 1);
     }
     uint16_t ports[2] = {st[0].port, st[1].port};
