@@ -14,7 +14,9 @@
  * on storage 0, TWO over both; e.g. resnet152 and resnet152-alter-1 from
  * generate_file, which share their weights).
  * Each repetition then, for the one-storage model, the two-storage model and
- * the baseline:
+ * the baselines:
+ *   - the same storage GETs the cache makes for the one-storage model, made
+ *     by this process into private memory (the storage's share of the time);
  *   - sends CACHE_IN and, at the same moment, SUBSCRIBEs on a second
  *     connection (cache_client, as a server would): time to "batch 0 ready"
  *     and to the CACHE_IN answer (the whole model in the pool);
@@ -311,6 +313,62 @@ static double stream_once(uint64_t bytes, uint8_t *dst, const uint8_t *src)
     return got == bytes ? dt : -1;
 }
 
+/* ---- the storage alone: the same GETs without the cache ---- */
+
+/* Every slice of the model's location record, fetched by this process over
+ * one connection per storage with two requests in flight (what the cache
+ * does, minus the cache), into dst. One connection per storage is used in
+ * turn, so for a one-storage model this is exactly the cache's pattern. */
+static double raw_once(uint16_t meta_port, const char *model, uint8_t *dst, uint64_t cap)
+{
+    struct meta_client *mc = NULL;
+    uint8_t *val = NULL;
+    uint64_t len = 0;
+    char key[300];
+    location_key_name(model, key, sizeof key);
+    struct location_record rec;
+    memset(&rec, 0, sizeof rec);
+    if (meta_client_connect(&mc, "127.0.0.1", meta_port) || meta_get(mc, key, &val, &len) ||
+        location_decode(val, len, &rec)) {
+        meta_client_close(mc);
+        free(val);
+        return -1;
+    }
+    meta_client_close(mc);
+    free(val);
+    struct storage_client *sc = NULL;
+    uint16_t port = rec.nkeys ? rec.keys[0].slices[0].port : 0;
+    double dt = -1;
+    if (storage_client_connect(&sc, "127.0.0.1", port) == 0) {
+        double t0 = now_s();
+        uint64_t off = 0, sent = 0, got_all = 0;
+        int rc = 0;
+        /* one storage only: every slice is on `port` */
+        for (uint32_t k = 0; k < rec.nkeys && !rc; k++) {
+            const struct location_slice *sl = &rec.keys[k].slices[0];
+            rc = storage_get_send(sc, sl->storage_key, 0, sl->size);
+            sent++;
+            if (!rc && k > 0) {
+                uint64_t got;
+                const struct location_slice *prev = &rec.keys[k - 1].slices[0];
+                rc = storage_get_recv(sc, dst + off, cap - off, &got);
+                off += prev->size;
+                got_all += got;
+            }
+        }
+        if (!rc && rec.nkeys) {
+            uint64_t got;
+            rc = storage_get_recv(sc, dst + off, cap - off, &got);
+            got_all += got;
+        }
+        if (!rc)
+            dt = now_s() - t0;
+        storage_client_close(sc);
+    }
+    location_free(&rec);
+    return dt;
+}
+
 /* ---- one cache fetch ---- */
 
 static int send_model_req(int fd, uint16_t type, const char *model, uint64_t rid)
@@ -528,16 +586,22 @@ int main(int argc, char **argv)
                                                  -1, 0);
     fill_random(src, 1u << 20);
     double t_stream[MAX_REPS], t_one[MAX_REPS], t_two[MAX_REPS], b0_one[MAX_REPS],
-        b0_two[MAX_REPS];
+        b0_two[MAX_REPS], t_raw[MAX_REPS];
     for (int r = 0; r < reps && !rc; r++) {
         t_stream[r] = stream_once(total, dst, src);
+        t_raw[r] = raw_once(meta.port, one, dst, total);
+        if (t_raw[r] < 0) {
+            rc = PPS_EIO;
+            break;
+        }
         rc = fetch_once(fd, cc, one, &b0_one[r], &t_one[r]);
         if (!rc)
             rc = fetch_once(fd, cc, two, &b0_two[r], &t_two[r]);
         if (!rc)
-            printf("rep %d: stream %.3f s, one storage %.3f s (batch 0 %.1f ms), two storages "
-                   "%.3f s (batch 0 %.1f ms)\n",
-                   r + 1, t_stream[r], t_one[r], b0_one[r] * 1e3, t_two[r], b0_two[r] * 1e3);
+            printf("rep %d: stream %.3f s, storage GETs %.3f s, one storage %.3f s (batch 0 %.1f "
+                   "ms), two storages %.3f s (batch 0 %.1f ms)\n",
+                   r + 1, t_stream[r], t_raw[r], t_one[r], b0_one[r] * 1e3, t_two[r],
+                   b0_two[r] * 1e3);
         fflush(stdout);
     }
     munmap(dst, total);
@@ -548,16 +612,21 @@ int main(int argc, char **argv)
     }
     double ms = median(t_stream, reps), m1 = median(t_one, reps), m2 = median(t_two, reps);
     double ns = minimum(t_stream, reps), n1 = minimum(t_one, reps), n2 = minimum(t_two, reps);
+    double mr = median(t_raw, reps), nr = minimum(t_raw, reps);
     /* each repetition's cache time against the stream measured just before it */
-    double p1[MAX_REPS], p2[MAX_REPS];
+    double p1[MAX_REPS], p2[MAX_REPS], pr[MAX_REPS], pc[MAX_REPS];
     for (int r = 0; r < reps; r++) {
         p1[r] = t_stream[r] / t_one[r];
         p2[r] = t_stream[r] / t_two[r];
+        pr[r] = t_stream[r] / t_raw[r];
+        pc[r] = t_raw[r] / t_one[r];
     }
     printf("\n%-32s %8s %8s %9s %9s %11s %11s %11s\n", "", "min s", "med s", "GB/s max",
            "GB/s med", "ratio(min)", "ratio(med)", "paired med");
     printf("%-32s %8.3f %8.3f %9.2f %9.2f %11s %11s %11s\n", "plain loopback TCP stream", ns, ms,
            total / ns / 1e9, total / ms / 1e9, "1.00", "1.00", "1.00");
+    printf("%-32s %8.3f %8.3f %9.2f %9.2f %11.2f %11.2f %11.2f\n", "storage GETs alone, one storage",
+           nr, mr, total / nr / 1e9, total / mr / 1e9, ns / nr, ms / mr, median(pr, reps));
     printf("%-32s %8.3f %8.3f %9.2f %9.2f %11.2f %11.2f %11.2f\n", "cache fetch, one storage", n1,
            m1, total / n1 / 1e9, total / m1 / 1e9, ns / n1, ms / m1, median(p1, reps));
     printf("%-32s %8.3f %8.3f %9.2f %9.2f %11.2f %11.2f %11.2f\n", "cache fetch, two storages", n2,
@@ -566,7 +635,9 @@ int main(int argc, char **argv)
            median(b0_one, reps) * 1e3);
     printf("%-32s %8.1f %8.1f  (ms)\n", "request -> batch 0 ready, two", minimum(b0_two, reps) * 1e3,
            median(b0_two, reps) * 1e3);
-    printf("(ratio = cache throughput / plain-stream throughput: of the best runs, of the medians,\n"
+    printf("cache fetch / storage GETs alone (one storage): %.2f (medians), %.2f (paired median)\n",
+           mr / m1, median(pc, reps));
+    printf("(ratio = throughput / plain-stream throughput: of the best runs, of the medians,\n"
            " and the median of each repetition's ratio; batch 0 is %.1f MB)\n", sizes[0] / 1e6);
 out:
     cache_client_close(cc);

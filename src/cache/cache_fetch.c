@@ -33,6 +33,7 @@ struct fetch_req {
     struct fetch_job *job;
     struct storage_link *link;
     uint32_t batch;
+    uint32_t piece;             /* index within its slice: picks the connection */
     uint64_t offset;            /* within the storage value */
     uint64_t len;
     uint8_t *dst;
@@ -59,6 +60,7 @@ struct link_conn {
     pthread_t thread;
     int started;
     int fd;                     /* socket while connected, -1 otherwise (under f->mu) */
+    struct fetch_req *head, *tail; /* its queue (under f->mu) */
 };
 
 struct storage_link {
@@ -66,7 +68,6 @@ struct storage_link {
     char addr[64];
     uint16_t port;
     pthread_cond_t cv;          /* work queued or stopping */
-    struct fetch_req *head, *tail;
     int nconns;
     struct link_conn *conns;
     struct fetcher *f;
@@ -378,17 +379,31 @@ struct fetch_job *fetch_job_new(struct fetcher *f, uint32_t nbatches)
     return job;
 }
 
-/* Throttled fetches are cut into small requests so the rate limit shapes
- * the stream rather than letting whole slices through in bursts. */
-static uint64_t chunk_size(const struct fetcher *f)
+/* How a slice is cut into requests. With several connections per storage
+ * it is cut into one piece per connection, so the connections pull one
+ * batch together (batch 0 lands at their joint rate) instead of taking
+ * whole batches in turn. Throttled fetches are cut into small requests so
+ * the rate limit shapes the stream rather than letting whole slices through
+ * in bursts. */
+static uint64_t chunk_size(const struct fetcher *f, uint64_t slice_size)
 {
-    if (!f->cfg.throttle_bps)
-        return UINT64_MAX;
-    uint64_t c = f->cfg.throttle_bps / 50;
-    if (c < (64u << 10))
-        c = 64u << 10;
-    if (c > (1u << 20))
-        c = 1u << 20;
+    uint64_t c = UINT64_MAX;
+    int n = f->cfg.conns_per_storage;
+    if (n > 1) {
+        c = (slice_size + (uint64_t)n - 1) / (uint64_t)n;
+        c = (c + 4095) / 4096 * 4096;
+        if (c < (1u << 20))
+            c = 1u << 20;
+    }
+    if (f->cfg.throttle_bps) {
+        uint64_t t = f->cfg.throttle_bps / 50;
+        if (t < (64u << 10))
+            t = 64u << 10;
+        if (t > (1u << 20))
+            t = 1u << 20;
+        if (t < c)
+            c = t;
+    }
     return c;
 }
 
@@ -396,7 +411,7 @@ void fetch_job_add(struct fetch_job *job, uint32_t batch, const struct location_
                    uint8_t *dst)
 {
     PPS_ASSERT(batch < job->nbatches);
-    uint64_t chunk = chunk_size(job->f);
+    uint64_t chunk = chunk_size(job->f, slice->size);
     uint64_t done = 0;
     while (done < slice->size) {
         uint64_t n = slice->size - done < chunk ? slice->size - done : chunk;
@@ -405,6 +420,7 @@ void fetch_job_add(struct fetch_job *job, uint32_t batch, const struct location_
         r->batch = batch;
         r->offset = done; /* within the slice's storage value (one value per slice) */
         r->len = n;
+        r->piece = (uint32_t)(done / chunk);
         r->dst = dst + done;
         snprintf(r->addr, sizeof r->addr, "%s", slice->addr);
         r->port = slice->port;
@@ -470,20 +486,20 @@ void fetch_job_submit(struct fetch_job *job)
     while (r) {
         struct fetch_req *next = r->next;
         struct storage_link *l = get_link(f, r->addr, r->port);
+        /* piece j of every slice goes to connection j: the connections of a
+         * storage pull each batch together, each with its own pipeline */
+        struct link_conn *lc = &l->conns[r->piece % (uint32_t)l->nconns];
         r->link = l;
         r->next = NULL;
-        if (l->tail)
-            l->tail->next = r;
+        if (lc->tail)
+            lc->tail->next = r;
         else
-            l->head = r;
-        l->tail = r;
-        pthread_cond_signal(&l->cv);
+            lc->head = r;
+        lc->tail = r;
         r = next;
     }
-    /* several connections may share a link: wake them all */
     for (struct storage_link *l = f->links; l; l = l->next)
-        if (l->head)
-            pthread_cond_broadcast(&l->cv);
+        pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&f->mu);
 }
 
@@ -616,17 +632,17 @@ static void *link_thread(void *arg)
 
     for (;;) {
         pthread_mutex_lock(&f->mu);
-        while (!f->stop && !inflight.n && !pending.n && !l->head)
+        while (!f->stop && !inflight.n && !pending.n && !lc->head)
             pthread_cond_wait(&l->cv, &f->mu);
         if (f->stop) {
             pthread_mutex_unlock(&f->mu);
             break;
         }
-        while (inflight.n + pending.n < f->cfg.depth && l->head) {
-            struct fetch_req *r = l->head;
-            l->head = r->next;
-            if (!l->head)
-                l->tail = NULL;
+        while (inflight.n + pending.n < f->cfg.depth && lc->head) {
+            struct fetch_req *r = lc->head;
+            lc->head = r->next;
+            if (!lc->head)
+                lc->tail = NULL;
             list_push(&pending, r);
         }
         pthread_mutex_unlock(&f->mu);
@@ -759,11 +775,13 @@ void fetch_destroy(struct fetcher *f)
     while (f->links) {
         struct storage_link *l = f->links;
         f->links = l->next;
-        struct fetch_req *r = l->head;
-        while (r) {
-            struct fetch_req *next = r->next;
-            free(r);
-            r = next;
+        for (int i = 0; i < l->nconns; i++) {
+            struct fetch_req *r = l->conns[i].head;
+            while (r) {
+                struct fetch_req *next = r->next;
+                free(r);
+                r = next;
+            }
         }
         pthread_cond_destroy(&l->cv);
         free(l->conns);

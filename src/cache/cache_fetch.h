@@ -8,7 +8,10 @@
  *   each served by one thread, persistent across jobs. A job (one model's
  *   fetch) is a list of range requests, queued on their storages' links in
  *   batch order, so batch 0's slices go first on every link and the slices
- *   of one batch are pulled from different storages at once. Each
+ *   of one batch are pulled from different storages at once. With several
+ *   connections per storage each slice is cut into one piece per
+ *   connection (piece j on connection j), so they pull each batch
+ *   together. Each
  *   connection keeps up to `depth` requests in flight (storage_get_send),
  *   then receives each response straight into its destination in the pool
  *   (storage_get_recv): the link never idles between requests and no byte
