@@ -341,26 +341,19 @@ static double raw_once(uint16_t meta_port, const char *model, uint8_t *dst, uint
     double dt = -1;
     if (storage_client_connect(&sc, "127.0.0.1", port) == 0) {
         double t0 = now_s();
-        uint64_t off = 0, sent = 0, got_all = 0;
+        uint64_t off = 0, got = 0;
         int rc = 0;
         /* one storage only: every slice is on `port` */
         for (uint32_t k = 0; k < rec.nkeys && !rc; k++) {
             const struct location_slice *sl = &rec.keys[k].slices[0];
             rc = storage_get_send(sc, sl->storage_key, 0, sl->size);
-            sent++;
-            if (!rc && k > 0) {
-                uint64_t got;
-                const struct location_slice *prev = &rec.keys[k - 1].slices[0];
+            if (!rc && k > 0) { /* keep two requests in flight */
                 rc = storage_get_recv(sc, dst + off, cap - off, &got);
-                off += prev->size;
-                got_all += got;
+                off += got;
             }
         }
-        if (!rc && rec.nkeys) {
-            uint64_t got;
+        if (!rc && rec.nkeys)
             rc = storage_get_recv(sc, dst + off, cap - off, &got);
-            got_all += got;
-        }
         if (!rc)
             dt = now_s() - t0;
         storage_client_close(sc);
