@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -55,6 +56,36 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds (user + system) of this process: the plain stream's both
+ * ends, or a storage GET's receiving end. */
+static double self_cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+}
+
+/* CPU seconds of another process (the storage daemon), or 0. */
+static double proc_cpu_s(pid_t pid)
+{
+    if (pid <= 0)
+        return 0;
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static void die(const char *what, int rc)
@@ -338,11 +369,15 @@ int main(int argc, char **argv)
     double plain_v[MAX_REPS], get_v[MAX_REPS], plain_m[MAX_REPS], get_m[MAX_REPS];
     double plain_c[MAX_REPS];
     double put_v[MAX_REPS], local_v[MAX_REPS];
+    /* CPU spent moving the GET bytes: plain stream (both ends, this
+     * process) and storage GETs (this process receiving + the daemon). */
+    double cpu_plain = 0, cpu_get = 0, bytes_plain = 0, bytes_get = 0;
     /* One untimed round warms up both paths (page cache, TCP windows). */
     for (int r = -1; r < reps; r++) {
-        double t0;
+        double t0, c0 = self_cpu_s();
         uint64_t got = 0;
         double x = plain_once(pfd, dst, value, 0);
+        double c1 = self_cpu_s(), d1 = proc_cpu_s(pid);
 
         t0 = now_s();
         rc = storage_get(c, "bench-value", 0, UINT64_MAX, dst, value, &got);
@@ -352,8 +387,10 @@ int main(int argc, char **argv)
         if (memcmp(dst + value / 2, src + value / 2, 4096) != 0)
             die("GET bench-value returned other bytes", PPS_ECORRUPT);
 
+        double c2 = self_cpu_s(), d2 = proc_cpu_s(pid);
         double xm = plain_once(pfd, dst, model, 0);
         double xc = plain_once(pfd, dst, model, 1);
+        double c3 = self_cpu_s(), d3 = proc_cpu_s(pid);
 
         t0 = now_s();
         for (int i = 0; i < nslices; i++) {
@@ -367,8 +404,15 @@ int main(int argc, char **argv)
                 die("GET model slice", rc ? rc : PPS_ETRUNCATED);
         }
         double ym = (double)model / (now_s() - t0);
+        double c4 = self_cpu_s(), d4 = proc_cpu_s(pid);
         if (memcmp(dst + model - 4096, src + model - 4096, 4096) != 0)
             die("GET model returned other bytes", PPS_ECORRUPT);
+        if (r >= 0) {
+            cpu_plain += (c1 - c0) + (c3 - c2);
+            bytes_plain += (double)value + 2.0 * (double)model;
+            cpu_get += (c2 - c1) + (d2 - d1) + (c4 - c3) + (d4 - d3);
+            bytes_get += (double)value + (double)model;
+        }
 
         t0 = now_s();
         if ((rc = storage_put(c, "bench-put", src, put_size)) != 0)
@@ -435,6 +479,10 @@ int main(int argc, char **argv)
     if (lfd >= 0)
         ratio("PUT / local write+fdatasync", put_v, local_v, reps);
 
+    if (pid > 0)
+        printf("  CPU s/GB moved (user+system): plain stream %.3f (both ends), storage GET %.3f"
+               " (daemon + client)\n",
+               cpu_plain / (bytes_plain / 1e9), cpu_get / (bytes_get / 1e9));
     char *stat = NULL;
     if (storage_stat(c, &stat) == 0) {
         char *line = strstr(stat, "bytes_sent");
