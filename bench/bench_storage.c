@@ -10,7 +10,8 @@
  * free port with a fresh data directory (--dir, default a temporary one
  * under $TMPDIR or /tmp, removed afterwards), passing it --send-path.
  *
- * Each repetition measures, interleaved so that drift hits both alike:
+ * Each repetition of the GET phase measures, interleaved so that drift hits
+ * both alike:
  *   - plain TCP, one value's size: a sender thread writes the bytes with
  *     1 MiB send()s after a 1-byte request; the receiver recv()s straight
  *     into a pre-faulted buffer (the same receive path as storage_get);
@@ -23,8 +24,9 @@
  *     requests pipelined on one connection (storage_get_send, then
  *     storage_get_recv into consecutive parts of one buffer), as a cache
  *     fetching from one storage would;
- *   - PUT of --put-size bytes (acknowledged after fdatasync) and a local
- *     pwrite + fdatasync of the same size into the same directory.
+ * Then each repetition of the PUT phase: a PUT of --put-size bytes under a
+ * new key (acknowledged after fdatasync) and a local pwrite + fdatasync of
+ * the same size into the same directory.
  * Prints min and median throughput and the ratios storage / plain. A
  * benchmark, not a test: nothing is asserted. */
 #include "common/args.h"
@@ -414,9 +416,23 @@ int main(int argc, char **argv)
             bytes_get += (double)value + (double)model;
         }
 
-        t0 = now_s();
-        if ((rc = storage_put(c, "bench-put", src, put_size)) != 0)
-            die("PUT bench-put", rc);
+        if (r >= 0) {
+            plain_v[r] = x;
+            get_v[r] = y;
+            plain_m[r] = xm;
+            plain_c[r] = xc;
+            get_m[r] = ym;
+        }
+    }
+
+    /* PUTs after all GETs, each under its own key: an overwrite would leave
+     * dead bytes and start a compaction that competes with what is being
+     * measured. */
+    for (int r = -1; r < reps; r++) {
+        snprintf(key, sizeof key, "bench-put-%d", r + 1);
+        double t0 = now_s();
+        if ((rc = storage_put(c, key, src, put_size)) != 0)
+            die("PUT", rc);
         double z = (double)put_size / (now_s() - t0);
 
         double w = 0;
@@ -437,11 +453,6 @@ int main(int argc, char **argv)
                 die("local truncate", pps_from_errno(errno));
         }
         if (r >= 0) {
-            plain_v[r] = x;
-            get_v[r] = y;
-            plain_m[r] = xm;
-            plain_c[r] = xc;
-            get_m[r] = ym;
             put_v[r] = z;
             local_v[r] = w;
         }
@@ -490,7 +501,10 @@ int main(int argc, char **argv)
             printf("  server: %.*s\n", (int)strcspn(line, "\n"), line);
         free(stat);
     }
-    storage_delete(c, "bench-put");
+    for (int r = 0; r <= reps; r++) {
+        snprintf(key, sizeof key, "bench-put-%d", r);
+        storage_delete(c, key);
+    }
     storage_client_close(c);
     close(pfd);
     pthread_join(pl.thread, NULL);

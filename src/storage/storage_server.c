@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -297,12 +296,11 @@ static int handle_get(struct conn *c, const struct frame_header *h)
     const uint8_t *p = srv->use_sendfile ? NULL : rd.data;
     while (!rc && left && p) {
         /* From the file's mapping: the kernel copies the page-cache pages
-         * into the socket, no user-space buffer in between. Page tables
-         * for the next stretch are built in one call rather than by a
-         * fault every few pages. */
+         * into the socket, no user-space buffer in between. (The mapping
+         * lives as long as the file, so its page tables are built by faults
+         * once; prefaulting each range with MADV_POPULATE_READ measured
+         * ~20% more CPU per byte.) */
         size_t n = left < MAP_SEND_CHUNK ? (size_t)left : MAP_SEND_CHUNK;
-        uintptr_t a = (uintptr_t)p & ~(uintptr_t)4095;
-        (void)madvise((void *)a, (size_t)((uintptr_t)p + n - a), MADV_POPULATE_READ);
         rc = send_all(c->fd, p, n, 0);
         if (!rc) {
             p += n;
