@@ -205,10 +205,12 @@ static int handle_put(struct conn *c, const struct frame_header *h)
         size_t n = left < PUT_CHUNK ? (size_t)left : PUT_CHUNK;
         rc = net_read_full(c->fd, c->buf, n);
         if (rc) {
-            store_put_abort(p);
+            /* Logged before the abort shows in STAT, so whoever sees the
+             * counter also finds the log line. */
             log_warn("%s: STORE_PUT '%s': %s after %llu of %llu value bytes; nothing stored",
                      c->peer, key, rc == PPS_ETIMEOUT ? "peer stalled" : "peer disconnected",
                      (unsigned long long)(value_len - left), (unsigned long long)value_len);
+            store_put_abort(p);
             return rc;
         }
         atomic_fetch_add(&srv->bytes_received, n);

@@ -482,9 +482,10 @@ void store_put_abort(struct store_put *p)
 {
     if (!p)
         return;
-    atomic_fetch_add(&p->s->put_aborts, 1);
-    release_region(p->s, p->f, p->off, p->rec_len, STORE_RECORD_HEADER + p->key_len);
+    struct store *s = p->s;
+    release_region(s, p->f, p->off, p->rec_len, STORE_RECORD_HEADER + p->key_len);
     put_free(p);
+    atomic_fetch_add(&s->put_aborts, 1); /* counted once its space is back */
 }
 
 int store_put_commit(struct store_put *p)
