@@ -103,12 +103,15 @@ struct exec_backend {
     int (*step_init)(struct exec_backend *be, const struct graph *g, const struct exec_step *st,
                      const struct exec_tensor *in, const struct exec_tensor *out, void **state,
                      char *err, size_t errlen);
+    /* Bytes of prepared data step_weights will write for this step (its
+     * region). persist: see step_weights. */
+    uint64_t (*step_prepared_bytes)(struct exec_backend *be, const void *state, int persist);
     /* Prepare the step's weights from its raw parameters (params[k] points
-     * at the bytes of st->params[k]). If persist is 0 the bytes go away after
-     * the call and the backend must copy what it keeps. */
+     * at the bytes of st->params[k]) into region (step_prepared_bytes long,
+     * 64-byte aligned, owned by the executor). If persist is 0 the bytes go
+     * away after the call and the backend must copy what it keeps. */
     int (*step_weights)(struct exec_backend *be, void *context, void *state,
-                        const void *const *params, int persist);
-    uint64_t (*step_bytes)(struct exec_backend *be, const void *state); /* memory the backend owns */
+                        const void *const *params, int persist, void *region);
     void (*step_free)(struct exec_backend *be, void *state);
 
     /* Plan level. inplace_mask bit k: input k dies at this step and its

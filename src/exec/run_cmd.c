@@ -43,6 +43,15 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* CPU time of the whole process (all threads), to see the work apart from
+ * waiting for a busy machine's cores. */
+static double cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
 static void sleep_until(double t_ms)
 {
     for (;;) {
@@ -383,6 +392,7 @@ int run_main(int argc, char **argv)
     if (repeat > 0) {
         lat = malloc((size_t)repeat * sizeof *lat);
         if (!lat) goto out;
+        double c0 = cpu_ms();
         for (int r = 0; r < repeat; r++) {
             struct exec_timing t;
             if ((rc = exec_run(m, batch, ins, in_bytes, outs, &t, err, sizeof err))) {
@@ -391,10 +401,11 @@ int run_main(int argc, char **argv)
             }
             lat[r] = t.total_ms;
         }
+        double cpu_per_run = (cpu_ms() - c0) / repeat;
         qsort(lat, (size_t)repeat, sizeof *lat, cmp_double);
         double med = repeat % 2 ? lat[repeat / 2] : 0.5 * (lat[repeat / 2 - 1] + lat[repeat / 2]);
-        printf("warm latency: median %.2f ms, min %.2f ms, max %.2f ms over %d runs\n", med, lat[0],
-               lat[repeat - 1], repeat);
+        printf("warm latency: median %.2f ms, min %.2f ms, max %.2f ms over %d runs (cpu time %.2f ms per run)\n",
+               med, lat[0], lat[repeat - 1], repeat, cpu_per_run);
     }
     printf("memory owned by the executor: %.1f MB\n", (double)exec_model_memory_bytes(m) / 1e6);
     if (eo.profile) exec_profile_print(m, stdout);

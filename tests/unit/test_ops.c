@@ -507,6 +507,73 @@ static void test_conv_bn_add_relu_fusion(void **state)
     tm_free(&t);
 }
 
+/* Grouped conv + BN (folded: per-output-channel scales over both group
+ * dims) + Relu, with parameters that do not persist: the bytes are
+ * scribbled over once prepared, and the output must not change. */
+static void test_grouped_bn_fold_nonpersistent(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "gbn");
+    int64_t C = 16, M = 32, G = 4, H = 6, W = 7, N = 2;
+    int64_t xd[4] = {-1, C, H, W}, wd[4] = {M, C / G, 3, 3}, cd[1] = {M};
+    int64_t k3[2] = {3, 3}, p1[4] = {1, 1, 1, 1};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+    int32_t ps[2] = {tm_param(&t, "w", 4, wd, -0.3f, 0.3f), tm_param(&t, "b", 1, cd, -0.3f, 0.3f)};
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_CONV, "conv", 1, &x, 2, ps);
+    graph_set_ints(&t.g, "kernel_shape", 2, k3);
+    graph_set_ints(&t.g, "pads", 4, p1);
+    graph_set_int(&t.g, "group", G);
+    int32_t bn[4] = {tm_param(&t, "g", 1, cd, 0.5f, 1.5f), tm_param(&t, "be", 1, cd, -0.5f, 0.5f),
+                     tm_param(&t, "m", 1, cd, -0.5f, 0.5f), tm_param(&t, "v", 1, cd, 0.5f, 2.0f)};
+    v = graph_add_node(&t.g, GRAPH_OP_BATCHNORM, "bn", 1, &v, 4, bn);
+    v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu", 1, &v, 0, NULL);
+    /* A LayerNorm over the last axis keeps parameters that are used as they are. */
+    int64_t ld[1] = {W};
+    int32_t lp[2] = {tm_param(&t, "ln.g", 1, ld, 0.5f, 1.5f), tm_param(&t, "ln.b", 1, ld, -0.5f, 0.5f)};
+    v = graph_add_node(&t.g, GRAPH_OP_LAYERNORM, "ln", 1, &v, 2, lp);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, 2048);
+    uint64_t ny = (uint64_t)(N * M * H * W);
+    float *in = rand_buf((uint64_t)(N * C * H * W), -1, 1);
+    float *ref = malloc(ny * 4), *tmp = malloc(ny * 4);
+    struct win w3 = {{3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+    ref_conv(in, N, C, H, W, tm_data(&t, "w"), M, tm_data(&t, "b"), &w3, G, tmp, H, W);
+    ref_bn(tmp, N, M, H * W, tm_data(&t, "g"), tm_data(&t, "be"), tm_data(&t, "m"), tm_data(&t, "v"), 1e-5f);
+    for (uint64_t i = 0; i < ny; i++) tmp[i] = tmp[i] > 0 ? tmp[i] : 0;
+    ref_layernorm(tmp, ref, N * M * H, W, tm_data(&t, "ln.g"), tm_data(&t, "ln.b"), 1e-5f);
+
+    struct exec_options opt;
+    exec_options_default(&opt);
+    opt.params_persist = 0;
+    struct exec_model *m;
+    char err[256];
+    assert_int_equal(exec_model_create(&m, &t.g, &opt, err, sizeof err), 0);
+    uint8_t **copies = calloc((size_t)t.g.nbatches, sizeof *copies);
+    for (int b = 0; b < t.g.nbatches; b++) {
+        copies[b] = malloc(t.g.batches[b].nbytes);
+        memcpy(copies[b], t.batches[b], t.g.batches[b].nbytes);
+        assert_int_equal(exec_batch_arrived(m, b, copies[b], t.g.batches[b].nbytes), 0);
+    }
+    assert_int_equal(exec_wait_prepared(m), 0);
+    assert_int_equal(exec_batches_prepared(m), t.g.nbatches);
+    for (int b = 0; b < t.g.nbatches; b++) {
+        memset(copies[b], 0xFF, t.g.batches[b].nbytes); /* NaNs if anything still read them */
+        free(copies[b]);
+    }
+    free(copies);
+    assert_true(exec_model_memory_bytes(m) > (uint64_t)(M * (C / G) * 9 * 4));
+    float *out = malloc(ny * 4);
+    void *outs[1] = {out};
+    const void *ins[1] = {in};
+    uint64_t ib = (uint64_t)(N * C * H * W) * 4;
+    assert_int_equal(exec_run(m, N, ins, &ib, outs, NULL, err, sizeof err), 0);
+    check_close("grouped conv+bn+relu+ln, parameters copied", out, ref, ny, 1e-4);
+    exec_model_destroy(m);
+    free(out); free(ref); free(tmp); free(in);
+    tm_free(&t);
+}
+
 /* ---- pooling ----------------------------------------------------------- */
 
 static void run_pool(enum graph_op op, int64_t n, int64_t c, int64_t h, int64_t w, const struct win *p,
@@ -1144,6 +1211,7 @@ int main(void)
         cmocka_unit_test(test_memplan),
         cmocka_unit_test(test_conv_shapes),
         cmocka_unit_test(test_conv_bn_add_relu_fusion),
+        cmocka_unit_test(test_grouped_bn_fold_nonpersistent),
         cmocka_unit_test(test_pooling),
         cmocka_unit_test(test_concat_bn),
         cmocka_unit_test(test_binary_broadcast),

@@ -55,12 +55,9 @@ struct cpu_step {
     dnnl_memory_desc_t wmd;          /* layout of prepared weights */
     dnnl_memory_desc_t raw_wmd;      /* layout of the raw weight parameter */
     int64_t bias_len;                /* 0: no bias */
-    void *weights;                   /* prepared weights (owned unless weights_inplace) */
-    int weights_inplace;
-    float *bias;                     /* owned */
-    const void *param[EXEC_STEP_MAX_PARAMS];
-    void *owned[EXEC_STEP_MAX_PARAMS];
-    uint64_t owned_bytes;
+    void *weights;                   /* prepared weights (in the step's region, or in place) */
+    float *bias;                     /* in the step's region */
+    const void *param[EXEC_STEP_MAX_PARAMS]; /* parameters used as they are */
     int gemm_2d;                     /* Gemm, or MatMul with a 2-D parameter B */
     float alpha, beta;
 };
@@ -676,7 +673,7 @@ static int init_gemm(struct cpu_step *cs, const struct exec_tensor *in, char *er
     gemm_src_md(&src, m, k, ta);
     dnnl_memory_desc_init_by_tag(&wei, 2, wd, dnnl_f32, dnnl_format_tag_any);
     dnnl_primitive_desc_t pd;
-    int rc = gemm_pd(cs, &src, &wei, m, n, &pd);
+    int rc = getenv("PIPEPS_GEMM_PLAIN") ? -1 : gemm_pd(cs, &src, &wei, m, n, &pd);
     if (rc) {
         /* No implementation chose a layout: keep the parameter's own. */
         rc = gemm_pd(cs, &src, &cs->raw_wmd, m, n, &pd);
@@ -709,17 +706,62 @@ static int cpu_step_init(struct exec_backend *be, const struct graph *g, const s
     return 0;
 }
 
-static void *aligned_bytes(uint64_t n)
+/* Prepared weights are carved out of the region the executor gives each
+ * step (sized by cpu_step_prepared_bytes), so they live in one block the
+ * executor can pre-fault before the parameters arrive. */
+struct carve {
+    uint8_t *p;
+    uint64_t left;
+};
+
+static uint64_t up64(uint64_t n) { return (n + 63) & ~(uint64_t)63; }
+
+static void *carve(struct carve *c, uint64_t n)
 {
-    return aligned_alloc(64, (n + 63) & ~(uint64_t)63);
+    n = up64(n ? n : 1);
+    PPS_ASSERT(n <= c->left);
+    void *p = c->p;
+    c->p += n;
+    c->left -= n;
+    return p;
 }
 
-/* Run one reorder now (weight preparation) on the preparer's stream. */
+/* Whether parameter k of the step is consumed by preparation (folded into
+ * weights or bias) rather than used as it is. */
+static int param_consumed(const struct cpu_step *cs, int k)
+{
+    return (cs->node->op == GRAPH_OP_CONV && k < cs->node->nparams + (cs->st->bn_node >= 0 ? 4 : 0)) ||
+           (cs->gemm_2d && k < cs->node->nparams);
+}
+
+static uint64_t cpu_step_prepared_bytes(struct exec_backend *be, const void *state, int persist)
+{
+    (void)be;
+    const struct cpu_step *cs = state;
+    uint64_t n = 0;
+    if (cs->has_wmd && !(cs->gemm_2d && persist && dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd)))
+        n += up64(dnnl_memory_desc_get_size(&cs->wmd));
+    if (cs->bias_len) n += up64((uint64_t)cs->bias_len * sizeof(float));
+    if (!persist)
+        for (int k = 0; k < cs->st->nparams; k++)
+            if (!param_consumed(cs, k)) n += up64(cs->g->params[cs->st->params[k]].nbytes);
+    return n;
+}
+
+/* Run one reorder now (weight preparation) on the preparer's stream, with
+ * per-output-channel scales (mask over the weight dims) if scales. */
 static int reorder_now(struct cpu_ctx *ctx, const dnnl_memory_desc_t *smd, const void *src,
-                       const dnnl_memory_desc_t *dmd, void *dst)
+                       const dnnl_memory_desc_t *dmd, void *dst, const float *scales,
+                       int64_t nscales, int mask)
 {
     dnnl_primitive_desc_t pd;
-    dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, smd, g_cpu.engine, dmd, g_cpu.engine, NULL);
+    dnnl_primitive_attr_t attr = NULL;
+    if (scales) {
+        PPS_ASSERT(dnnl_primitive_attr_create(&attr) == dnnl_success);
+        dnnl_primitive_attr_set_output_scales(attr, nscales, mask, scales);
+    }
+    dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, smd, g_cpu.engine, dmd, g_cpu.engine, attr);
+    if (attr) dnnl_primitive_attr_destroy(attr);
     if (s != dnnl_success) return map_status(s);
     dnnl_primitive_t p;
     s = dnnl_primitive_create(&p, pd);
@@ -741,71 +783,52 @@ static int reorder_now(struct cpu_ctx *ctx, const dnnl_memory_desc_t *smd, const
     return map_status(s);
 }
 
-static int weights_conv(struct cpu_ctx *ctx, struct cpu_step *cs, const void *const *params)
+static int weights_conv(struct cpu_ctx *ctx, struct cpu_step *cs, const void *const *params,
+                        struct carve *cv)
 {
     const struct graph_param *wp = &cs->g->params[cs->node->params[0]];
     int64_t oc = wp->dims[0];
-    uint64_t per_oc = graph_param_elems(wp) / (uint64_t)oc;
-    const float *w = params[0];
     const float *b = cs->node->nparams >= 2 ? params[1] : NULL;
-    float *folded = NULL;
-    const float *src = w;
-    if (cs->bias_len) {
-        cs->bias = aligned_bytes((uint64_t)oc * sizeof(float));
-        if (!cs->bias) return PPS_ENOMEM;
-        cs->owned_bytes += (uint64_t)oc * sizeof(float);
+    cs->weights = carve(cv, dnnl_memory_desc_get_size(&cs->wmd));
+    if (cs->bias_len) cs->bias = carve(cv, (uint64_t)oc * sizeof(float));
+    if (cs->st->bn_node < 0) {
+        if (cs->bias_len) memcpy(cs->bias, b, (size_t)oc * sizeof(float));
+        return reorder_now(ctx, &cs->raw_wmd, params[0], &cs->wmd, cs->weights, NULL, 0, 0);
     }
-    if (cs->st->bn_node >= 0) {
-        /* y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta */
-        int pb = cs->node->nparams;
-        const float *gamma = params[pb], *beta = params[pb + 1], *mean = params[pb + 2],
-                    *var = params[pb + 3];
-        float eps = graph_attr_float(&cs->g->nodes[cs->st->bn_node], "epsilon", 1e-5f);
-        folded = malloc(wp->nbytes);
-        if (!folded) return PPS_ENOMEM;
-        for (int64_t o = 0; o < oc; o++) {
-            float scale = gamma[o] / sqrtf(var[o] + eps);
-            const float *wr = w + (uint64_t)o * per_oc;
-            float *fr = folded + (uint64_t)o * per_oc;
-            for (uint64_t i = 0; i < per_oc; i++) fr[i] = wr[i] * scale;
-            cs->bias[o] = ((b ? b[o] : 0.0f) - mean[o]) * scale + beta[o];
-        }
-        src = folded;
-    } else if (cs->bias_len) {
-        memcpy(cs->bias, b, (size_t)oc * sizeof(float));
+    /* y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta: the weight
+     * scale is applied by the reorder (per output channel: dim 0, or dims
+     * 0 and 1 of grouped weights), so no temporary copy is made. */
+    int pb = cs->node->nparams;
+    const float *gamma = params[pb], *beta = params[pb + 1], *mean = params[pb + 2],
+                *var = params[pb + 3];
+    float eps = graph_attr_float(&cs->g->nodes[cs->st->bn_node], "epsilon", 1e-5f);
+    float *scale = malloc((size_t)oc * sizeof(float));
+    if (!scale) return PPS_ENOMEM;
+    for (int64_t o = 0; o < oc; o++) {
+        scale[o] = gamma[o] / sqrtf(var[o] + eps);
+        cs->bias[o] = ((b ? b[o] : 0.0f) - mean[o]) * scale[o] + beta[o];
     }
-    uint64_t wbytes = dnnl_memory_desc_get_size(&cs->wmd);
-    cs->weights = aligned_bytes(wbytes);
-    int rc = cs->weights ? 0 : PPS_ENOMEM;
-    if (!rc) {
-        cs->owned_bytes += wbytes;
-        rc = reorder_now(ctx, &cs->raw_wmd, src, &cs->wmd, cs->weights);
-    }
-    free(folded);
+    int rc = reorder_now(ctx, &cs->raw_wmd, params[0], &cs->wmd, cs->weights, scale, oc,
+                         cs->raw_wmd.ndims == 5 ? 3 : 1);
+    free(scale);
     return rc;
 }
 
 static int weights_gemm(struct cpu_ctx *ctx, struct cpu_step *cs, const void *const *params,
-                        int persist)
+                        int persist, struct carve *cv)
 {
     if (persist && dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd)) {
         cs->weights = (void *)params[0];
-        cs->weights_inplace = 1;
     } else {
-        uint64_t wbytes = dnnl_memory_desc_get_size(&cs->wmd);
-        cs->weights = aligned_bytes(wbytes);
-        if (!cs->weights) return PPS_ENOMEM;
-        cs->owned_bytes += wbytes;
-        int rc = reorder_now(ctx, &cs->raw_wmd, params[0], &cs->wmd, cs->weights);
+        cs->weights = carve(cv, dnnl_memory_desc_get_size(&cs->wmd));
+        int rc = reorder_now(ctx, &cs->raw_wmd, params[0], &cs->wmd, cs->weights, NULL, 0, 0);
         if (rc) return rc;
     }
     if (cs->bias_len) {
         const struct graph_param *cp = &cs->g->params[cs->node->params[1]];
         uint64_t ce = graph_param_elems(cp);
         const float *c = params[1];
-        cs->bias = aligned_bytes((uint64_t)cs->bias_len * sizeof(float));
-        if (!cs->bias) return PPS_ENOMEM;
-        cs->owned_bytes += (uint64_t)cs->bias_len * sizeof(float);
+        cs->bias = carve(cv, (uint64_t)cs->bias_len * sizeof(float));
         /* oneDNN adds the bias before the output scale (alpha). */
         for (int64_t j = 0; j < cs->bias_len; j++)
             cs->bias[j] = cs->beta * c[ce == 1 ? 0 : j] / cs->alpha;
@@ -814,51 +837,35 @@ static int weights_gemm(struct cpu_ctx *ctx, struct cpu_step *cs, const void *co
 }
 
 static int cpu_step_weights(struct exec_backend *be, void *context, void *state,
-                            const void *const *params, int persist)
+                            const void *const *params, int persist, void *region)
 {
     (void)be;
     struct cpu_ctx *ctx = context;
     struct cpu_step *cs = state;
     const struct exec_step *st = cs->st;
+    struct carve cv = {region, cpu_step_prepared_bytes(be, state, persist)};
     int rc = 0;
-    if (cs->node->op == GRAPH_OP_CONV) rc = weights_conv(ctx, cs, params);
-    else if (cs->gemm_2d) rc = weights_gemm(ctx, cs, params, persist);
+    if (cs->node->op == GRAPH_OP_CONV) rc = weights_conv(ctx, cs, params, &cv);
+    else if (cs->gemm_2d) rc = weights_gemm(ctx, cs, params, persist, &cv);
     if (rc) return rc;
     /* Every other parameter is used as it is: in place, or copied. */
     for (int k = 0; k < st->nparams; k++) {
         if (persist) {
             cs->param[k] = params[k];
-            continue;
+        } else if (!param_consumed(cs, k)) {
+            uint64_t nb = cs->g->params[st->params[k]].nbytes;
+            void *copy = carve(&cv, nb);
+            memcpy(copy, params[k], nb);
+            cs->param[k] = copy;
         }
-        uint64_t nb = cs->g->params[st->params[k]].nbytes;
-        /* Weights, biases and folded BN parameters live in prepared form. */
-        int consumed = (cs->node->op == GRAPH_OP_CONV &&
-                        k < cs->node->nparams + (st->bn_node >= 0 ? 4 : 0)) ||
-                       (cs->gemm_2d && k < cs->node->nparams);
-        if (consumed) continue;
-        cs->owned[k] = aligned_bytes(nb ? nb : 1);
-        if (!cs->owned[k]) return PPS_ENOMEM;
-        memcpy(cs->owned[k], params[k], nb);
-        cs->owned_bytes += nb;
-        cs->param[k] = cs->owned[k];
     }
     return 0;
-}
-
-static uint64_t cpu_step_bytes(struct exec_backend *be, const void *state)
-{
-    (void)be;
-    return ((const struct cpu_step *)state)->owned_bytes;
 }
 
 static void cpu_step_free(struct exec_backend *be, void *state)
 {
     (void)be;
     struct cpu_step *cs = state;
-    if (!cs) return;
-    if (!cs->weights_inplace) free(cs->weights);
-    free(cs->bias);
-    for (int k = 0; k < EXEC_STEP_MAX_PARAMS; k++) free(cs->owned[k]);
     free(cs);
 }
 
@@ -1768,7 +1775,7 @@ static void cpu_init_once(void)
     b->context_free = cpu_context_free;
     b->step_init = cpu_step_init;
     b->step_weights = cpu_step_weights;
-    b->step_bytes = cpu_step_bytes;
+    b->step_prepared_bytes = cpu_step_prepared_bytes;
     b->step_free = cpu_step_free;
     b->node_prepare = cpu_node_prepare;
     b->node_run = cpu_node_run;
