@@ -66,6 +66,9 @@ struct exec_model {
     pthread_cond_t cv;
     const void **batch_data;         /* [nbatches], guarded by mu */
     int32_t prepared;                /* gates 0..prepared-1 are open; guarded by mu */
+    int32_t claimed;                 /* batches 0..claimed-1 taken for preparation; guarded by mu */
+    uint8_t *done;                   /* [nbatches] batch prepared; guarded by mu */
+    int running;                     /* a run (or exec_wait_prepared) is active; guarded by mu */
     int failed;                      /* sticky PPS_E* code; guarded by mu */
     int stop;
     pthread_t preparer;
@@ -132,56 +135,78 @@ static void prefault(uint8_t *p, uint64_t len)
     for (uint64_t o = 0; o < len; o += 4096) p[o] = 0;
 }
 
-static void *preparer_main(void *arg)
+/* Prepare every step whose parameters are complete with batch b. Runs
+ * without the lock: batch b was claimed by the caller, and batches 0..b
+ * have arrived (claims go in order), so every parameter read is there. */
+static int prepare_batch(struct exec_model *m, void *ctx, int32_t b)
 {
-    struct exec_model *m = arg;
-    void *ctx = m->be->context_create(m->be, m->opt.prep_threads);
     const void *params[EXEC_STEP_MAX_PARAMS];
-    pthread_mutex_lock(&m->mu);
-    for (;;) {
-        int32_t b = m->prepared;
-        while (!m->stop && !m->failed && b < m->g.nbatches && !m->batch_data[b]) {
-            /* Nothing to prepare yet: fault in the weights' pages meanwhile,
-             * so preparing a batch later writes at memory speed. */
-            if (m->prefaulted < m->warena_bytes) {
-                uint64_t off = m->prefaulted, len = m->warena_bytes - off;
-                if (len > PREFAULT_CHUNK) len = PREFAULT_CHUNK;
-                m->prefaulted += len;
-                pthread_mutex_unlock(&m->mu);
-                prefault(m->warena + off, len);
-                pthread_mutex_lock(&m->mu);
-                continue;
-            }
-            pthread_cond_wait(&m->cv, &m->mu);
+    m->be->context_begin(m->be, ctx);
+    for (int32_t k = m->prep_first[b]; k < m->prep_first[b + 1]; k++) {
+        int s = m->prep_list[k];
+        const struct exec_step *st = &m->steps[s];
+        for (int p = 0; p < st->nparams; p++) {
+            const struct graph_param *gp = &m->g.params[st->params[p]];
+            params[p] = (const uint8_t *)m->batch_data[gp->batch] + gp->offset;
         }
-        if (m->stop || m->failed || b >= m->g.nbatches) break;
-        pthread_mutex_unlock(&m->mu);
-
-        /* Batches 0..b have arrived (they are prepared in order), so every
-         * parameter of these steps is readable. */
-        m->be->context_begin(m->be, ctx);
-        int rc = 0;
-        for (int32_t k = m->prep_first[b]; k < m->prep_first[b + 1] && !rc; k++) {
-            int s = m->prep_list[k];
-            const struct exec_step *st = &m->steps[s];
-            for (int p = 0; p < st->nparams; p++) {
-                const struct graph_param *gp = &m->g.params[st->params[p]];
-                params[p] = (const uint8_t *)m->batch_data[gp->batch] + gp->offset;
-            }
-            rc = m->be->step_weights(m->be, ctx, m->step_state[s], params, m->opt.params_persist,
+        int rc = m->be->step_weights(m->be, ctx, m->step_state[s], params, m->opt.params_persist,
                                      m->warena + m->woff[s]);
-            if (rc)
-                log_error("exec: preparing weights of node '%s' failed: %s",
-                          m->g.nodes[st->node].name, pps_strerror(rc));
+        if (rc) {
+            log_error("exec: preparing weights of node '%s' failed: %s", m->g.nodes[st->node].name,
+                      pps_strerror(rc));
+            return rc;
         }
+    }
+    return 0;
+}
 
+/* One unit of preparation work, called with m->mu held by an idle thread
+ * (the preparer, or a run blocked on a gate). Claims the next arrived batch
+ * and prepares it, or else faults in a chunk of the weights memory.
+ * Returns 1 if it did something (the lock was dropped meanwhile), 0 if
+ * there was nothing to do. */
+static int help_prepare(struct exec_model *m, void *ctx)
+{
+    int32_t b = m->claimed;
+    if (!m->failed && !m->stop && b < m->g.nbatches && m->batch_data[b]) {
+        m->claimed = b + 1;
+        pthread_mutex_unlock(&m->mu);
+        int rc = prepare_batch(m, ctx, b);
         pthread_mutex_lock(&m->mu);
         if (rc) {
             if (!m->failed) m->failed = rc;
         } else {
-            m->prepared = b + 1;
+            /* Two threads may finish out of order: open gates in order. */
+            m->done[b] = 1;
+            while (m->prepared < m->g.nbatches && m->done[m->prepared]) m->prepared++;
         }
         pthread_cond_broadcast(&m->cv);
+        return 1;
+    }
+    if (!m->failed && !m->stop && m->prefaulted < m->warena_bytes) {
+        /* Nothing has arrived: fault in the weights' pages meanwhile, so
+         * preparing a batch later writes at memory speed. */
+        uint64_t off = m->prefaulted, len = m->warena_bytes - off;
+        if (len > PREFAULT_CHUNK) len = PREFAULT_CHUNK;
+        m->prefaulted += len;
+        pthread_mutex_unlock(&m->mu);
+        prefault(m->warena + off, len);
+        pthread_mutex_lock(&m->mu);
+        return 1;
+    }
+    return 0;
+}
+
+/* The preparer works only while no run is active: a run prepares batches
+ * itself when it reaches a gate that is not open (with all its compute
+ * threads), so the two never compete for the cores. */
+static void *preparer_main(void *arg)
+{
+    struct exec_model *m = arg;
+    void *ctx = m->be->context_create(m->be, m->opt.prep_threads);
+    pthread_mutex_lock(&m->mu);
+    while (!m->stop && !m->failed && m->claimed < m->g.nbatches) {
+        if (m->running || !help_prepare(m, ctx)) pthread_cond_wait(&m->cv, &m->mu);
     }
     pthread_mutex_unlock(&m->mu);
     m->be->context_free(m->be, ctx);
@@ -214,10 +239,19 @@ void exec_batch_failed(struct exec_model *m, int err)
 
 int exec_wait_prepared(struct exec_model *m)
 {
+    /* The caller's thread is idle until then: let it prepare too, with the
+     * model's compute threads (it acts as a run, so runs are excluded). */
+    pthread_mutex_lock(&m->run_mu);
+    m->be->context_begin(m->be, m->run_ctx);
     pthread_mutex_lock(&m->mu);
-    while (!m->failed && m->prepared < m->g.nbatches) pthread_cond_wait(&m->cv, &m->mu);
-    int rc = m->prepared >= m->g.nbatches ? 0 : m->failed;
+    m->running = 1;
+    while (!m->failed && !m->stop && m->prepared < m->g.nbatches)
+        if (!help_prepare(m, m->run_ctx)) pthread_cond_wait(&m->cv, &m->mu);
+    int rc = m->prepared >= m->g.nbatches ? 0 : (m->failed ? m->failed : PPS_ECANCELED);
+    m->running = 0;
+    pthread_cond_broadcast(&m->cv);
     pthread_mutex_unlock(&m->mu);
+    pthread_mutex_unlock(&m->run_mu);
     return rc;
 }
 
@@ -231,20 +265,20 @@ int exec_batches_prepared(struct exec_model *m)
 
 int exec_batch_count(const struct exec_model *m) { return m->g.nbatches; }
 
-/* Wait until gate is open. Returns 0, or the failure code. */
-static int wait_gate(struct exec_model *m, int32_t gate, double *waited_ms, int *nwaits)
+/* Wait until gate is open, preparing arrived batches meanwhile (with the
+ * run's threads). Returns 0, or the failure code. Called with m->mu held. */
+static int wait_gate(struct exec_model *m, int32_t gate, struct exec_timing *t)
 {
-    pthread_mutex_lock(&m->mu);
-    if (m->prepared > gate) {
-        pthread_mutex_unlock(&m->mu);
-        return 0;
-    }
+    if (m->prepared > gate) return 0;
     double t0 = now_ms();
-    while (m->prepared <= gate && !m->failed && !m->stop) pthread_cond_wait(&m->cv, &m->mu);
+    while (m->prepared <= gate && !m->failed && !m->stop) {
+        double p0 = now_ms();
+        if (help_prepare(m, m->run_ctx)) t->prep_ms += now_ms() - p0;
+        else pthread_cond_wait(&m->cv, &m->mu);
+    }
     int rc = m->prepared > gate ? 0 : (m->failed ? m->failed : PPS_ECANCELED);
-    pthread_mutex_unlock(&m->mu);
-    *waited_ms += now_ms() - t0;
-    (*nwaits)++;
+    t->wait_ms += now_ms() - t0;
+    t->gates_waited++;
     return rc;
 }
 
@@ -272,6 +306,7 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
     pthread_cond_init(&m->cv, NULL);
     pthread_mutex_init(&m->run_mu, NULL);
     m->batch_data = pps_xcalloc((unsigned long)(g->nbatches ? g->nbatches : 1), sizeof *m->batch_data);
+    m->done = pps_xcalloc((unsigned long)(g->nbatches ? g->nbatches : 1), 1);
 
     int32_t nv = graph_nvalues(g);
     m->shape1 = pps_xcalloc((unsigned long)nv, sizeof *m->shape1);
@@ -315,6 +350,10 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
                         (unsigned long long)m->warena_bytes);
         }
         m->warena = p;
+        if (m->opt.prefault) {
+            prefault(m->warena, m->warena_bytes);
+            m->prefaulted = m->warena_bytes;
+        }
     }
 
     /* Steps per preparation batch. */
@@ -396,6 +435,7 @@ void exec_model_destroy(struct exec_model *m)
     free(m->prep_first);
     free(m->prep_list);
     free(m->batch_data);
+    free(m->done);
     free(m->prof_ms);
     free(m->prof_min);
     free(m->prof_runs);
@@ -603,11 +643,18 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
         else p->vptr[v] = p->arena + p->roots[r].offset;
     }
     void *in[EXEC_STEP_MAX_INPUTS];
+    pthread_mutex_lock(&m->mu);
+    m->running = 1;
+    int32_t open = m->prepared; /* gates known open, so most steps skip the lock */
+    pthread_mutex_unlock(&m->mu);
     double tc = now_ms();
     for (int s = 0; s < m->nsteps; s++) {
         const struct exec_step *st = &m->steps[s];
-        if (st->gate >= 0) {
-            rc = wait_gate(m, st->gate, &t.wait_ms, &t.gates_waited);
+        if (st->gate >= 0 && st->gate >= open) {
+            pthread_mutex_lock(&m->mu);
+            rc = wait_gate(m, st->gate, &t);
+            open = m->prepared;
+            pthread_mutex_unlock(&m->mu);
             if (rc) {
                 fail(err, errlen, rc, "parameters for batch %d unavailable: %s", st->gate,
                      pps_strerror(rc));
@@ -630,6 +677,10 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
             break;
         }
     }
+    pthread_mutex_lock(&m->mu);
+    m->running = 0;
+    pthread_cond_broadcast(&m->cv); /* the preparer may work again */
+    pthread_mutex_unlock(&m->mu);
     if (!rc) {
         for (int i = 0; i < m->g.noutputs; i++) {
             int32_t v = m->g.outputs[i].value;

@@ -39,7 +39,9 @@ struct exec_model;
 
 struct exec_options {
     int threads;          /* compute threads (OpenMP, shared with oneDNN); 0 = 2 */
-    int prep_threads;     /* threads the preparer uses; 0 = 1 (it overlaps compute) */
+    int prep_threads;     /* threads of the preparer thread, which works only while no run
+                           * is active (a run blocked on a gate prepares with its own
+                           * threads); 0 = 1 */
     /* 1 (default): the bytes given to exec_batch_arrived stay valid until
      * exec_model_destroy and parameters that need no transformation are
      * used in place (zero copy, e.g. from a shared-memory pool).
@@ -48,6 +50,10 @@ struct exec_options {
     int params_persist;
     int no_fusion;        /* debugging: every node its own step */
     int profile;          /* accumulate per-step times (exec_profile_print) */
+    /* Fault in the prepared-weights memory inside exec_model_create (costs
+     * about 0.7 ms per MB there) instead of lazily while waiting for the
+     * first batches; preparing a batch then writes at memory speed. */
+    int prefault;
 };
 void exec_options_default(struct exec_options *o);
 
@@ -55,7 +61,8 @@ void exec_options_default(struct exec_options *o);
 struct exec_timing {
     double total_ms;    /* the whole exec_run call */
     double plan_ms;     /* building the plan for a new batch size (0 when cached) */
-    double wait_ms;     /* blocked on gates (parameters not yet prepared) */
+    double wait_ms;     /* blocked on gates (parameters not yet prepared), including prep_ms */
+    double prep_ms;     /* part of wait_ms this run spent preparing arrived batches itself */
     double compute_ms;  /* running steps */
     int gates_waited;   /* how many gates blocked */
 };
@@ -78,7 +85,9 @@ int exec_batch_arrived(struct exec_model *m, int batch, const void *bytes, uint6
 /* Parameters will not come (fetch failed, cache gone): runs blocked on a
  * gate that is not open return err (a negative PPS_E* code). */
 void exec_batch_failed(struct exec_model *m, int err);
-/* Block until every batch is prepared (or failure: returns its code). */
+/* Block until every batch is prepared (or failure: returns its code),
+ * preparing arrived batches on the calling thread with the model's compute
+ * threads meanwhile (the stop-and-start mode of a server). */
 int exec_wait_prepared(struct exec_model *m);
 /* Number of open gates (batches prepared), and the total. */
 int exec_batches_prepared(struct exec_model *m);

@@ -76,7 +76,8 @@ static void usage(FILE *out)
             "  --seed S                 seed of the generated input and the delays (default 1)\n"
             "  --verify                 check every value's checksum in kv.bin first\n"
             "  --no-fusion              run every node on its own (debugging)\n"
-            "  --profile                print time per operation type\n");
+            "  --profile                print time per operation type\n"
+            "  --prefault               fault in the prepared-weights memory at model creation\n");
 }
 
 struct feeder {
@@ -170,10 +171,10 @@ int run_main(int argc, char **argv)
         {"batch", 1, NULL},  {"input", 1, NULL},   {"output", 1, NULL},
         {"threads", 1, NULL}, {"repeat", 1, NULL}, {"pipelined-delay-ms", 1, NULL},
         {"feed-gbps", 1, NULL}, {"seed", 1, NULL}, {"verify", 0, NULL},
-        {"no-fusion", 0, NULL}, {"profile", 0, NULL},
+        {"no-fusion", 0, NULL}, {"profile", 0, NULL}, {"prefault", 0, NULL},
     };
     enum { O_BATCH, O_INPUT, O_OUTPUT, O_THREADS, O_REPEAT, O_DELAY, O_GBPS, O_SEED, O_VERIFY,
-           O_NOFUSE, O_PROFILE, O_COUNT };
+           O_NOFUSE, O_PROFILE, O_PREFAULT, O_COUNT };
     struct args a;
     int help = 0;
     if (args_split(argc, argv, opts, O_COUNT, &a, &help) != 0 || a.npositional != 2) {
@@ -272,6 +273,7 @@ int run_main(int argc, char **argv)
     eo.threads = threads;
     eo.no_fusion = opts[O_NOFUSE].value != NULL;
     eo.profile = opts[O_PROFILE].value != NULL;
+    eo.prefault = opts[O_PREFAULT].value != NULL;
     if ((rc = exec_model_create(&m, &g, &eo, err, sizeof err))) {
         fprintf(stderr, "run: %s: %s\n", name, err);
         goto out;
@@ -378,8 +380,9 @@ int run_main(int argc, char **argv)
                t_parsed - t_open, t_created - t_parsed);
         if (delay > 0) printf(" with random 0..%.1f ms pauses\n", delay);
         else printf(" at %.2f GB/s (last batch %.1f ms after the first)\n", gbps, f.t_last - f.t_first);
-        printf("first inference: %.2f ms (plan %.2f, waiting for parameters %.2f, compute %.2f)\n",
-               first.total_ms, first.plan_ms, first.wait_ms, first.compute_ms);
+        printf("first inference: %.2f ms (plan %.2f, waiting for parameters %.2f of which preparing "
+               "them %.2f, compute %.2f)\n",
+               first.total_ms, first.plan_ms, first.wait_ms, first.prep_ms, first.compute_ms);
         printf("first batch available -> output: %.2f ms\n", t_run1 - f.t_first);
     } else {
         printf("load: %.1f ms (open+parse %.1f, create %.1f, prepare weights %.1f)\n",
