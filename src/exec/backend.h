@@ -41,6 +41,7 @@ enum exec_post_kind {
     EXEC_POST_UNARY = 1,  /* Relu, Gelu, Tanh, Sigmoid applied to the result */
     EXEC_POST_SUM = 2,    /* Add of another activation of the same shape */
     EXEC_POST_SCALAR = 3, /* Add/Sub/Mul/Div by a one-element parameter */
+    EXEC_POST_PERMUTE = 4, /* Transpose of the result: written in transposed order; always last */
 };
 
 struct exec_post {

@@ -100,6 +100,8 @@ int fuse_build(const struct graph *g, struct exec_backend *be, const struct exec
                        graph_param_elems(&g->params[nj->params[0]]) == 1 &&
                        same_dims(&v1[ov], &v1[cv])) {
                 kind = EXEC_POST_SCALAR;
+            } else if (nj->op == GRAPH_OP_TRANSPOSE && nj->ninputs == 1 && nj->nparams == 0) {
+                kind = EXEC_POST_PERMUTE;
             } else {
                 break;
             }
@@ -117,6 +119,7 @@ int fuse_build(const struct graph *g, struct exec_backend *be, const struct exec
             }
             claimed[j] = 1;
             cur = j;
+            if (kind == EXEC_POST_PERMUTE) break; /* the output's shape changed */
         }
 #undef SOLE_USER
         st->last_node = cur;

@@ -9,6 +9,7 @@
  *                                      accumulated into the output (sum)
  *   ... -> Relu/Gelu/Tanh/Sigmoid      applied to the output
  *   MatMul/Gemm -> Mul/Div/Add/Sub by a one-element parameter
+ *   MatMul (no other post-op) -> Transpose   written in transposed order
  * A step runs at the position of its last node, which keeps the node order a
  * valid execution order (every value a step reads is produced earlier). */
 #ifndef PIPEPS_EXEC_FUSE_H

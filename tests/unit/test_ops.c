@@ -1076,6 +1076,100 @@ static void test_unary_where(void **state)
     tm_free(&t);
 }
 
+/* GPT-2's attention on views: qkv[N,S,3E] -> Slice (3x) -> Reshape
+ * [N,S,H,D] -> Transpose (q, v: 0,2,1,3; k: 0,2,3,1) -> MatMul -> Mul
+ * scale -> Softmax -> MatMul -> Transpose -> Reshape [N,S,E] -> Relu (a
+ * consumer that needs plain data). No copy is needed for the slices and
+ * transposes; the result must equal the naive computation. */
+static void test_attention_views(void **state)
+{
+    (void)state;
+    const int64_t N = 2, S = 5, H = 3, D = 4, E = H * D;
+    struct tmodel t;
+    tm_init(&t, "attn");
+    int64_t xd[3] = {-1, S, 3 * E};
+    int32_t x = graph_add_input(&t.g, "qkv", GRAPH_F32, 3, xd);
+    int32_t hv[3];
+    for (int i = 0; i < 3; i++) {
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_SLICE, "slice", 1, &x, 0, NULL);
+        int64_t st[1] = {i * E}, en[1] = {(i + 1) * E}, ax[1] = {2};
+        graph_set_ints(&t.g, "starts", 1, st);
+        graph_set_ints(&t.g, "ends", 1, en);
+        graph_set_ints(&t.g, "axes", 1, ax);
+        v = graph_add_node(&t.g, GRAPH_OP_RESHAPE, "split", 1, &v, 0, NULL);
+        int64_t shp[4] = {0, 0, H, D};
+        graph_set_ints(&t.g, "shape", 4, shp);
+        v = graph_add_node(&t.g, GRAPH_OP_TRANSPOSE, "heads", 1, &v, 0, NULL);
+        int64_t pq[4] = {0, 2, 1, 3}, pk[4] = {0, 2, 3, 1};
+        graph_set_ints(&t.g, "perm", 4, i == 1 ? pk : pq);
+        hv[i] = v;
+    }
+    int32_t qk[2] = {hv[0], hv[1]};
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_MATMUL, "scores", 2, qk, 0, NULL);
+    int64_t one[1] = {1};
+    float scale = 0.5f;
+    int32_t sp = tm_param_data(&t, "scale", 1, one, &scale);
+    v = graph_add_node(&t.g, GRAPH_OP_MUL, "scale", 1, &v, 1, &sp);
+    v = graph_add_node(&t.g, GRAPH_OP_SOFTMAX, "softmax", 1, &v, 0, NULL);
+    graph_set_int(&t.g, "axis", -1);
+    int32_t pv[2] = {v, hv[2]};
+    v = graph_add_node(&t.g, GRAPH_OP_MATMUL, "context", 2, pv, 0, NULL);
+    v = graph_add_node(&t.g, GRAPH_OP_TRANSPOSE, "merge", 1, &v, 0, NULL);
+    int64_t pm[4] = {0, 2, 1, 3};
+    graph_set_ints(&t.g, "perm", 4, pm);
+    v = graph_add_node(&t.g, GRAPH_OP_RESHAPE, "merge_reshape", 1, &v, 0, NULL);
+    int64_t shp3[3] = {0, 0, E};
+    graph_set_ints(&t.g, "shape", 3, shp3);
+    v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu", 1, &v, 0, NULL);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+
+    float *in = rand_buf((uint64_t)(N * S * 3 * E), -1, 1);
+    float *ref = malloc((size_t)(N * S * E) * 4);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t h = 0; h < H; h++) {
+            double sc[S][S];
+            for (int64_t i = 0; i < S; i++) {
+                double mx = -1e30, sum = 0;
+                for (int64_t j = 0; j < S; j++) {
+                    double acc = 0;
+                    for (int64_t d = 0; d < D; d++)
+                        acc += (double)in[(n * S + i) * 3 * E + h * D + d] * in[(n * S + j) * 3 * E + E + h * D + d];
+                    sc[i][j] = acc * scale;
+                    if (sc[i][j] > mx) mx = sc[i][j];
+                }
+                for (int64_t j = 0; j < S; j++) sum += (sc[i][j] = exp(sc[i][j] - mx));
+                for (int64_t j = 0; j < S; j++) sc[i][j] /= sum;
+                for (int64_t d = 0; d < D; d++) {
+                    double acc = 0;
+                    for (int64_t j = 0; j < S; j++) acc += sc[i][j] * in[(n * S + j) * 3 * E + 2 * E + h * D + d];
+                    ref[(n * S + i) * E + h * D + d] = (float)(acc > 0 ? acc : 0);
+                }
+            }
+        }
+    const void *ins[1] = {in};
+    uint64_t nout;
+    float *out = tm_run(&t, N, ins, &nout);
+    assert_int_equal(nout, (uint64_t)(N * S * E));
+    check_close("attention on views", out, ref, nout, 1e-5);
+    float *plain = tm_run_opts(&t, N, ins, &nout, 1, FEED_ALL_FIRST, 0);
+    check_close("attention unfused", plain, ref, nout, 1e-5);
+
+    /* The merge Transpose was fused into the context MatMul. */
+    struct exec_model *m;
+    char err[256];
+    assert_int_equal(exec_model_create(&m, &t.g, NULL, err, sizeof err), 0);
+    int permuted = 0;
+    for (int i = 0; i < exec_model_nsteps(m); i++) {
+        const struct exec_step *st = exec_model_step(m, i);
+        for (int k = 0; k < st->npost; k++) permuted += st->post[k].kind == EXEC_POST_PERMUTE;
+    }
+    assert_int_equal(permuted, 1);
+    exec_model_destroy(m);
+    free(out); free(plain); free(ref); free(in);
+    tm_free(&t);
+}
+
 /* ---- pipelining, determinism, errors ----------------------------------- */
 
 /* A chain of convs (one node per batch): batches delivered late, in order
@@ -1220,6 +1314,7 @@ int main(void)
         cmocka_unit_test(test_shape_ops),
         cmocka_unit_test(test_gather_layernorm_softmax),
         cmocka_unit_test(test_unary_where),
+        cmocka_unit_test(test_attention_views),
         cmocka_unit_test(test_pipelined_bit_identical),
         cmocka_unit_test(test_errors),
     };

@@ -62,7 +62,8 @@ struct cpu_step {
     float alpha, beta;
 };
 
-enum bind { B_IN = 1, B_OUT, B_SCRATCH, B_WEIGHTS, B_BIAS, B_PARAM };
+/* B_IN_RAW: the input's own buffer even when the op reads a copy of it. */
+enum bind { B_IN = 1, B_IN_RAW, B_OUT, B_SCRATCH, B_WEIGHTS, B_BIAS, B_PARAM };
 
 struct carg {
     int arg;          /* DNNL_ARG_*, or the position for a C kernel */
@@ -84,6 +85,7 @@ struct ccall {
 
 /* Plan-level state of a step. */
 struct cpu_node {
+    uint64_t in_remap[EXEC_STEP_MAX_INPUTS]; /* nonzero: input k is read from scratch + value - 1 */
     int ncalls;
     struct ccall calls[CPU_MAX_CALLS];
     dnnl_memory_desc_t out_md;
@@ -190,6 +192,86 @@ static void md_plain_rank(dnnl_memory_desc_t *md, int rank, const struct exec_te
     int off = rank - t->ndims;
     for (int i = 0; i < rank; i++) d[i] = i < off ? 1 : t->dims[i - off];
     md_plain(md, rank, d);
+}
+
+/* A plain layout with arbitrary strides and offset (no blocking): what a
+ * view (transpose, slice, reshape of a view) produces. */
+static int md_strided(const dnnl_memory_desc_t *md)
+{
+    return md->format_kind == dnnl_blocked && md->format_desc.blocking.inner_nblks == 0;
+}
+
+/* A strided layout that is not a dense permutation of the dims (a slice,
+ * or anything with an offset): most primitives cannot take it. */
+static int md_is_view(const dnnl_memory_desc_t *md)
+{
+    if (!md_strided(md)) return 0;
+    if (md->offset0 != 0) return 1;
+    const dnnl_dims_t *st = &md->format_desc.blocking.strides;
+    int order[DNNL_MAX_NDIMS], n = md->ndims;
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++) /* sort axes by stride, innermost first */
+        for (int j = i; j > 0 && (*st)[order[j]] < (*st)[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    int64_t expect = 1;
+    for (int i = 0; i < n; i++) {
+        int64_t d = md->dims[order[i]];
+        if (d == 1) continue;
+        if ((*st)[order[i]] != expect) return 1;
+        expect *= d;
+    }
+    return 0;
+}
+
+/* The strided md of a view reshaped to dims, if the reshape only splits
+ * or merges axes that are contiguous with each other (numpy's no-copy
+ * reshape rule); 0 on success. */
+static int md_reshape_view(dnnl_memory_desc_t *out, const dnnl_memory_desc_t *in, int ndims,
+                           const int64_t *dims)
+{
+    const dnnl_dims_t *ist = &in->format_desc.blocking.strides;
+    int64_t od_[DNNL_MAX_NDIMS], os_[DNNL_MAX_NDIMS]; /* old dims/strides without size-1 axes */
+    int on = 0;
+    for (int i = 0; i < in->ndims; i++)
+        if (in->dims[i] != 1) {
+            od_[on] = in->dims[i];
+            os_[on] = (*ist)[i];
+            on++;
+        }
+    dnnl_dims_t nd, ns;
+    for (int k = 0; k < ndims; k++) {
+        nd[k] = dims[k];
+        ns[k] = 1;
+    }
+    int oi = 0, ni = 0;
+    while (ni < ndims && oi < on) {
+        int64_t np = dims[ni], op = od_[oi];
+        int nj = ni + 1, oj = oi + 1;
+        while (np != op) {
+            if (np < op) {
+                if (nj >= ndims) return -1;
+                np *= dims[nj++];
+            } else {
+                if (oj >= on) return -1;
+                op *= od_[oj++];
+            }
+        }
+        for (int ok = oi; ok < oj - 1; ok++)
+            if (os_[ok] != od_[ok + 1] * os_[ok + 1]) return -1;
+        ns[nj - 1] = os_[oj - 1];
+        for (int nk = nj - 1; nk > ni; nk--) ns[nk - 1] = ns[nk] * dims[nk];
+        ni = nj;
+        oi = oj;
+    }
+    if (oi != on) return -1;
+    for (; ni < ndims; ni++)
+        if (dims[ni] != 1) return -1;
+    if (dnnl_memory_desc_init_by_strides(out, ndims, nd, dnnl_f32, ns) != dnnl_success) return -1;
+    out->offset0 = in->offset0;
+    return 0;
 }
 
 static void set_out(struct cpu_node *nd, const dnnl_memory_desc_t *md, struct exec_tensor *out)
@@ -381,7 +463,7 @@ static void build_post_ops(const struct cpu_step *cs, int from, int out_rank,
             dnnl_post_ops_append_eltwise(po, 1.0f, alg, a, b);
         } else if (st->post[i].kind == EXEC_POST_SUM) {
             dnnl_post_ops_append_sum(po, 1.0f);
-        } else {
+        } else if (st->post[i].kind == EXEC_POST_SCALAR) {
             int64_t ones[DNNL_MAX_NDIMS];
             for (int d = 0; d < out_rank; d++) ones[d] = 1;
             dnnl_memory_desc_t md;
@@ -498,6 +580,8 @@ static int cpu_supports_post(struct exec_backend *be, const struct graph *g,
         return kind == EXEC_POST_UNARY;
     case GRAPH_OP_GEMM: case GRAPH_OP_MATMUL:
         if (kind == EXEC_POST_SUM) return npost_before == 0;
+        if (kind == EXEC_POST_PERMUTE)
+            return primary->op == GRAPH_OP_MATMUL && primary->ninputs == 2 && npost_before == 0;
         return 1;
     case GRAPH_OP_BATCHNORM:
         return kind == EXEC_POST_UNARY && post->op == GRAPH_OP_RELU && npost_before == 0;
@@ -981,33 +1065,100 @@ out:
 
 /* MatMul of two activations (or with a parameter of rank > 2): batched
  * oneDNN matmul with broadcasting of the batch dimensions. */
+/* md with leading size-1 axes added up to rank r (right-aligned). */
+static void md_extend_rank(dnnl_memory_desc_t *out, const dnnl_memory_desc_t *in, int r)
+{
+    if (in->ndims == r) {
+        *out = *in;
+        return;
+    }
+    const dnnl_dims_t *ist = &in->format_desc.blocking.strides;
+    dnnl_dims_t d, st;
+    int off = r - in->ndims;
+    int64_t span = 1;
+    for (int i = 0; i < in->ndims; i++)
+        if (in->dims[i] * (*ist)[i] > span) span = in->dims[i] * (*ist)[i];
+    for (int i = 0; i < r; i++) {
+        d[i] = i < off ? 1 : in->dims[i - off];
+        st[i] = i < off ? span : (*ist)[i - off];
+    }
+    dnnl_memory_desc_init_by_strides(out, r, d, dnnl_f32, st);
+    out->offset0 = in->offset0;
+}
+
+/* MatMul of two activations (or with a parameter of rank > 2): batched
+ * oneDNN matmul with broadcasting of the batch dimensions. Operands that
+ * are views (transposed or sliced heads) are read in place; a fused
+ * Transpose is done by writing the product with permuted strides. */
 static int prep_matmul(PREP_ARGS)
 {
     (void)out_plain;
+    const struct exec_step *st = cs->st;
+    int permute = st->npost > 0 && st->post[st->npost - 1].kind == EXEC_POST_PERMUTE;
+    int r = out->ndims;
+    int64_t perm[GRAPH_MAX_ATTR_INTS];
+    dnnl_memory_desc_t dmd;
+    md_plain(&dmd, r, out->dims);
+    if (permute) {
+        /* out.dims[i] = product.dims[perm[i]]: describe the product with
+         * the memory order of the (plain) transposed output. */
+        const struct graph_node *tn = &cs->g->nodes[st->post[st->npost - 1].node];
+        int np = graph_attr_ints(tn, "perm", perm, GRAPH_MAX_ATTR_INTS);
+        int dperm[DNNL_MAX_NDIMS];
+        for (int i = 0; i < r; i++) dperm[i] = np ? (int)perm[i] : r - 1 - i;
+        dnnl_memory_desc_t plain_out = dmd;
+        DN(dnnl_memory_desc_permute_axes(&dmd, &plain_out, dperm), "permute");
+    }
     struct exec_tensor a, b;
     operand_tensor(cs, in, 0, &a);
     operand_tensor(cs, in, 1, &b);
-    int r = out->ndims;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_memory_desc_t amd, bmd;
     struct src_ref ra, rb;
-    int rc = operand_ref(nd, cs, in, 0, &ra);
-    if (!rc) rc = operand_ref(nd, cs, in, 1, &rb);
-    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the inputs");
-    dnnl_memory_desc_t amd, bmd, dmd;
-    md_plain_rank(&amd, r, &a);
-    md_plain_rank(&bmd, r, &b);
-    md_plain(&dmd, r, out->dims);
-    dnnl_matmul_desc_t md;
-    dnnl_primitive_desc_t pd;
-    DN(dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &dmd), "matmul descriptor");
-    dnnl_primitive_attr_t attr = attr_new();
-    build_post_ops(cs, 0, r, attr);
-    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &md, attr, g_cpu.engine, NULL);
-    dnnl_primitive_attr_destroy(attr);
-    if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN matmul (status %d)", (int)s);
+    int rc = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        /* attempt 0: views read in place; 1: plain copies of them. */
+        const struct exec_tensor *ts[2] = {&a, &b};
+        struct src_ref *refs[2] = {&ra, &rb};
+        dnnl_memory_desc_t *mds[2] = {&amd, &bmd};
+        for (int k = 0; k < 2 && !rc; k++) {
+            const struct exec_tensor *t = ts[k];
+            if (k >= cs->node->ninputs || !t->layout) {
+                rc = operand_ref(nd, cs, in, k, refs[k]);
+                md_plain_rank(mds[k], r, t);
+            } else if (attempt == 0 && md_strided(t->layout)) {
+                *refs[k] = (struct src_ref){B_IN, k, 0};
+                md_extend_rank(mds[k], t->layout, r);
+            } else {
+                rc = plain_input(nd, t, k, refs[k]);
+                md_plain_rank(mds[k], r, t);
+            }
+        }
+        if (rc) return efail(err, errlen, cs, rc, "cannot reorder the inputs");
+        dnnl_matmul_desc_t md;
+        dnnl_status_t s = dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &dmd);
+        if (s == dnnl_success) {
+            dnnl_primitive_attr_t attr = attr_new();
+            build_post_ops(cs, 0, r, attr);
+            s = dnnl_primitive_desc_create(&pd, &md, attr, g_cpu.engine, NULL);
+            dnnl_primitive_attr_destroy(attr);
+        }
+        if (s == dnnl_success) break;
+        pd = NULL;
+        for (int i = 0; i < nd->ncalls; i++) {
+            for (int q = 0; q < nd->calls[i].nargs; q++)
+                if (nd->calls[i].args[q].mem) dnnl_memory_destroy(nd->calls[i].args[q].mem);
+            if (nd->calls[i].prim) dnnl_primitive_destroy(nd->calls[i].prim);
+        }
+        nd->ncalls = 0;
+        nd->scratch = 0;
+        if (attempt == 1)
+            return efail(err, errlen, cs, map_status(s), "no oneDNN matmul (status %d)", (int)s);
+    }
     out->layout = NULL;
     out->nbytes = shape_elems(out) * sizeof(float);
-    if (cs->st->npost > 0 && cs->st->post[0].kind == EXEC_POST_SUM) {
-        int k = cs->st->post[0].operand;
+    if (st->npost > 0 && st->post[0].kind == EXEC_POST_SUM) {
+        int k = st->post[0].operand;
         if ((mask >> k & 1) && !in[k].layout) {
             plan->alias_input = k;
         } else {
@@ -1439,18 +1590,27 @@ static int prep_erf(PREP_ARGS)
 static int prep_view(PREP_ARGS)
 {
     (void)mask;
-    (void)out_plain;
     out->layout = NULL;
     out->nbytes = shape_elems(out) * shape_dtype_size(out->dtype);
     if (!in[0].layout) {
         plan->alias_input = 0;
         return 0;
     }
-    /* Blocked input: materialise it in plain order, which is what the
+    const dnnl_memory_desc_t *src = in[0].layout;
+    /* A view stays a view when the new shape only splits or merges axes
+     * that are contiguous in it (a slice's row split into heads). */
+    if (!out_plain && md_strided(src) &&
+        md_reshape_view(&nd->out_md, src, out->ndims, out->dims) == 0) {
+        out->layout = md_is_plain(&nd->out_md) ? NULL : &nd->out_md;
+        out->nbytes = in[0].nbytes;
+        plan->alias_input = 0;
+        return 0;
+    }
+    /* Otherwise materialise the input in plain order, which is what the
      * reshaped logical shape indexes. */
     dnnl_memory_desc_t plain;
     md_plain(&plain, in[0].ndims, in[0].dims);
-    int rc = reorder_call(nd, (const dnnl_memory_desc_t *)in[0].layout, B_IN, 0, 0, &plain, B_OUT, 0, 0);
+    int rc = reorder_call(nd, src, B_IN, 0, 0, &plain, B_OUT, 0, 0);
     if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
     return 0;
 }
@@ -1465,8 +1625,6 @@ static int k_transpose(const struct cpu_node *nd, const struct cpu_step *cs, voi
 static int prep_transpose(PREP_ARGS)
 {
     (void)mask;
-    (void)out_plain;
-    (void)plan;
     int r = in[0].ndims;
     int64_t perm[GRAPH_MAX_ATTR_INTS];
     int np = graph_attr_ints(cs->node, "perm", perm, GRAPH_MAX_ATTR_INTS);
@@ -1480,12 +1638,21 @@ static int prep_transpose(PREP_ARGS)
         kernel_call(nd, k_transpose, &ref, 1);
         return 0;
     }
-    /* A reorder from the input viewed with permuted axes to plain output. */
+    /* The input viewed with permuted axes. */
     dnnl_memory_desc_t src, view, dst;
     md_of(&src, &in[0]);
     int dperm[DNNL_MAX_NDIMS];
     for (int i = 0; i < r; i++) dperm[nd->perm[i]] = i;
     DN(dnnl_memory_desc_permute_axes(&view, &src, dperm), "permute");
+    if (!out_plain && md_strided(&src)) {
+        /* No copy: consumers read the view (a matmul directly, others
+         * through a reorder that is the transpose, done where needed). */
+        nd->out_md = view;
+        out->layout = md_is_plain(&view) ? NULL : &nd->out_md;
+        out->nbytes = in[0].nbytes;
+        plan->alias_input = 0;
+        return 0;
+    }
     md_plain(&dst, out->ndims, out->dims);
     int rc = reorder_call(nd, &view, B_IN, 0, 0, &dst, B_OUT, 0, 0);
     if (rc) return efail(err, errlen, cs, rc, "cannot build the transpose");
@@ -1536,14 +1703,31 @@ static int k_slice(const struct cpu_node *nd, const struct cpu_step *cs, void *c
 static int prep_slice(PREP_ARGS)
 {
     (void)mask;
-    (void)out_plain;
-    (void)plan;
     /* The data may be an activation or a parameter (a position table). */
     struct exec_tensor x;
     operand_tensor(cs, in, 0, &x);
     struct shape_slice sl;
     int rc = shape_slice(cs->node, &x, &sl, err, errlen);
     if (rc) return rc;
+    int unit = x.dtype == GRAPH_F32 && cs->node->ninputs == 1 && !out_plain;
+    for (int d = 0; d < x.ndims; d++) unit = unit && sl.step[d] == 1;
+    if (unit) {
+        /* A window of an activation: a view with an offset, no copy. */
+        dnnl_memory_desc_t src;
+        md_of(&src, &x);
+        dnnl_dims_t dims, offs;
+        for (int d = 0; d < x.ndims; d++) {
+            dims[d] = sl.count[d];
+            offs[d] = sl.start[d];
+        }
+        if (md_strided(&src) &&
+            dnnl_memory_desc_init_submemory(&nd->out_md, &src, dims, offs) == dnnl_success) {
+            out->layout = md_is_plain(&nd->out_md) ? NULL : &nd->out_md;
+            out->nbytes = in[0].nbytes;
+            plan->alias_input = 0;
+            return 0;
+        }
+    }
     struct src_ref r;
     if ((rc = operand_ref(nd, cs, in, 0, &r))) return efail(err, errlen, cs, rc, "reorder");
     to_shape(&nd->sh[0], &x);
@@ -1667,7 +1851,35 @@ static int cpu_node_prepare(struct exec_backend *be, void *step_state, const str
     plan->alias_input = -1;
     plan->state = nd;
     plan->scratch_bytes = 0;
-    int rc;
+    int rc = 0;
+    /* Views (slices, transposes) reach only the ops that can read them
+     * (matmul, reorders, the view ops themselves); for the rest they are
+     * copied to plain order first, and the op reads the copy. */
+    struct exec_tensor local[EXEC_STEP_MAX_INPUTS];
+    int ninputs = cs->st->ninputs;
+    memcpy(local, in, (size_t)ninputs * sizeof *local);
+    switch (cs->node->op) {
+    case GRAPH_OP_MATMUL: case GRAPH_OP_GEMM: case GRAPH_OP_CONV: case GRAPH_OP_TRANSPOSE:
+    case GRAPH_OP_RESHAPE: case GRAPH_OP_FLATTEN: case GRAPH_OP_IDENTITY: case GRAPH_OP_SLICE:
+        break;
+    default:
+        for (int k = 0; k < ninputs && !rc; k++) {
+            if (!in[k].layout || !md_is_view(in[k].layout)) continue;
+            dnnl_memory_desc_t plain;
+            md_plain(&plain, in[k].ndims, in[k].dims);
+            uint64_t off = scratch_alloc(nd, dnnl_memory_desc_get_size(&plain));
+            rc = reorder_call(nd, in[k].layout, B_IN_RAW, k, 0, &plain, B_SCRATCH, 0, off);
+            nd->in_remap[k] = off + 1;
+            local[k].layout = NULL;
+            mask &= ~(1u << k); /* the copy is not the input's buffer */
+        }
+        if (rc) {
+            node_destroy(nd);
+            plan->state = NULL;
+            return efail(err, errlen, cs, rc, "cannot copy a view input");
+        }
+    }
+    in = local;
     switch (cs->node->op) {
     case GRAPH_OP_CONV: rc = prep_conv(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
     case GRAPH_OP_GEMM: rc = prep_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
@@ -1711,11 +1923,14 @@ static int cpu_node_prepare(struct exec_backend *be, void *step_state, const str
     return 0;
 }
 
-static inline void *resolve(const struct carg *a, const struct cpu_step *cs, void *const *in,
-                            void *out, void *scratch)
+static inline void *resolve(const struct carg *a, const struct cpu_node *nd,
+                            const struct cpu_step *cs, void *const *in, void *out, void *scratch)
 {
     switch (a->bind) {
-    case B_IN: return (char *)in[a->idx] + a->off;
+    case B_IN:
+        if (nd->in_remap[a->idx]) return (char *)scratch + nd->in_remap[a->idx] - 1 + a->off;
+        return (char *)in[a->idx] + a->off;
+    case B_IN_RAW: return (char *)in[a->idx] + a->off;
     case B_OUT: return out;
     case B_SCRATCH: return (char *)scratch + a->off;
     case B_WEIGHTS: return cs->weights;
@@ -1737,7 +1952,7 @@ static int cpu_node_run(struct exec_backend *be, void *context, void *step_state
         if (c->prim) {
             dnnl_exec_arg_t args[CPU_MAX_ARGS];
             for (int a = 0; a < c->nargs; a++) {
-                dnnl_memory_set_data_handle(c->args[a].mem, resolve(&c->args[a], cs, in, out, scratch));
+                dnnl_memory_set_data_handle(c->args[a].mem, resolve(&c->args[a], nd, cs, in, out, scratch));
                 args[a].arg = c->args[a].arg;
                 args[a].memory = c->args[a].mem;
             }
@@ -1745,7 +1960,7 @@ static int cpu_node_run(struct exec_backend *be, void *context, void *step_state
             if (s != dnnl_success) return map_status(s);
         } else {
             void *ptrs[CPU_MAX_ARGS];
-            for (int a = 0; a < c->nargs; a++) ptrs[a] = resolve(&c->args[a], cs, in, out, scratch);
+            for (int a = 0; a < c->nargs; a++) ptrs[a] = resolve(&c->args[a], nd, cs, in, out, scratch);
             int rc = c->fn(nd, cs, ptrs);
             if (rc) return rc;
         }
