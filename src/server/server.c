@@ -146,6 +146,7 @@ void server_config_default(struct server_config *cfg)
     snprintf(cfg->client_addr, sizeof cfg->client_addr, "%s", NET_DEFAULT_ADDR);
     snprintf(cfg->cache_addr, sizeof cfg->cache_addr, "%s", NET_DEFAULT_ADDR);
     cfg->threads = 2;
+    cfg->prep_threads = 0; /* = threads */
     cfg->memory = 4ull << 30;
     cfg->mode = INFER_MODE_PIPELINED;
     cfg->max_request = 256u << 20;
@@ -522,6 +523,7 @@ static int load_model(struct server *srv, struct serve_ctx *x, struct smodel **o
         struct exec_options opt;
         exec_options_default(&opt);
         opt.threads = srv->cfg.threads;
+        opt.prep_threads = srv->cfg.prep_threads ? srv->cfg.prep_threads : srv->cfg.threads;
         opt.params_persist = 1; /* weights used in place stay valid: we hold the pin */
         struct exec_model *em = NULL;
         rc = exec_model_create(&em, &g, &opt, err, sizeof err);

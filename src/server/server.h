@@ -30,6 +30,7 @@ struct server_config {
     char lb_addr[64];
     uint16_t lb_port;          /* 0: no load balancer */
     int threads;               /* compute threads per run */
+    int prep_threads;          /* threads preparing weights as batches arrive (0 = threads) */
     uint64_t memory;           /* bytes of prepared weights kept resident */
     int mode;                  /* enum infer_mode */
     uint64_t max_request;      /* bytes of an INFER payload */
