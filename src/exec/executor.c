@@ -24,6 +24,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "exec/cpu/cpu_backend.h"
+#include "exec/exec_mem.h"
 #include "exec/fuse.h"
 #include "exec/memplan.h"
 #include "exec/shape.h"
@@ -42,8 +43,8 @@ struct exec_plan {
     struct memplan_buf *roots;       /* [nroots + nsteps]: value roots, then step scratch */
     uint8_t *root_kind;              /* [nroots] */
     int32_t *root_input;             /* [nroots] model input index for ROOT_INPUT */
-    uint8_t *arena;
-    uint64_t arena_bytes;
+    uint8_t *arena;                  /* exec_mem block */
+    uint64_t arena_bytes, arena_block;
     void **vptr;                     /* [nvalues] addresses for the current run */
     struct exec_plan *next;
 };
@@ -57,8 +58,8 @@ struct exec_model {
     void **step_state;               /* [nsteps] backend's model-level state */
     struct exec_tensor *shape1;      /* [nvalues] shapes at batch 1 */
     int32_t *prep_first, *prep_list; /* CSR: steps prepared with each batch */
-    uint8_t *warena;                 /* prepared weights of all steps (mmap'ed) */
-    uint64_t warena_bytes;
+    uint8_t *warena;                 /* prepared weights of all steps (exec_mem block) */
+    uint64_t warena_bytes, warena_block;
     uint64_t *woff;                  /* [nsteps] each step's region in warena */
     uint64_t prefaulted;             /* bytes of warena already faulted in; guarded by mu */
 
@@ -343,14 +344,15 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
         m->warena_bytes += (need + 63) & ~(uint64_t)63;
     }
     if (m->warena_bytes) {
-        void *p = mmap(NULL, m->warena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) {
+        int faulted;
+        m->warena = exec_mem_get(m->warena_bytes, &m->warena_block, &faulted);
+        if (!m->warena) {
             exec_model_destroy(m);
             return fail(err, errlen, PPS_ENOMEM, "cannot map %llu bytes for prepared weights",
                         (unsigned long long)m->warena_bytes);
         }
-        m->warena = p;
-        if (m->opt.prefault) {
+        if (faulted) m->prefaulted = m->warena_bytes; /* a recycled block */
+        if (m->opt.prefault && !faulted) {
             prefault(m->warena, m->warena_bytes);
             m->prefaulted = m->warena_bytes;
         }
@@ -401,7 +403,7 @@ static void plan_free(struct exec_model *m, struct exec_plan *p)
     free(p->roots);
     free(p->root_kind);
     free(p->root_input);
-    free(p->arena);
+    exec_mem_put(p->arena, p->arena_block);
     free(p->vptr);
     free(p);
 }
@@ -430,7 +432,7 @@ void exec_model_destroy(struct exec_model *m)
     free(m->step_state);
     free(m->steps);
     free(m->shape1);
-    if (m->warena) munmap(m->warena, m->warena_bytes);
+    exec_mem_put(m->warena, m->warena_block);
     free(m->woff);
     free(m->prep_first);
     free(m->prep_list);
@@ -559,14 +561,15 @@ static int plan_build(struct exec_model *m, int64_t batch, struct exec_plan **ou
     free(is_output);
     free(root_last);
     if (p->arena_bytes) {
-        p->arena = aligned_alloc(4096, (p->arena_bytes + 4095) & ~(uint64_t)4095);
+        int faulted;
+        p->arena = exec_mem_get(p->arena_bytes, &p->arena_block, &faulted);
         if (!p->arena) {
             plan_free(m, p);
             return fail(err, errlen, PPS_ENOMEM, "cannot allocate %llu bytes of activations",
                         (unsigned long long)p->arena_bytes);
         }
         /* Fault the pages in now, off the first run's critical path. */
-        memset(p->arena, 0, p->arena_bytes);
+        if (!faulted) prefault(p->arena, p->arena_bytes);
     }
     *out = p;
     return 0;
@@ -738,10 +741,11 @@ void exec_profile_print(struct exec_model *m, FILE *out)
         enum graph_op op = m->g.nodes[m->steps[s].node].op;
         rows[op].name = graph_op_name(op);
         rows[op].ms += m->prof_ms[s];
-        rows[op].min_ms += m->prof_min[s];
+        double mn = m->prof_min[s] < 1e29 ? m->prof_min[s] : 0; /* never ran: a failed run */
+        rows[op].min_ms += mn;
         rows[op].count++;
         total += m->prof_ms[s];
-        total_min += m->prof_min[s];
+        total_min += mn;
     }
     qsort(rows, GRAPH_OP_COUNT, sizeof rows[0], by_ms_desc);
     double runs = (double)*m->prof_runs;

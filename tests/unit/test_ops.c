@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "exec/exec_mem.h"
 #include "exec/executor.h"
 #include "exec/memplan.h"
 #include "model/batching.h"
@@ -1299,10 +1300,46 @@ static void test_memplan(void **state)
     assert_true(total < 100 + 200 + 100 + 300 + 50); /* something was shared */
 }
 
+static void test_exec_mem_recycling(void **state)
+{
+    (void)state;
+    exec_mem_set_keep(0); /* start from an empty pool */
+    exec_mem_set_keep(8u << 20);
+    uint64_t sz;
+    int faulted;
+    uint8_t *a = exec_mem_get(3u << 20, &sz, &faulted);
+    assert_non_null(a);
+    assert_int_equal(faulted, 0);
+    assert_true(sz >= (3u << 20) && sz % 4096 == 0);
+    memset(a, 7, 3u << 20);
+    exec_mem_put(a, sz);
+    assert_int_equal(exec_mem_idle_bytes(), sz);
+    /* Too small a request for that block (more than twice too big): fresh. */
+    uint64_t sz2;
+    uint8_t *b = exec_mem_get(1u << 20, &sz2, &faulted);
+    assert_int_equal(faulted, 0);
+    assert_ptr_not_equal(a, b);
+    exec_mem_put(b, sz2);
+    /* A fitting request gets the recycled block back, contents and all. */
+    uint8_t *c = exec_mem_get((3u << 20) - 100, &sz2, &faulted);
+    assert_int_equal(faulted, 1);
+    assert_ptr_equal(c, a);
+    assert_int_equal(c[12345], 7);
+    /* Over the limit: the oldest idle blocks are unmapped. */
+    uint8_t *d = exec_mem_get(6u << 20, &sz, &faulted);
+    exec_mem_put(c, sz2);
+    exec_mem_put(d, sz);
+    assert_true(exec_mem_idle_bytes() <= (8u << 20));
+    exec_mem_set_keep(0);
+    assert_int_equal(exec_mem_idle_bytes(), 0);
+    exec_mem_set_keep(EXEC_MEM_DEFAULT_KEEP);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memplan),
+        cmocka_unit_test(test_exec_mem_recycling),
         cmocka_unit_test(test_conv_shapes),
         cmocka_unit_test(test_conv_bn_add_relu_fusion),
         cmocka_unit_test(test_grouped_bn_fold_nonpersistent),
