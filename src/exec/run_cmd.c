@@ -77,7 +77,9 @@ static void usage(FILE *out)
             "  --verify                 check every value's checksum in kv.bin first\n"
             "  --no-fusion              run every node on its own (debugging)\n"
             "  --profile                print time per operation type\n"
-            "  --prefault               fault in the prepared-weights memory at model creation\n");
+            "  --prefault               fault in the prepared-weights memory at model creation\n"
+            "  --cold-runs K            with a feeding thread: K cold cycles (create, feed, run,\n"
+            "                           destroy) in one process; later ones reuse freed memory\n");
 }
 
 struct feeder {
@@ -172,21 +174,23 @@ int run_main(int argc, char **argv)
         {"threads", 1, NULL}, {"repeat", 1, NULL}, {"pipelined-delay-ms", 1, NULL},
         {"feed-gbps", 1, NULL}, {"seed", 1, NULL}, {"verify", 0, NULL},
         {"no-fusion", 0, NULL}, {"profile", 0, NULL}, {"prefault", 0, NULL},
+        {"cold-runs", 1, NULL},
     };
     enum { O_BATCH, O_INPUT, O_OUTPUT, O_THREADS, O_REPEAT, O_DELAY, O_GBPS, O_SEED, O_VERIFY,
-           O_NOFUSE, O_PROFILE, O_PREFAULT, O_COUNT };
+           O_NOFUSE, O_PROFILE, O_PREFAULT, O_COLD, O_COUNT };
     struct args a;
     int help = 0;
     if (args_split(argc, argv, opts, O_COUNT, &a, &help) != 0 || a.npositional != 2) {
         usage(help ? stdout : stderr);
         return help ? 0 : 2;
     }
-    int batch = 0, threads = 2, repeat = 10, seed = 1;
+    int batch = 0, threads = 2, repeat = 10, seed = 1, cold_runs = 1;
     double delay = 0, gbps = 0;
     if ((opts[O_BATCH].value && args_parse_int(opts[O_BATCH].value, 1, 1 << 16, &batch)) ||
         (opts[O_THREADS].value && args_parse_int(opts[O_THREADS].value, 1, 1024, &threads)) ||
         (opts[O_REPEAT].value && args_parse_int(opts[O_REPEAT].value, 0, 1000000, &repeat)) ||
-        (opts[O_SEED].value && args_parse_int(opts[O_SEED].value, 0, 1 << 30, &seed))) {
+        (opts[O_SEED].value && args_parse_int(opts[O_SEED].value, 0, 1 << 30, &seed)) ||
+        (opts[O_COLD].value && args_parse_int(opts[O_COLD].value, 1, 1000, &cold_runs))) {
         fprintf(stderr, "run: bad numeric option\n");
         return 2;
     }
@@ -327,51 +331,70 @@ int run_main(int argc, char **argv)
 
     /* Feed the parameters. */
     struct feeder f;
-    memset(&f, 0, sizeof f);
-    f.m = m;
-    f.km = km;
-    f.data = bdata;
-    f.len = blen;
-    f.nbatches = g.nbatches;
-    f.delay_ms = delay;
-    f.gbps = gbps;
-    f.seed = (uint64_t)seed;
     pthread_t th;
     int threaded = delay > 0 || gbps > 0;
-    double t_prepared = t_created, t_prep_cpu = 0;
+    double t_prepared = t_created, t_prep_cpu = 0, t_run1 = 0;
+    double *cold = calloc((size_t)cold_runs, sizeof *cold);
+    if (!cold) goto out;
+    const void *ins[1] = {input};
+    uint64_t in_bytes[1] = {ti.nbytes};
+    void *outs[1] = {out};
+    struct exec_timing first;
     if (threaded) {
         /* Read the mapping once so the simulated arrival is not the disk. */
         volatile uint8_t sink = 0;
         for (int i = 0; i < g.nbatches; i++)
             for (uint64_t o = 0; o < blen[i]; o += 4096) sink ^= bdata[i][o];
         (void)sink;
-        if (pthread_create(&th, NULL, feeder_main, &f) != 0) {
-            fprintf(stderr, "run: cannot start the feeder thread\n");
-            goto out;
-        }
-    } else {
-        t_prep_cpu = cpu_ms();
-        for (int i = 0; i < g.nbatches && !rc; i++) rc = exec_batch_arrived(m, i, bdata[i], blen[i]);
-        if (!rc) rc = exec_wait_prepared(m);
-        if (rc) {
-            fprintf(stderr, "run: preparing parameters: %s\n", pps_strerror(rc));
-            goto out;
-        }
-        t_prepared = now_ms();
-        t_prep_cpu = cpu_ms() - t_prep_cpu;
     }
-
-    const void *ins[1] = {input};
-    uint64_t in_bytes[1] = {ti.nbytes};
-    void *outs[1] = {out};
-    struct exec_timing first;
-    double t_run0 = now_ms();
-    rc = exec_run(m, batch, ins, in_bytes, outs, &first, err, sizeof err);
-    double t_run1 = now_ms();
-    if (threaded) pthread_join(th, NULL);
-    if (rc || f.rc) {
-        fprintf(stderr, "run: %s\n", rc ? err : pps_strerror(f.rc));
-        goto out;
+    for (int cycle = 0; cycle < (threaded ? cold_runs : 1); cycle++) {
+        if (cycle > 0) {
+            /* Another cold start of the same model: what a server switching
+             * models sees once it has freed a model of this size. */
+            exec_model_destroy(m);
+            m = NULL;
+            if ((rc = exec_model_create(&m, &g, &eo, err, sizeof err))) {
+                fprintf(stderr, "run: %s: %s\n", name, err);
+                free(cold);
+                goto out;
+            }
+        }
+        memset(&f, 0, sizeof f);
+        f.m = m;
+        f.km = km;
+        f.data = bdata;
+        f.len = blen;
+        f.nbatches = g.nbatches;
+        f.delay_ms = delay;
+        f.gbps = gbps;
+        f.seed = (uint64_t)seed;
+        if (threaded) {
+            if (pthread_create(&th, NULL, feeder_main, &f) != 0) {
+                fprintf(stderr, "run: cannot start the feeder thread\n");
+                free(cold);
+                goto out;
+            }
+        } else {
+            t_prep_cpu = cpu_ms();
+            for (int i = 0; i < g.nbatches && !rc; i++) rc = exec_batch_arrived(m, i, bdata[i], blen[i]);
+            if (!rc) rc = exec_wait_prepared(m);
+            if (rc) {
+                fprintf(stderr, "run: preparing parameters: %s\n", pps_strerror(rc));
+                free(cold);
+                goto out;
+            }
+            t_prepared = now_ms();
+            t_prep_cpu = cpu_ms() - t_prep_cpu;
+        }
+        rc = exec_run(m, batch, ins, in_bytes, outs, &first, err, sizeof err);
+        t_run1 = now_ms();
+        if (threaded) pthread_join(th, NULL);
+        if (rc || f.rc) {
+            fprintf(stderr, "run: %s\n", rc ? err : pps_strerror(f.rc));
+            free(cold);
+            goto out;
+        }
+        cold[cycle] = t_run1 - f.t_first;
     }
 
     printf("model %s: %d nodes -> %d steps, %d parameter batches, %.1f MB of parameters\n", name,
@@ -386,6 +409,12 @@ int run_main(int argc, char **argv)
                "them %.2f, compute %.2f)\n",
                first.total_ms, first.plan_ms, first.wait_ms, first.prep_ms, first.compute_ms);
         printf("first batch available -> output: %.2f ms\n", t_run1 - f.t_first);
+        if (cold_runs > 1) {
+            printf("cold cycles, first batch available -> output:");
+            for (int c = 0; c < cold_runs; c++)
+                printf(" %.2f%s", cold[c], c == 0 ? " (fresh memory)" : "");
+            printf(" ms\n");
+        }
     } else {
         printf("load: %.1f ms (open+parse %.1f, create %.1f, prepare weights %.1f, cpu time %.1f)\n",
                t_prepared - t_open, t_parsed - t_open, t_created - t_parsed, t_prepared - t_created,
@@ -393,7 +422,7 @@ int run_main(int argc, char **argv)
         printf("first inference: %.2f ms (plan %.2f, waiting for parameters %.2f, compute %.2f)\n",
                first.total_ms, first.plan_ms, first.wait_ms, first.compute_ms);
     }
-    (void)t_run0;
+    free(cold);
 
     if (repeat > 0) {
         lat = malloc((size_t)repeat * sizeof *lat);
