@@ -632,6 +632,19 @@ static void run_pool(enum graph_op op, int64_t n, int64_t c, int64_t h, int64_t 
     tm_free(&t);
 }
 
+/* Prepared weights in a layout the fast kernels do not take (forced by a
+ * test hook): the plan reorders them per run into the layout of the
+ * convolution it picked, and the result is unchanged. */
+static void test_conv_weights_fallback(void **state)
+{
+    (void)state;
+    struct win g = {{1, 1}, {1, 1}, {1, 1}, {0, 0}, {0, 0}};
+    setenv("PIPEPS_EXEC_TEST_RAW_WEIGHTS", "1", 1);
+    run_pool(GRAPH_OP_GLOBALAVGPOOL, 2, 32, 7, 5, &g, 0, 0);
+    run_pool(GRAPH_OP_MAXPOOL, 2, 16, 12, 11, &(struct win){{3, 3}, {2, 2}, {1, 1}, {1, 1}, {1, 1}}, 0, 0);
+    unsetenv("PIPEPS_EXEC_TEST_RAW_WEIGHTS");
+}
+
 static void test_pooling(void **state)
 {
     (void)state;
@@ -1344,6 +1357,7 @@ int main(void)
         cmocka_unit_test(test_conv_bn_add_relu_fusion),
         cmocka_unit_test(test_grouped_bn_fold_nonpersistent),
         cmocka_unit_test(test_pooling),
+        cmocka_unit_test(test_conv_weights_fallback),
         cmocka_unit_test(test_concat_bn),
         cmocka_unit_test(test_binary_broadcast),
         cmocka_unit_test(test_gemm),

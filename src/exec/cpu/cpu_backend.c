@@ -59,6 +59,7 @@ struct cpu_step {
     float *bias;                     /* in the step's region */
     const void *param[EXEC_STEP_MAX_PARAMS]; /* parameters used as they are */
     int gemm_2d;                     /* Gemm, or MatMul with a 2-D parameter B */
+    int test_raw_weights;            /* test hook: prepared layout forced to the raw one */
     float alpha, beta;
 };
 
@@ -670,6 +671,52 @@ static int conv_desc(const struct cpu_step *cs, const dnnl_memory_desc_t *src,
     return map_status(s);
 }
 
+/* Whether oneDNN fell back to its reference (slow, loop) implementation. */
+static int pd_is_ref(const_dnnl_primitive_desc_t pd)
+{
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl)
+        return 1;
+    return strncmp(impl, "ref", 3) == 0;
+}
+
+/* The convolution at batch size n (activation layouts "any") with weights
+ * layout wei ("any" allowed). */
+static dnnl_status_t conv_pd_at(const struct cpu_step *cs, const struct exec_tensor *x1,
+                                const struct exec_tensor *y1, int64_t n,
+                                const dnnl_memory_desc_t *wei, dnnl_primitive_desc_t *pd)
+{
+    struct exec_tensor x = *x1, y = *y1;
+    x.dims[0] = y.dims[0] = n;
+    dnnl_memory_desc_t src, dst;
+    md_any(&src, 4, x.dims);
+    md_any(&dst, 4, y.dims);
+    dnnl_convolution_desc_t cd;
+    if (conv_desc(cs, &src, wei, &dst, &x, &cd)) return dnnl_invalid_arguments;
+    dnnl_primitive_attr_t attr = attr_new();
+    build_post_ops(cs, 0, 4, attr);
+    dnnl_status_t s = dnnl_primitive_desc_create(pd, &cd, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    return s;
+}
+
+/* Whether a fast (non-reference) convolution exists at batch n with weights wei. */
+static int conv_fast_at(const struct cpu_step *cs, const struct exec_tensor *x1,
+                        const struct exec_tensor *y1, int64_t n, const dnnl_memory_desc_t *wei)
+{
+    dnnl_primitive_desc_t pd;
+    if (conv_pd_at(cs, x1, y1, n, wei, &pd) != dnnl_success) return 0;
+    int ok = !pd_is_ref(pd);
+    dnnl_primitive_desc_destroy(pd);
+    return ok;
+}
+
+/* Batch sizes the weights layout is checked at: prepared weights serve every
+ * batch size, and oneDNN's preferred layout can differ between them (a 1x1
+ * conv at batch 1 and at batch 8 may want different blockings). */
+static const int64_t conv_probe_batches[] = {1, 8, 32};
+#define CONV_NPROBES (int)(sizeof conv_probe_batches / sizeof conv_probe_batches[0])
+
 static int init_conv(struct cpu_step *cs, const struct exec_tensor *in, const struct exec_tensor *out,
                      char *err, size_t errlen)
 {
@@ -681,23 +728,52 @@ static int init_conv(struct cpu_step *cs, const struct exec_tensor *in, const st
     dnnl_dims_t d;
     for (int i = 0; i < wnd; i++) d[i] = wd[i];
     dnnl_memory_desc_init_by_tag(&cs->raw_wmd, wnd, d, dnnl_f32, wnd == 5 ? dnnl_goihw : dnnl_oihw);
-    dnnl_memory_desc_t src, wei, dst;
-    md_any(&src, 4, in[0].dims);
-    md_any(&wei, wnd, wd);
-    md_any(&dst, 4, out->dims);
-    dnnl_convolution_desc_t cd;
-    int rc = conv_desc(cs, &src, &wei, &dst, &in[0], &cd);
-    if (rc) return efail(err, errlen, cs, rc, "cannot describe the convolution");
-    dnnl_primitive_attr_t attr = attr_new();
-    build_post_ops(cs, 0, 4, attr);
-    dnnl_primitive_desc_t pd;
-    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &cd, attr, g_cpu.engine, NULL);
-    dnnl_primitive_attr_destroy(attr);
-    if (s != dnnl_success)
-        return efail(err, errlen, cs, map_status(s), "no oneDNN convolution (status %d)", (int)s);
-    cs->wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_memory_desc_t any;
+    md_any(&any, wnd, wd);
+    /* Candidates: the layout oneDNN prefers at each probe batch size; take
+     * the first that has a fast implementation at every probe size (the
+     * choice depends on the graph only, never on what ran first). */
+    dnnl_memory_desc_t cand[CONV_NPROBES];
+    int ncand = 0;
+    for (int i = 0; i < CONV_NPROBES; i++) {
+        dnnl_primitive_desc_t pd;
+        dnnl_status_t s = conv_pd_at(cs, &in[0], out, conv_probe_batches[i], &any, &pd);
+        if (s != dnnl_success) {
+            if (i == 0)
+                return efail(err, errlen, cs, map_status(s), "no oneDNN convolution (status %d)", (int)s);
+            continue;
+        }
+        const dnnl_memory_desc_t *wm = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        int dup = 0;
+        for (int c = 0; c < ncand && !dup; c++) dup = dnnl_memory_desc_equal(&cand[c], wm);
+        if (!dup) cand[ncand++] = *wm;
+        dnnl_primitive_desc_destroy(pd);
+        if (i == 0) {
+            /* The common case: batch 1's choice is fast everywhere. */
+            int all = 1;
+            for (int j = 1; j < CONV_NPROBES && all; j++)
+                all = conv_fast_at(cs, &in[0], out, conv_probe_batches[j], &cand[0]);
+            if (all) break;
+        }
+    }
+    cs->wmd = cand[0];
+    /* Test hook: keep the parameter's own layout, which the fast kernels do
+     * not take, to exercise the per-run weight reorder of prep_conv. */
+    if (getenv("PIPEPS_EXEC_TEST_RAW_WEIGHTS")) {
+        cs->wmd = cs->raw_wmd;
+        cs->test_raw_weights = 1;
+        ncand = 0;
+    }
+    for (int c = 1; c < ncand; c++) {
+        int all = 1;
+        for (int j = 0; j < CONV_NPROBES && all; j++)
+            all = conv_fast_at(cs, &in[0], out, conv_probe_batches[j], &cand[c]);
+        if (all) {
+            cs->wmd = cand[c];
+            break;
+        }
+    }
     cs->has_wmd = 1;
-    dnnl_primitive_desc_destroy(pd);
     return 0;
 }
 
@@ -971,22 +1047,55 @@ static int prep_conv(PREP_ARGS)
     if (rc) return efail(err, errlen, cs, rc, "cannot describe the convolution");
     dnnl_primitive_attr_t attr = attr_new();
     build_post_ops(cs, 0, 4, attr);
-    dnnl_primitive_desc_t pd;
+    dnnl_primitive_desc_t pd = NULL;
     dnnl_status_t s = dnnl_primitive_desc_create(&pd, &cd, attr, g_cpu.engine, NULL);
+    /* The prepared layout may have no fast kernel at this batch size: then
+     * let oneDNN choose the weights layout too and reorder the prepared
+     * weights into it on every run (a small copy next to the conv). */
+    const dnnl_memory_desc_t *want_wei = &cs->wmd;
+    if (s != dnnl_success || pd_is_ref(pd) || cs->test_raw_weights) {
+        dnnl_memory_desc_t any;
+        int64_t wd[5];
+        int wnd;
+        conv_weight_dims(cs, wd, &wnd);
+        md_any(&any, wnd, wd);
+        dnnl_convolution_desc_t cd2;
+        dnnl_primitive_desc_t pd2;
+        if (!conv_desc(cs, &src, &any, &dst, &in[0], &cd2) &&
+            dnnl_primitive_desc_create(&pd2, &cd2, attr, g_cpu.engine, NULL) == dnnl_success) {
+            if (!pd_is_ref(pd2) || !pd || cs->test_raw_weights) {
+                if (pd) dnnl_primitive_desc_destroy(pd);
+                pd = pd2;
+                s = dnnl_success;
+                want_wei = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+            } else {
+                dnnl_primitive_desc_destroy(pd2);
+            }
+        }
+    }
     dnnl_primitive_attr_destroy(attr);
     if (s != dnnl_success)
-        return efail(err, errlen, cs, map_status(s), "no oneDNN convolution with the prepared weights layout (status %d)", (int)s);
+        return efail(err, errlen, cs, map_status(s), "no oneDNN convolution (status %d)", (int)s);
     const dnnl_memory_desc_t *want_src = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
     const dnnl_memory_desc_t *got_dst = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
     set_out(nd, got_dst, out);
     dnnl_memory_desc_t have;
     md_of(&have, &in[0]);
     struct src_ref sref = {B_IN, 0, 0};
+    struct src_ref wref = {B_WEIGHTS, 0, 0};
     if (!dnnl_memory_desc_equal(&have, want_src)) {
         sref.bind = B_SCRATCH;
         sref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_src));
         rc = reorder_call(nd, &have, B_IN, 0, 0, want_src, B_SCRATCH, 0, sref.off);
         if (rc) goto out;
+    }
+    if (!dnnl_memory_desc_equal(want_wei, &cs->wmd)) {
+        wref.bind = B_SCRATCH;
+        wref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_wei));
+        rc = reorder_call(nd, &cs->wmd, B_WEIGHTS, 0, 0, want_wei, B_SCRATCH, 0, wref.off);
+        if (rc) goto out;
+        log_debug("exec: node '%s': weights reordered per run at batch %lld", cs->node->name,
+                  (long long)in[0].dims[0]);
     }
     /* A sum post-op accumulates into dst: dst must hold the other operand. */
     if (cs->st->npost > 0 && cs->st->post[0].kind == EXEC_POST_SUM) {
@@ -1003,7 +1112,7 @@ static int prep_conv(PREP_ARGS)
     struct ccall *c;
     if ((rc = prim_call(nd, pd, &c))) goto out;
     if ((rc = add_arg(c, DNNL_ARG_SRC, want_src, sref.bind, sref.idx, sref.off))) goto out;
-    if ((rc = add_arg(c, DNNL_ARG_WEIGHTS, &cs->wmd, B_WEIGHTS, 0, 0))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_WEIGHTS, want_wei, wref.bind, wref.idx, wref.off))) goto out;
     if (cs->bias_len) {
         const dnnl_memory_desc_t *bmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
         if ((rc = add_arg(c, DNNL_ARG_BIAS, bmd, B_BIAS, 0, 0))) goto out;
@@ -1026,9 +1135,38 @@ static int prep_gemm(PREP_ARGS)
     if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
     dnnl_memory_desc_t src;
     gemm_src_md(&src, m, k, ta);
-    dnnl_primitive_desc_t pd;
+    dnnl_primitive_desc_t pd = NULL;
     rc = gemm_pd(cs, &src, &cs->wmd, m, n, &pd);
+    /* As for convolutions: if the prepared layout has no fast kernel at
+     * this M, reorder the weights per run into the layout oneDNN wants. */
+    const dnnl_memory_desc_t *want_wei = &cs->wmd;
+    if (rc || pd_is_ref(pd)) {
+        dnnl_memory_desc_t any;
+        dnnl_dims_t wd = {k, n};
+        dnnl_memory_desc_init_by_tag(&any, 2, wd, dnnl_f32, dnnl_format_tag_any);
+        dnnl_primitive_desc_t pd2;
+        if (gemm_pd(cs, &src, &any, m, n, &pd2) == 0) {
+            if (!pd_is_ref(pd2) || rc) {
+                if (pd) dnnl_primitive_desc_destroy(pd);
+                pd = pd2;
+                rc = 0;
+                want_wei = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+            } else {
+                dnnl_primitive_desc_destroy(pd2);
+            }
+        }
+    }
     if (rc) return efail(err, errlen, cs, rc, "no oneDNN matmul with the prepared weights layout");
+    struct src_ref wref = {B_WEIGHTS, 0, 0};
+    if (!dnnl_memory_desc_equal(want_wei, &cs->wmd)) {
+        wref.bind = B_SCRATCH;
+        wref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_wei));
+        rc = reorder_call(nd, &cs->wmd, B_WEIGHTS, 0, 0, want_wei, B_SCRATCH, 0, wref.off);
+        if (rc) {
+            dnnl_primitive_desc_destroy(pd);
+            return efail(err, errlen, cs, rc, "cannot reorder the weights");
+        }
+    }
     const dnnl_memory_desc_t *dst = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
     out->layout = NULL;
     out->nbytes = shape_elems(out) * sizeof(float);
@@ -1050,7 +1188,7 @@ static int prep_gemm(PREP_ARGS)
     struct ccall *c;
     if ((rc = prim_call(nd, pd, &c))) goto out;
     if ((rc = add_arg(c, DNNL_ARG_SRC, &src, a.bind, a.idx, a.off))) goto out;
-    if ((rc = add_arg(c, DNNL_ARG_WEIGHTS, &cs->wmd, B_WEIGHTS, 0, 0))) goto out;
+    if ((rc = add_arg(c, DNNL_ARG_WEIGHTS, want_wei, wref.bind, wref.idx, wref.off))) goto out;
     if (cs->bias_len) {
         const dnnl_memory_desc_t *bmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 1);
         if ((rc = add_arg(c, DNNL_ARG_BIAS, bmd, B_BIAS, 0, 0))) goto out;
@@ -1332,8 +1470,7 @@ static int prep_pool(PREP_ARGS)
     }
     dnnl_memory_desc_t src, dst;
     md_of(&src, &in[0]);
-    if (out_plain) md_plain(&dst, out->ndims, out->dims);
-    else md_any(&dst, out->ndims, out->dims);
+    md_any(&dst, out->ndims, out->dims);
     dnnl_pooling_v2_desc_t pdsc;
     DN(dnnl_pooling_v2_forward_desc_init(&pdsc, dnnl_forward_inference, alg, &src, &dst, strides,
                                          kernel, dil, pl, pr),
@@ -1344,14 +1481,28 @@ static int prep_pool(PREP_ARGS)
     dnnl_primitive_attr_destroy(attr);
     if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN pooling (status %d)", (int)s);
     const dnnl_memory_desc_t *got = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
-    set_out(nd, got, out);
+    struct src_ref d = {B_OUT, 0, 0};
+    if (out_plain && !md_is_plain(got)) {
+        /* Pool in the input's layout (a plain destination would take
+         * oneDNN's reference kernel), then reorder to plain. */
+        d.bind = B_SCRATCH;
+        d.off = scratch_alloc(nd, dnnl_memory_desc_get_size(got));
+    }
     struct ccall *c;
     int rc = prim_call(nd, pd, &c);
     if (!rc) rc = add_arg(c, DNNL_ARG_SRC, &src, B_IN, 0, 0);
-    if (!rc) rc = add_arg(c, DNNL_ARG_DST, got, B_OUT, 0, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, got, d.bind, d.idx, d.off);
     const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(pd, dnnl_query_workspace_md, 0);
     if (!rc && ws && dnnl_memory_desc_get_size(ws) > 0)
         rc = add_arg(c, DNNL_ARG_WORKSPACE, ws, B_SCRATCH, 0, scratch_alloc(nd, dnnl_memory_desc_get_size(ws)));
+    if (!rc && d.bind == B_SCRATCH) {
+        dnnl_memory_desc_t plain;
+        md_plain(&plain, out->ndims, out->dims);
+        rc = reorder_call(nd, got, B_SCRATCH, 0, d.off, &plain, B_OUT, 0, 0);
+        set_out(nd, &plain, out);
+    } else {
+        set_out(nd, got, out);
+    }
     dnnl_primitive_desc_destroy(pd);
     if (rc) return efail(err, errlen, cs, rc, "cannot build the pooling");
     return 0;
