@@ -226,7 +226,7 @@ int npy_parse(const void *buf, size_t len, struct npy_array *a, char *err, size_
 {
     const uint8_t *b = buf;
     memset(a, 0, sizeof *a);
-    size_t hstart, hlen;
+    size_t hstart = 0, hlen = 0; /* set by parse_preamble; zeroed for -O2 -Wmaybe-uninitialized */
     int rc = parse_preamble(b, len, &hstart, &hlen, err, errlen);
     if (rc)
         return rc;
@@ -265,7 +265,7 @@ int npy_read_file(const char *path, struct npy_array *a, char *err, size_t errle
         rc = fail(err, errlen, PPS_EIO, "%s: read failed", path);
         goto out;
     }
-    size_t hstart, hlen;
+    size_t hstart = 0, hlen = 0; /* set by parse_preamble; zeroed for -O2 -Wmaybe-uninitialized */
     if (plen < 10 || memcmp(pre, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
         rc = fail(err, errlen, PPS_ECORRUPT, "%s: not a .npy file (bad magic)", path);
         goto out;

@@ -37,9 +37,9 @@ static int32_t split_heads(struct zoo_model *m, int32_t x, const char *pfx, int 
     char n[GRAPH_NAME_MAX + 1];
     int64_t shape[4] = {0, 0, HEADS, HEAD_DIM};
     int64_t perm_q[4] = {0, 2, 1, 3}, perm_k[4] = {0, 2, 3, 1};
-    snprintf(n, sizeof n, "%s.split", pfx);
+    zl_name(n, pfx, "split");
     x = zl_reshape(m, x, n, 4, shape);
-    snprintf(n, sizeof n, "%s.heads", pfx);
+    zl_name(n, pfx, "heads");
     return zl_transpose(m, x, n, 4, keys ? perm_k : perm_q);
 }
 
