@@ -12,7 +12,9 @@
  *     which batch size ran first or when parameters arrived.
  *   - parameter arrival (preparer thread): step_weights turns the raw
  *     parameters of a step into its prepared form (BN folded into the conv,
- *     reordered to the kernel's layout).
+ *     reordered to the kernel's layout), or, where the kernel also takes the
+ *     raw layout, uses them in place and defers the reorder: the cold run
+ *     then waits for no preparation, and step_relayout does it afterwards.
  *   - plan build per batch size: node_prepare picks kernels for the actual
  *     shapes and input layouts, says how big the output is in its layout and
  *     how much scratch it needs; node_run executes it.
@@ -79,6 +81,11 @@ struct exec_node_plan {
                               * (a view, or an in-place update the executor allowed) */
 };
 
+/* step_weights flags. */
+#define EXEC_W_PERSIST 1u      /* params stay valid until the model is destroyed */
+#define EXEC_W_DEFER_LAYOUT 2u /* with PERSIST: a step may run on parameters in place in
+                                * a slower layout and relayout later (step_relayout) */
+
 struct exec_backend {
     const char *name;
     void *ctx;
@@ -100,19 +107,29 @@ struct exec_backend {
     void (*context_free)(struct exec_backend *be, void *context);
 
     /* Model level. in[] are the step's inputs, out its output, at batch 1
-     * (layout NULL). */
+     * (layout NULL). flags: the EXEC_W_* step_weights will get (a deferred
+     * relayout is decided here, before any plan is built). */
     int (*step_init)(struct exec_backend *be, const struct graph *g, const struct exec_step *st,
-                     const struct exec_tensor *in, const struct exec_tensor *out, void **state,
-                     char *err, size_t errlen);
+                     const struct exec_tensor *in, const struct exec_tensor *out, unsigned flags,
+                     void **state, char *err, size_t errlen);
     /* Bytes of prepared data step_weights will write for this step (its
      * region). persist: see step_weights. */
     uint64_t (*step_prepared_bytes)(struct exec_backend *be, const void *state, int persist);
     /* Prepare the step's weights from its raw parameters (params[k] points
      * at the bytes of st->params[k]) into region (step_prepared_bytes long,
-     * 64-byte aligned, owned by the executor). If persist is 0 the bytes go
-     * away after the call and the backend must copy what it keeps. */
+     * 64-byte aligned, owned by the executor). flags: EXEC_W_*. Without
+     * EXEC_W_PERSIST the bytes go away after the call and the backend must
+     * copy what it keeps. */
     int (*step_weights)(struct exec_backend *be, void *context, void *state,
-                        const void *const *params, int persist, void *region);
+                        const void *const *params, unsigned flags, void *region);
+    /* Deferred relayout (EXEC_W_DEFER_LAYOUT), on the preparer thread, possibly
+     * while runs execute: write the final layout of what step_weights left
+     * in place into the region, without changing what node_run reads.
+     * Returns 1 if it did work, 0 if nothing was deferred, or an error. */
+    int (*step_relayout)(struct exec_backend *be, void *context, void *state);
+    /* Switch node_run to the relaid weights. Called with no run active; the
+     * executor rebuilds every plan afterwards (node_prepare depends on it). */
+    void (*step_relayout_commit)(struct exec_backend *be, void *state);
     void (*step_free)(struct exec_backend *be, void *state);
 
     /* Plan level. inplace_mask bit k: input k dies at this step and its

@@ -7,6 +7,13 @@
  * makes them visible to a run that waited on the gate. m->run_mu serialises
  * runs (a plan's arena is used by one run at a time) and the plan cache.
  *
+ * Deferred relayout: with persistent parameters a backend may run a step on
+ * its parameters in place (a slower layout, no preparation) and reorder
+ * them afterwards. Once every batch is prepared, the preparer (only while no
+ * run is active) or exec_finish_layout relays the steps one by one; the
+ * next run, or exec_finish_layout, commits the switch under run_mu and drops
+ * the plans, which are rebuilt for the new layouts.
+ *
  * The easy thing to get wrong: a step may only be run once every batch
  * holding one of its parameters is prepared; gates open strictly in batch
  * order, so "gate i open" means batches 0..i are prepared. */
@@ -70,6 +77,11 @@ struct exec_model {
     int32_t claimed;                 /* batches 0..claimed-1 taken for preparation; guarded by mu */
     uint8_t *done;                   /* [nbatches] batch prepared; guarded by mu */
     int running;                     /* a run (or exec_wait_prepared) is active; guarded by mu */
+    int relayout_next;               /* next step to relayout; guarded by mu */
+    int relayout_busy;               /* relayouts in progress; guarded by mu */
+    int relayout_did;                /* steps relaid; guarded by mu */
+    int relayout_failed;             /* a relayout failed: stay on the in-place layout */
+    int relayout_committed;          /* final layouts in use (or nothing deferred); guarded by mu */
     int failed;                      /* sticky PPS_E* code; guarded by mu */
     int stop;
     pthread_t preparer;
@@ -136,6 +148,15 @@ static void prefault(uint8_t *p, uint64_t len)
     for (uint64_t o = 0; o < len; o += 4096) p[o] = 0;
 }
 
+/* The EXEC_W_* flags of this model's steps. */
+static unsigned weight_flags(const struct exec_model *m)
+{
+    unsigned f = 0;
+    if (m->opt.params_persist) f |= EXEC_W_PERSIST;
+    if (m->opt.params_persist && !m->opt.eager_layout) f |= EXEC_W_DEFER_LAYOUT;
+    return f;
+}
+
 /* Prepare every step whose parameters are complete with batch b. Runs
  * without the lock: batch b was claimed by the caller, and batches 0..b
  * have arrived (claims go in order), so every parameter read is there. */
@@ -150,7 +171,7 @@ static int prepare_batch(struct exec_model *m, void *ctx, int32_t b)
             const struct graph_param *gp = &m->g.params[st->params[p]];
             params[p] = (const uint8_t *)m->batch_data[gp->batch] + gp->offset;
         }
-        int rc = m->be->step_weights(m->be, ctx, m->step_state[s], params, m->opt.params_persist,
+        int rc = m->be->step_weights(m->be, ctx, m->step_state[s], params, weight_flags(m),
                                      m->warena + m->woff[s]);
         if (rc) {
             log_error("exec: preparing weights of node '%s' failed: %s", m->g.nodes[st->node].name,
@@ -198,16 +219,77 @@ static int help_prepare(struct exec_model *m, void *ctx)
     return 0;
 }
 
+/* Whether deferred relayout work remains to be handed out. Under m->mu. */
+static int relayout_left(const struct exec_model *m)
+{
+    return m->prepared >= m->g.nbatches && !m->relayout_committed && !m->relayout_failed &&
+           m->relayout_next < m->nsteps;
+}
+
+/* Relayout the next step (see the top of the file). Called with m->mu held
+ * once every batch is prepared; returns 1 if it took a step. */
+static int relayout_one(struct exec_model *m, void *ctx)
+{
+    if (m->stop || m->failed || !relayout_left(m)) return 0;
+    int s = m->relayout_next++;
+    m->relayout_busy++;
+    pthread_mutex_unlock(&m->mu);
+    int rc = m->be->step_relayout(m->be, ctx, m->step_state[s]);
+    pthread_mutex_lock(&m->mu);
+    m->relayout_busy--;
+    if (rc < 0) {
+        log_warn("exec: relayout of node '%s' failed (%s): keeping its weights in place",
+                 m->g.nodes[m->steps[s].node].name, pps_strerror(rc));
+        m->relayout_failed = 1;
+    } else if (rc > 0) {
+        m->relayout_did++;
+    }
+    pthread_cond_broadcast(&m->cv);
+    return 1;
+}
+
+/* Whether every relayout is done and ready to commit. Under m->mu. */
+static int relayout_ready(const struct exec_model *m)
+{
+    return m->prepared >= m->g.nbatches && !m->relayout_committed && !m->relayout_failed &&
+           m->relayout_next >= m->nsteps && m->relayout_busy == 0;
+}
+
+/* Switch every step to its relaid weights and drop the plans. Called with
+ * run_mu held (no run active) and m->mu not held. */
+static void plan_free(struct exec_model *m, struct exec_plan *p);
+
+/* Returns the number of steps switched (0 if not ready or nothing to do). */
+static int relayout_commit(struct exec_model *m)
+{
+    pthread_mutex_lock(&m->mu);
+    int commit = relayout_ready(m);
+    if (commit) m->relayout_committed = 1;
+    int did = m->relayout_did;
+    pthread_mutex_unlock(&m->mu);
+    if (!commit || !did) return 0;
+    for (int s = 0; s < m->nsteps; s++) m->be->step_relayout_commit(m->be, m->step_state[s]);
+    while (m->plans) {
+        struct exec_plan *p = m->plans;
+        m->plans = p->next;
+        plan_free(m, p);
+    }
+    return did;
+}
+
 /* The preparer works only while no run is active: a run prepares batches
  * itself when it reaches a gate that is not open (with all its compute
- * threads), so the two never compete for the cores. */
+ * threads), so the two never compete for the cores. After the batches it
+ * does the deferred relayouts, between runs, one step at a time. */
 static void *preparer_main(void *arg)
 {
     struct exec_model *m = arg;
     void *ctx = m->be->context_create(m->be, m->opt.prep_threads);
     pthread_mutex_lock(&m->mu);
-    while (!m->stop && !m->failed && m->claimed < m->g.nbatches) {
-        if (m->running || !help_prepare(m, ctx)) pthread_cond_wait(&m->cv, &m->mu);
+    while (!m->stop && !m->failed && (m->claimed < m->g.nbatches || m->prepared < m->g.nbatches ||
+                                      relayout_left(m))) {
+        if (m->running || (!help_prepare(m, ctx) && !relayout_one(m, ctx)))
+            pthread_cond_wait(&m->cv, &m->mu);
     }
     pthread_mutex_unlock(&m->mu);
     m->be->context_free(m->be, ctx);
@@ -254,6 +336,34 @@ int exec_wait_prepared(struct exec_model *m)
     pthread_mutex_unlock(&m->mu);
     pthread_mutex_unlock(&m->run_mu);
     return rc;
+}
+
+int exec_finish_layout(struct exec_model *m)
+{
+    pthread_mutex_lock(&m->run_mu);
+    m->be->context_begin(m->be, m->run_ctx);
+    pthread_mutex_lock(&m->mu);
+    int rc = m->prepared >= m->g.nbatches ? 0 : PPS_EBUSY;
+    if (!rc) {
+        m->running = 1; /* the preparer steps aside */
+        while (relayout_one(m, m->run_ctx)) {
+        }
+        while (m->relayout_busy > 0) pthread_cond_wait(&m->cv, &m->mu);
+        m->running = 0;
+        pthread_cond_broadcast(&m->cv);
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (!rc) rc = relayout_commit(m);
+    pthread_mutex_unlock(&m->run_mu);
+    return rc;
+}
+
+int exec_layout_final(struct exec_model *m)
+{
+    pthread_mutex_lock(&m->mu);
+    int fin = m->relayout_committed || !(weight_flags(m) & EXEC_W_DEFER_LAYOUT);
+    pthread_mutex_unlock(&m->mu);
+    return fin;
 }
 
 int exec_batches_prepared(struct exec_model *m)
@@ -328,8 +438,8 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
     for (int s = 0; s < m->nsteps && !rc; s++) {
         const struct exec_step *st = &m->steps[s];
         for (int k = 0; k < st->ninputs; k++) in[k] = m->shape1[st->inputs[k]];
-        rc = m->be->step_init(m->be, &m->g, st, in, &m->shape1[st->output], &m->step_state[s],
-                              err, errlen);
+        rc = m->be->step_init(m->be, &m->g, st, in, &m->shape1[st->output], weight_flags(m),
+                              &m->step_state[s], err, errlen);
     }
     if (rc) {
         exec_model_destroy(m);
@@ -623,6 +733,7 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
                         (unsigned long long)ti.nbytes);
     }
     pthread_mutex_lock(&m->run_mu);
+    (void)relayout_commit(m); /* if the preparer finished the relayout between runs */
     struct exec_plan *p = plan_find(m, batch);
     int rc = 0;
     if (!p) {

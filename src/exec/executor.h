@@ -54,6 +54,12 @@ struct exec_options {
      * about 0.7 ms per MB there) instead of lazily while waiting for the
      * first batches; preparing a batch then writes at memory speed. */
     int prefault;
+    /* 0 (default): with params_persist, weights that the kernels also take
+     * in their raw layout (matmul) are used in place for the first runs and
+     * reordered into the faster layout afterwards, between runs (see
+     * exec_finish_layout), so a cold model waits for no reorder. 1: reorder
+     * every weight before its gate opens. */
+    int eager_layout;
 };
 void exec_options_default(struct exec_options *o);
 
@@ -89,6 +95,14 @@ void exec_batch_failed(struct exec_model *m, int err);
  * preparing arrived batches on the calling thread with the model's compute
  * threads meanwhile (the stop-and-start mode of a server). */
 int exec_wait_prepared(struct exec_model *m);
+/* Finish the deferred relayouts now on the calling thread with the model's
+ * compute threads (runs wait meanwhile) and switch to the final layouts.
+ * Returns the number of steps switched now (0: none deferred, or switched
+ * already), or PPS_EBUSY if some batch is not prepared yet. Without it the preparer
+ * thread does the same work whenever no run is active. */
+int exec_finish_layout(struct exec_model *m);
+/* 1 once every step runs on its final weight layout (nothing deferred). */
+int exec_layout_final(struct exec_model *m);
 /* Number of open gates (batches prepared), and the total. */
 int exec_batches_prepared(struct exec_model *m);
 int exec_batch_count(const struct exec_model *m);

@@ -78,6 +78,8 @@ static void usage(FILE *out)
             "  --no-fusion              run every node on its own (debugging)\n"
             "  --profile                print time per operation type\n"
             "  --prefault               fault in the prepared-weights memory at model creation\n"
+            "  --eager-layout           reorder every weight before the first run (default: matmul\n"
+            "                           weights run in place first, reordered after the first run)\n"
             "  --cold-runs K            with a feeding thread: K cold cycles (create, feed, run,\n"
             "                           destroy) in one process; later ones reuse freed memory\n");
 }
@@ -174,10 +176,10 @@ int run_main(int argc, char **argv)
         {"threads", 1, NULL}, {"repeat", 1, NULL}, {"pipelined-delay-ms", 1, NULL},
         {"feed-gbps", 1, NULL}, {"seed", 1, NULL}, {"verify", 0, NULL},
         {"no-fusion", 0, NULL}, {"profile", 0, NULL}, {"prefault", 0, NULL},
-        {"cold-runs", 1, NULL},
+        {"cold-runs", 1, NULL}, {"eager-layout", 0, NULL},
     };
     enum { O_BATCH, O_INPUT, O_OUTPUT, O_THREADS, O_REPEAT, O_DELAY, O_GBPS, O_SEED, O_VERIFY,
-           O_NOFUSE, O_PROFILE, O_PREFAULT, O_COLD, O_COUNT };
+           O_NOFUSE, O_PROFILE, O_PREFAULT, O_COLD, O_EAGER, O_COUNT };
     struct args a;
     int help = 0;
     if (args_split(argc, argv, opts, O_COUNT, &a, &help) != 0 || a.npositional != 2) {
@@ -278,6 +280,7 @@ int run_main(int argc, char **argv)
     eo.no_fusion = opts[O_NOFUSE].value != NULL;
     eo.profile = opts[O_PROFILE].value != NULL;
     eo.prefault = opts[O_PREFAULT].value != NULL;
+    eo.eager_layout = opts[O_EAGER].value != NULL;
     if ((rc = exec_model_create(&m, &g, &eo, err, sizeof err))) {
         fprintf(stderr, "run: %s: %s\n", name, err);
         goto out;
@@ -423,6 +426,17 @@ int run_main(int argc, char **argv)
                first.total_ms, first.plan_ms, first.wait_ms, first.compute_ms);
     }
     free(cold);
+    /* Deferred relayouts (matmul weights used in place by the first run):
+     * done here, between runs, as a server does when it is idle. */
+    double t_rl = now_ms();
+    int relaid = exec_finish_layout(m);
+    if (relaid < 0) {
+        rc = relaid;
+        fprintf(stderr, "run: relayout: %s\n", pps_strerror(rc));
+        goto out;
+    }
+    if (relaid > 0)
+        printf("relayout after the first run: %d steps, %.1f ms\n", relaid, now_ms() - t_rl);
 
     if (repeat > 0) {
         lat = malloc((size_t)repeat * sizeof *lat);

@@ -168,9 +168,14 @@ static float *tm_run_opts(struct tmodel *t, int64_t n, const void *const *inputs
     rc = exec_run(m, n, inputs, in_bytes, outs, &tim, err, sizeof err);
     if (rc != expect_rc) fail_msg("exec_run returned %d (%s), expected %d", rc, err, expect_rc);
     if (!rc) {
-        /* A second run reuses the plan and prepared weights. */
+        /* Weights the first run used in place are relaid (the same bits
+         * come out), then a run reuses the plan and prepared weights. */
         float *again = malloc(to.nbytes);
         void *outs2[1] = {again};
+        assert_true(exec_finish_layout(m) >= 0);
+        assert_int_equal(exec_layout_final(m), 1);
+        assert_int_equal(exec_run(m, n, inputs, in_bytes, outs2, &tim, err, sizeof err), 0);
+        assert_memory_equal(out, again, to.nbytes);
         assert_int_equal(exec_run(m, n, inputs, in_bytes, outs2, &tim, err, sizeof err), 0);
         assert_int_equal(tim.plan_ms, 0.0);
         assert_memory_equal(out, again, to.nbytes);
@@ -1238,6 +1243,68 @@ static void test_pipelined_bit_identical(void **state)
     tm_free(&t);
 }
 
+/* Matmul weights (BERT's shapes) are used in place by the first run and
+ * relaid afterwards: the run before and after the switch give the same bits,
+ * both match the reference, and --eager-layout gives the same bits again. */
+static void test_deferred_relayout(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "relayout");
+    int64_t B = 2, T = 8, K = 768, N = 768;
+    int64_t xd[3] = {-1, T, K}, wd[2] = {K, N};
+    int32_t v = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+    int32_t w1 = tm_param(&t, "w1", 2, wd, -0.05f, 0.05f), w2 = tm_param(&t, "w2", 2, wd, -0.05f, 0.05f);
+    v = graph_add_node(&t.g, GRAPH_OP_MATMUL, "mm1", 1, &v, 1, &w1);
+    v = graph_add_node(&t.g, GRAPH_OP_MATMUL, "mm2", 1, &v, 1, &w2);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, 0);
+    uint64_t ny = (uint64_t)(B * T * N);
+    float *in = rand_buf((uint64_t)(B * T * K), -1, 1);
+    float *mid = malloc(ny * 4), *ref = malloc(ny * 4);
+    ref_gemm(in, B * T, K, tm_data(&t, "w1"), N, 0, NULL, 1, 0, mid);
+    ref_gemm(mid, B * T, N, tm_data(&t, "w2"), N, 0, NULL, 1, 0, ref);
+    const void *ins[1] = {in};
+    uint64_t in_bytes[1] = {(uint64_t)(B * T * K) * 4};
+    float *out[3];
+    for (int eager = 0; eager < 2; eager++) {
+        struct exec_options opt;
+        exec_options_default(&opt);
+        opt.eager_layout = eager;
+        struct exec_model *m;
+        char err[512] = "";
+        assert_int_equal(exec_model_create(&m, &t.g, &opt, err, sizeof err), 0);
+        for (int b = 0; b < t.g.nbatches; b++)
+            assert_int_equal(exec_batch_arrived(m, b, t.batches[b], t.g.batches[b].nbytes), 0);
+        assert_int_equal(exec_wait_prepared(m), 0);
+        for (int r = 0; r < (eager ? 1 : 2); r++) {
+            float *o = malloc(ny * 4);
+            void *outs[1] = {o};
+            /* Before the first run nothing is relaid (the preparer waits for
+             * all batches to be prepared and may start; never finished and
+             * committed before a run unless exec_finish_layout is called). */
+            if (!eager && r == 0) assert_int_equal(exec_layout_final(m), 0);
+            assert_int_equal(exec_run(m, B, ins, in_bytes, outs, NULL, err, sizeof err), 0);
+            check_close("relayout", o, ref, ny, 1e-5);
+            out[eager ? 2 : r] = o;
+            if (!eager && r == 0) {
+                assert_int_equal(exec_finish_layout(m), 2); /* both matmuls were deferred */
+                assert_int_equal(exec_layout_final(m), 1);
+            }
+        }
+        if (eager) {
+            assert_int_equal(exec_layout_final(m), 1);
+            assert_int_equal(exec_finish_layout(m), 0); /* nothing was deferred */
+        }
+        exec_model_destroy(m);
+    }
+    assert_memory_equal(out[0], out[1], ny * 4);
+    assert_memory_equal(out[0], out[2], ny * 4);
+    for (int i = 0; i < 3; i++) free(out[i]);
+    free(in); free(mid); free(ref);
+    tm_free(&t);
+}
+
 struct failer {
     struct exec_model *m;
     struct tmodel *t;
@@ -1352,6 +1419,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memplan),
+        cmocka_unit_test(test_deferred_relayout),
         cmocka_unit_test(test_exec_mem_recycling),
         cmocka_unit_test(test_conv_shapes),
         cmocka_unit_test(test_conv_bn_add_relu_fusion),

@@ -60,6 +60,12 @@ struct cpu_step {
     const void *param[EXEC_STEP_MAX_PARAMS]; /* parameters used as they are */
     int gemm_2d;                     /* Gemm, or MatMul with a 2-D parameter B */
     int test_raw_weights;            /* test hook: prepared layout forced to the raw one */
+    /* Deferred relayout (EXEC_W_DEFER_LAYOUT, decided by step_init): weights
+     * is the raw parameter in place, in raw_wmd, until step_relayout has
+     * written wmd's layout to relaid and step_relayout_commit switched. */
+    int deferred;
+    void *relaid;
+    int relaid_done;
     float alpha, beta;
 };
 
@@ -846,9 +852,25 @@ static int init_gemm(struct cpu_step *cs, const struct exec_tensor *in, char *er
     return 0;
 }
 
+/* Whether the matmul also has a fast kernel for the raw weights layout (at
+ * the step's batch-1 shape), so deferring the relayout costs little. */
+static int gemm_raw_fast(const struct cpu_step *cs, const struct exec_tensor *in)
+{
+    int64_t m, k, n;
+    int ta, tb;
+    gemm_dims(cs, &in[0], &m, &k, &n, &ta, &tb);
+    dnnl_memory_desc_t src;
+    gemm_src_md(&src, m, k, ta);
+    dnnl_primitive_desc_t pd;
+    if (gemm_pd(cs, &src, &cs->raw_wmd, m, n, &pd)) return 0;
+    int fast = !pd_is_ref(pd);
+    dnnl_primitive_desc_destroy(pd);
+    return fast;
+}
+
 static int cpu_step_init(struct exec_backend *be, const struct graph *g, const struct exec_step *st,
-                         const struct exec_tensor *in, const struct exec_tensor *out, void **state,
-                         char *err, size_t errlen)
+                         const struct exec_tensor *in, const struct exec_tensor *out, unsigned flags,
+                         void **state, char *err, size_t errlen)
 {
     (void)be;
     struct cpu_step *cs = pps_xcalloc(1, sizeof *cs);
@@ -859,10 +881,16 @@ static int cpu_step_init(struct exec_backend *be, const struct graph *g, const s
     *state = cs;
     const struct graph_node *n = cs->node;
     if (n->op == GRAPH_OP_CONV) return init_conv(cs, in, out, err, errlen);
-    if (n->op == GRAPH_OP_GEMM) return init_gemm(cs, in, err, errlen);
-    if (n->op == GRAPH_OP_MATMUL && n->ninputs == 1 && n->nparams == 1 &&
-        g->params[n->params[0]].ndims == 2)
-        return init_gemm(cs, in, err, errlen);
+    if (n->op == GRAPH_OP_GEMM ||
+        (n->op == GRAPH_OP_MATMUL && n->ninputs == 1 && n->nparams == 1 &&
+         g->params[n->params[0]].ndims == 2)) {
+        int rc = init_gemm(cs, in, err, errlen);
+        /* Decided here, before any plan is built: plans bake in the layout. */
+        if (!rc && (flags & EXEC_W_PERSIST) && (flags & EXEC_W_DEFER_LAYOUT) &&
+            !dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd) && gemm_raw_fast(cs, in))
+            cs->deferred = 1;
+        return rc;
+    }
     return 0;
 }
 
@@ -975,10 +1003,18 @@ static int weights_conv(struct cpu_ctx *ctx, struct cpu_step *cs, const void *co
 }
 
 static int weights_gemm(struct cpu_ctx *ctx, struct cpu_step *cs, const void *const *params,
-                        int persist, struct carve *cv)
+                        unsigned flags, struct carve *cv)
 {
+    int persist = flags & EXEC_W_PERSIST;
     if (persist && dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd)) {
         cs->weights = (void *)params[0];
+    } else if (persist && cs->deferred) {
+        /* oneDNN's matmul takes the plain layout too, a little slower (same
+         * kernel, B packed on the fly): run on it in place now, relayout
+         * later, off the cold run's critical path. */
+        cs->weights = (void *)params[0];
+        cs->relaid = carve(cv, dnnl_memory_desc_get_size(&cs->wmd));
+        cs->relaid_done = 0;
     } else {
         cs->weights = carve(cv, dnnl_memory_desc_get_size(&cs->wmd));
         int rc = reorder_now(ctx, &cs->raw_wmd, params[0], &cs->wmd, cs->weights, NULL, 0, 0);
@@ -997,16 +1033,17 @@ static int weights_gemm(struct cpu_ctx *ctx, struct cpu_step *cs, const void *co
 }
 
 static int cpu_step_weights(struct exec_backend *be, void *context, void *state,
-                            const void *const *params, int persist, void *region)
+                            const void *const *params, unsigned flags, void *region)
 {
     (void)be;
+    int persist = flags & EXEC_W_PERSIST;
     struct cpu_ctx *ctx = context;
     struct cpu_step *cs = state;
     const struct exec_step *st = cs->st;
     struct carve cv = {region, cpu_step_prepared_bytes(be, state, persist)};
     int rc = 0;
     if (cs->node->op == GRAPH_OP_CONV) rc = weights_conv(ctx, cs, params, &cv);
-    else if (cs->gemm_2d) rc = weights_gemm(ctx, cs, params, persist, &cv);
+    else if (cs->gemm_2d) rc = weights_gemm(ctx, cs, params, flags, &cv);
     if (rc) return rc;
     /* Every other parameter is used as it is: in place, or copied. */
     for (int k = 0; k < st->nparams; k++) {
@@ -1020,6 +1057,32 @@ static int cpu_step_weights(struct exec_backend *be, void *context, void *state,
         }
     }
     return 0;
+}
+
+static int cpu_step_relayout(struct exec_backend *be, void *context, void *state)
+{
+    (void)be;
+    struct cpu_step *cs = state;
+    if (!cs->deferred || cs->relaid_done) return 0;
+    int rc = reorder_now(context, &cs->raw_wmd, cs->weights, &cs->wmd, cs->relaid, NULL, 0, 0);
+    if (rc) return rc;
+    cs->relaid_done = 1;
+    return 1;
+}
+
+static void cpu_step_relayout_commit(struct exec_backend *be, void *state)
+{
+    (void)be;
+    struct cpu_step *cs = state;
+    if (!cs->deferred || !cs->relaid_done) return;
+    cs->weights = cs->relaid;
+    cs->deferred = 0;
+}
+
+/* The layout node_run reads the step's weights in now. */
+static const dnnl_memory_desc_t *current_wmd(const struct cpu_step *cs)
+{
+    return cs->deferred ? &cs->raw_wmd : &cs->wmd;
 }
 
 static void cpu_step_free(struct exec_backend *be, void *state)
@@ -1136,10 +1199,10 @@ static int prep_gemm(PREP_ARGS)
     dnnl_memory_desc_t src;
     gemm_src_md(&src, m, k, ta);
     dnnl_primitive_desc_t pd = NULL;
-    rc = gemm_pd(cs, &src, &cs->wmd, m, n, &pd);
+    rc = gemm_pd(cs, &src, current_wmd(cs), m, n, &pd);
     /* As for convolutions: if the prepared layout has no fast kernel at
      * this M, reorder the weights per run into the layout oneDNN wants. */
-    const dnnl_memory_desc_t *want_wei = &cs->wmd;
+    const dnnl_memory_desc_t *want_wei = current_wmd(cs);
     if (rc || pd_is_ref(pd)) {
         dnnl_memory_desc_t any;
         dnnl_dims_t wd = {k, n};
@@ -1158,10 +1221,10 @@ static int prep_gemm(PREP_ARGS)
     }
     if (rc) return efail(err, errlen, cs, rc, "no oneDNN matmul with the prepared weights layout");
     struct src_ref wref = {B_WEIGHTS, 0, 0};
-    if (!dnnl_memory_desc_equal(want_wei, &cs->wmd)) {
+    if (!dnnl_memory_desc_equal(want_wei, current_wmd(cs))) {
         wref.bind = B_SCRATCH;
         wref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_wei));
-        rc = reorder_call(nd, &cs->wmd, B_WEIGHTS, 0, 0, want_wei, B_SCRATCH, 0, wref.off);
+        rc = reorder_call(nd, current_wmd(cs), B_WEIGHTS, 0, 0, want_wei, B_SCRATCH, 0, wref.off);
         if (rc) {
             dnnl_primitive_desc_destroy(pd);
             return efail(err, errlen, cs, rc, "cannot reorder the weights");
@@ -2141,6 +2204,8 @@ static void cpu_init_once(void)
     b->context_free = cpu_context_free;
     b->step_init = cpu_step_init;
     b->step_weights = cpu_step_weights;
+    b->step_relayout = cpu_step_relayout;
+    b->step_relayout_commit = cpu_step_relayout_commit;
     b->step_prepared_bytes = cpu_step_prepared_bytes;
     b->step_free = cpu_step_free;
     b->node_prepare = cpu_node_prepare;
