@@ -122,6 +122,9 @@ struct exec_backend {
      * copy what it keeps. */
     int (*step_weights)(struct exec_backend *be, void *context, void *state,
                         const void *const *params, unsigned flags, void *region);
+    /* Bytes at the end of the step's region that only step_relayout writes
+     * (0 if nothing is deferred); the executor faults in the rest early. */
+    uint64_t (*step_deferred_bytes)(struct exec_backend *be, const void *state);
     /* Deferred relayout (EXEC_W_DEFER_LAYOUT), on the preparer thread, possibly
      * while runs execute: write the final layout of what step_weights left
      * in place into the region, without changing what node_run reads.

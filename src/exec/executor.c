@@ -68,7 +68,10 @@ struct exec_model {
     uint8_t *warena;                 /* prepared weights of all steps (exec_mem block) */
     uint64_t warena_bytes, warena_block;
     uint64_t *woff;                  /* [nsteps] each step's region in warena */
-    uint64_t prefaulted;             /* bytes of warena already faulted in; guarded by mu */
+    uint64_t *wfront;                /* [nsteps] bytes of each region written before its gate
+                                      * opens (the rest only by a deferred relayout) */
+    int pf_step;                     /* idle prefault cursor: step, offset in its front part; */
+    uint64_t pf_off;                 /* guarded by mu; pf_step == nsteps: done */
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -140,12 +143,16 @@ static void graph_copy(struct graph *dst, const struct graph *src)
 
 #define PREFAULT_CHUNK (2u << 20)
 
+/* Fault in the pages of [p, p+len) without changing their contents (another
+ * thread may be writing prepared weights next to them). */
 static void prefault(uint8_t *p, uint64_t len)
 {
+    uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095, e = ((uintptr_t)p + len) & ~(uintptr_t)4095;
+    if (e <= a) return;
 #ifdef MADV_POPULATE_WRITE
-    if (madvise(p, len, MADV_POPULATE_WRITE) == 0) return;
+    if (madvise((void *)a, e - a, MADV_POPULATE_WRITE) == 0) return;
 #endif
-    for (uint64_t o = 0; o < len; o += 4096) p[o] = 0;
+    for (uintptr_t o = a; o < e; o += 4096) __atomic_fetch_or((uint8_t *)o, 0, __ATOMIC_RELAXED);
 }
 
 /* The EXEC_W_* flags of this model's steps. */
@@ -205,14 +212,20 @@ static int help_prepare(struct exec_model *m, void *ctx)
         pthread_cond_broadcast(&m->cv);
         return 1;
     }
-    if (!m->failed && !m->stop && m->prefaulted < m->warena_bytes) {
-        /* Nothing has arrived: fault in the weights' pages meanwhile, so
-         * preparing a batch later writes at memory speed. */
-        uint64_t off = m->prefaulted, len = m->warena_bytes - off;
+    while (m->pf_step < m->nsteps && m->pf_off >= m->wfront[m->pf_step]) {
+        m->pf_step++;
+        m->pf_off = 0;
+    }
+    if (!m->failed && !m->stop && m->pf_step < m->nsteps) {
+        /* Nothing has arrived: fault in the pages preparation will write
+         * (not those only a later relayout writes), so that preparing a
+         * batch later writes at memory speed. */
+        uint8_t *p = m->warena + m->woff[m->pf_step] + m->pf_off;
+        uint64_t len = m->wfront[m->pf_step] - m->pf_off;
         if (len > PREFAULT_CHUNK) len = PREFAULT_CHUNK;
-        m->prefaulted += len;
+        m->pf_off += len;
         pthread_mutex_unlock(&m->mu);
-        prefault(m->warena + off, len);
+        prefault(p, len);
         pthread_mutex_lock(&m->mu);
         return 1;
     }
@@ -448,9 +461,11 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
 
     /* One block for every step's prepared weights. */
     m->woff = pps_xcalloc((unsigned long)(m->nsteps ? m->nsteps : 1), sizeof *m->woff);
+    m->wfront = pps_xcalloc((unsigned long)(m->nsteps ? m->nsteps : 1), sizeof *m->wfront);
     for (int s = 0; s < m->nsteps; s++) {
         m->woff[s] = m->warena_bytes;
         uint64_t need = m->be->step_prepared_bytes(m->be, m->step_state[s], m->opt.params_persist);
+        m->wfront[s] = need - m->be->step_deferred_bytes(m->be, m->step_state[s]);
         m->warena_bytes += (need + 63) & ~(uint64_t)63;
     }
     if (m->warena_bytes) {
@@ -461,10 +476,10 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
             return fail(err, errlen, PPS_ENOMEM, "cannot map %llu bytes for prepared weights",
                         (unsigned long long)m->warena_bytes);
         }
-        if (faulted) m->prefaulted = m->warena_bytes; /* a recycled block */
+        if (faulted) m->pf_step = m->nsteps; /* a recycled block */
         if (m->opt.prefault && !faulted) {
             prefault(m->warena, m->warena_bytes);
-            m->prefaulted = m->warena_bytes;
+            m->pf_step = m->nsteps;
         }
     }
 
@@ -544,6 +559,7 @@ void exec_model_destroy(struct exec_model *m)
     free(m->shape1);
     exec_mem_put(m->warena, m->warena_block);
     free(m->woff);
+    free(m->wfront);
     free(m->prep_first);
     free(m->prep_list);
     free(m->batch_data);

@@ -914,6 +914,22 @@ static void *carve(struct carve *c, uint64_t n)
     return p;
 }
 
+/* From the end of the region: bytes only a deferred relayout writes. */
+static void *carve_tail(struct carve *c, uint64_t n)
+{
+    n = up64(n ? n : 1);
+    PPS_ASSERT(n <= c->left);
+    c->left -= n;
+    return c->p + c->left;
+}
+
+static uint64_t cpu_step_deferred_bytes(struct exec_backend *be, const void *state)
+{
+    (void)be;
+    const struct cpu_step *cs = state;
+    return cs->deferred ? up64(dnnl_memory_desc_get_size(&cs->wmd)) : 0;
+}
+
 /* Whether parameter k of the step is consumed by preparation (folded into
  * weights or bias) rather than used as it is. */
 static int param_consumed(const struct cpu_step *cs, int k)
@@ -1013,7 +1029,7 @@ static int weights_gemm(struct cpu_ctx *ctx, struct cpu_step *cs, const void *co
          * kernel, B packed on the fly): run on it in place now, relayout
          * later, off the cold run's critical path. */
         cs->weights = (void *)params[0];
-        cs->relaid = carve(cv, dnnl_memory_desc_get_size(&cs->wmd));
+        cs->relaid = carve_tail(cv, dnnl_memory_desc_get_size(&cs->wmd));
         cs->relaid_done = 0;
     } else {
         cs->weights = carve(cv, dnnl_memory_desc_get_size(&cs->wmd));
@@ -2205,6 +2221,7 @@ static void cpu_init_once(void)
     b->step_init = cpu_step_init;
     b->step_weights = cpu_step_weights;
     b->step_relayout = cpu_step_relayout;
+    b->step_deferred_bytes = cpu_step_deferred_bytes;
     b->step_relayout_commit = cpu_step_relayout_commit;
     b->step_prepared_bytes = cpu_step_prepared_bytes;
     b->step_free = cpu_step_free;
