@@ -270,7 +270,7 @@ static int relayout_ready(const struct exec_model *m)
 
 /* Switch every step to its relaid weights and drop the plans. Called with
  * run_mu held (no run active) and m->mu not held. */
-static void plan_free(struct exec_model *m, struct exec_plan *p);
+static void plans_drop(struct exec_model *m);
 
 /* Returns the number of steps switched (0 if not ready or nothing to do). */
 static int relayout_commit(struct exec_model *m)
@@ -282,11 +282,7 @@ static int relayout_commit(struct exec_model *m)
     pthread_mutex_unlock(&m->mu);
     if (!commit || !did) return 0;
     for (int s = 0; s < m->nsteps; s++) m->be->step_relayout_commit(m->be, m->step_state[s]);
-    while (m->plans) {
-        struct exec_plan *p = m->plans;
-        m->plans = p->next;
-        plan_free(m, p);
-    }
+    plans_drop(m);
     return did;
 }
 
@@ -533,6 +529,16 @@ static void plan_free(struct exec_model *m, struct exec_plan *p)
     free(p);
 }
 
+/* Free every cached plan (they are rebuilt on demand). Under run_mu. */
+static void plans_drop(struct exec_model *m)
+{
+    while (m->plans) {
+        struct exec_plan *p = m->plans;
+        m->plans = p->next;
+        plan_free(m, p);
+    }
+}
+
 void exec_model_destroy(struct exec_model *m)
 {
     if (!m) return;
@@ -544,11 +550,7 @@ void exec_model_destroy(struct exec_model *m)
         pthread_join(m->preparer, NULL);
     }
     pthread_mutex_lock(&m->run_mu);
-    while (m->plans) {
-        struct exec_plan *p = m->plans;
-        m->plans = p->next;
-        plan_free(m, p);
-    }
+    plans_drop(m);
     pthread_mutex_unlock(&m->run_mu);
     if (m->step_state)
         for (int s = 0; s < m->nsteps; s++)
@@ -838,11 +840,7 @@ uint64_t exec_model_memory_bytes(const struct exec_model *m)
 void exec_model_trim(struct exec_model *m)
 {
     pthread_mutex_lock(&m->run_mu);
-    while (m->plans) {
-        struct exec_plan *p = m->plans;
-        m->plans = p->next;
-        plan_free(m, p);
-    }
+    plans_drop(m);
     pthread_mutex_unlock(&m->run_mu);
 }
 
