@@ -283,6 +283,7 @@ static int relayout_commit(struct exec_model *m)
     if (!commit || !did) return 0;
     for (int s = 0; s < m->nsteps; s++) m->be->step_relayout_commit(m->be, m->step_state[s]);
     plans_drop(m);
+    log_info("exec: %s: %d steps switched to weights relaid after the cold run", m->g.name, did);
     return did;
 }
 

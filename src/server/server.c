@@ -638,6 +638,25 @@ static void log_timing(const struct request *r, int64_t batch, const struct infe
              t->exec_start_us / 1e3, t->exec_end_us / 1e3);
 }
 
+/* A cold run used matmul weights in place (the executor's deferred
+ * relayout); reorder them into the faster layout now if no request waits,
+ * rather than only in the gaps between requests, which under a steady load
+ * may never be long enough. Runs on the worker, which alone frees models. */
+static void finish_layout_if_idle(struct server *srv, struct smodel *sm)
+{
+    if (exec_layout_final(sm->em))
+        return;
+    pthread_mutex_lock(&srv->lock);
+    int idle = srv->qhead == NULL;
+    pthread_mutex_unlock(&srv->lock);
+    if (!idle)
+        return;
+    double t0 = now_s();
+    int n = exec_finish_layout(sm->em);
+    if (n > 0)
+        log_info("%s: %d weights relaid in %.1f ms while idle", sm->name, n, (now_s() - t0) * 1e3);
+}
+
 static void serve(struct server *srv, struct request *r)
 {
     struct serve_ctx x;
@@ -749,6 +768,8 @@ static void serve(struct server *srv, struct request *r)
             tell_lb(srv, LB_SERVER_EVENT_EVICTED, to_free->name, bytes);
         smodel_free(srv, to_free);
     }
+    if (!rc && to_free != sm)
+        finish_layout_if_idle(srv, sm);
 }
 
 static void request_free(struct request *r)
