@@ -83,7 +83,7 @@ struct exec_model {
     int relayout_next;               /* next step to relayout; guarded by mu */
     int relayout_busy;               /* relayouts in progress; guarded by mu */
     int relayout_did;                /* steps relaid; guarded by mu */
-    int relayout_failed;             /* a relayout failed: stay on the in-place layout */
+    int relayout_failed;             /* a relayout failed: stay in place; guarded by mu */
     int relayout_committed;          /* final layouts in use (or nothing deferred); guarded by mu */
     int failed;                      /* sticky PPS_E* code; guarded by mu */
     int stop;
@@ -268,11 +268,11 @@ static int relayout_ready(const struct exec_model *m)
            m->relayout_next >= m->nsteps && m->relayout_busy == 0;
 }
 
-/* Switch every step to its relaid weights and drop the plans. Called with
- * run_mu held (no run active) and m->mu not held. */
 static void plans_drop(struct exec_model *m);
 
-/* Returns the number of steps switched (0 if not ready or nothing to do). */
+/* Switch every step to its relaid weights and drop the plans, once every
+ * relayout is done. Called with run_mu held (no run active) and m->mu not
+ * held. Returns the number of steps switched (0: not ready, or nothing). */
 static int relayout_commit(struct exec_model *m)
 {
     pthread_mutex_lock(&m->mu);
