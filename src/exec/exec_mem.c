@@ -3,6 +3,8 @@
  * searched linearly is enough. */
 #include "exec/exec_mem.h"
 
+#include "common/err.h"
+
 #include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -10,7 +12,7 @@
 #define MAX_IDLE 64
 
 struct idle_block {
-    void *p;
+    uint8_t *p;
     uint64_t size;
     uint64_t age; /* put order: smaller is older */
 };
@@ -33,19 +35,22 @@ void *exec_mem_get(uint64_t bytes, uint64_t *size, int *faulted)
 {
     uint64_t want = page_round(bytes ? bytes : 1);
     pthread_mutex_lock(&mem_lock);
-    /* Best fit, but not a block more than twice too big (it would hold
-     * memory another model could use). */
+    /* Best fit; a bigger block is split and its tail stays idle. */
     int best = -1;
     for (int i = 0; i < nidle; i++)
-        if (idle[i].size >= want && idle[i].size / 2 <= want &&
-            (best < 0 || idle[i].size < idle[best].size))
+        if (idle[i].size >= want && (best < 0 || idle[i].size < idle[best].size))
             best = i;
     if (best >= 0) {
-        void *p = idle[best].p;
-        *size = idle[best].size;
-        idle_bytes -= idle[best].size;
-        idle[best] = idle[--nidle];
+        uint8_t *p = idle[best].p;
+        if (idle[best].size > want) {
+            idle[best].p = p + want;
+            idle[best].size -= want;
+        } else {
+            idle[best] = idle[--nidle];
+        }
+        idle_bytes -= want;
         pthread_mutex_unlock(&mem_lock);
+        *size = want;
         *faulted = 1;
         return p;
     }
@@ -72,12 +77,42 @@ void exec_mem_put(void *p, uint64_t size)
             if (idle[i].age < idle[oldest].age) oldest = i;
         drop(oldest);
     }
-    idle[nidle].p = p;
+    /* Join with idle neighbours (pieces of a split block come back). */
+    uint8_t *b = p;
+    for (int i = 0; i < nidle;) {
+        if (idle[i].p + idle[i].size == b || b + size == idle[i].p) {
+            if (idle[i].p < b) b = idle[i].p;
+            size += idle[i].size;
+            idle_bytes -= idle[i].size;
+            idle[i] = idle[--nidle];
+            i = 0;
+        } else {
+            i++;
+        }
+    }
+    idle[nidle].p = b;
     idle[nidle].size = size;
     idle[nidle].age = ++clock_ticks;
     nidle++;
     idle_bytes += size;
     pthread_mutex_unlock(&mem_lock);
+}
+
+int exec_mem_reserve(uint64_t bytes)
+{
+    uint64_t n = page_round(bytes);
+    if (!bytes) return 0;
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return PPS_ENOMEM;
+#ifdef MADV_POPULATE_WRITE
+    if (madvise(p, n, MADV_POPULATE_WRITE) != 0)
+#endif
+        for (uint64_t o = 0; o < n; o += 4096) ((volatile uint8_t *)p)[o] = 0;
+    pthread_mutex_lock(&mem_lock);
+    if (keep_bytes < n) keep_bytes = n;
+    pthread_mutex_unlock(&mem_lock);
+    exec_mem_put(p, n);
+    return 0;
 }
 
 void exec_mem_set_keep(uint64_t bytes)

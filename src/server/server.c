@@ -33,6 +33,7 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "exec/exec_mem.h"
 #include "exec/executor.h"
 #include "model/graph.h"
 #include "model/model_blob.h"
@@ -148,6 +149,7 @@ void server_config_default(struct server_config *cfg)
     cfg->threads = 2;
     cfg->prep_threads = 0; /* = threads */
     cfg->memory = 4ull << 30;
+    cfg->reserve = 512ull << 20;
     cfg->mode = INFER_MODE_PIPELINED;
     cfg->max_request = 256u << 20;
     cfg->max_batch = 256;
@@ -1165,6 +1167,16 @@ int server_run(const struct server_config *cfg)
     uint16_t port = cfg->client_port;
     net_local_port(srv->listen_fd, &port);
     srv->cfg.client_port = port;
+    if (cfg->reserve) {
+        /* Fault in executor memory now, off the first cold request's path. */
+        double t0 = now_s();
+        if (exec_mem_reserve(cfg->reserve))
+            log_warn("cannot reserve %" PRIu64 " bytes of executor memory; going on without",
+                     cfg->reserve);
+        else
+            log_info("reserved %" PRIu64 " MiB of executor memory in %.0f ms", cfg->reserve >> 20,
+                     (now_s() - t0) * 1e3);
+    }
     if (pipe2(srv->sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         close(srv->listen_fd);
         free(srv);

@@ -32,6 +32,7 @@ struct server_config {
     int threads;               /* compute threads per run */
     int prep_threads;          /* threads preparing weights as batches arrive (0 = threads) */
     uint64_t memory;           /* bytes of prepared weights kept resident */
+    uint64_t reserve;          /* executor memory faulted in at start (exec_mem_reserve) */
     int mode;                  /* enum infer_mode */
     uint64_t max_request;      /* bytes of an INFER payload */
     int max_batch;             /* largest batch size accepted */

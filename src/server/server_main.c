@@ -16,7 +16,7 @@ static void usage(FILE *out)
             "usage: server CLIENT_ADDR CLIENT_PORT CACHE_ADDR CACHE_PORT LB_ADDR LB_PORT\n"
             "              [--threads T] [--memory BYTES] [--mode pipelined|stop-and-start]\n"
             "              [--max-request BYTES] [--max-batch N] [--max-queue N]\n"
-            "              [--stall-timeout SECONDS] [--prep-threads N]\n"
+            "              [--stall-timeout SECONDS] [--prep-threads N] [--reserve BYTES]\n"
             "  Serves INFER requests on CLIENT_ADDR:CLIENT_PORT (also its identity for the load\n"
             "  balancer), loads models through the cache at CACHE_ADDR:CACHE_PORT and registers\n"
             "  with the load balancer at LB_ADDR:LB_PORT (LB_PORT 0: none), retrying until it is up.\n"
@@ -28,7 +28,9 @@ static void usage(FILE *out)
             "  --max-batch      largest batch size accepted (default 256)\n"
             "  --max-queue      INFER requests waiting before PPS_EBUSY (default 1024)\n"
             "  --stall-timeout  a model fetch with no progress this long fails (default 60)\n"
-            "  --prep-threads   threads preparing weights as batches arrive (default: --threads)\n");
+            "  --prep-threads   threads preparing weights as batches arrive (default: --threads)\n"
+            "  --reserve        executor memory faulted in at start, reused by cold models\n"
+            "                   (default 512M; 0: none)\n");
 }
 
 int server_main(int argc, char **argv)
@@ -36,7 +38,7 @@ int server_main(int argc, char **argv)
     struct args_option opts[] = {
         {"threads", 1, NULL},     {"memory", 1, NULL},    {"mode", 1, NULL},
         {"max-request", 1, NULL}, {"max-batch", 1, NULL}, {"max-queue", 1, NULL},
-        {"stall-timeout", 1, NULL}, {"prep-threads", 1, NULL},
+        {"stall-timeout", 1, NULL}, {"prep-threads", 1, NULL}, {"reserve", 1, NULL},
     };
     struct args a;
     int help = 0;
@@ -97,6 +99,8 @@ int server_main(int argc, char **argv)
     }
     if (opts[7].value && args_parse_int(opts[7].value, 1, 256, &cfg.prep_threads))
         bad = fprintf(stderr, "server: bad --prep-threads '%s' (1..256)\n", opts[7].value);
+    if (opts[8].value && args_parse_size(opts[8].value, &cfg.reserve))
+        bad = fprintf(stderr, "server: bad --reserve '%s'\n", opts[8].value);
     if (bad)
         return 2;
     int rc = server_run(&cfg);

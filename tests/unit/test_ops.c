@@ -1383,33 +1383,52 @@ static void test_memplan(void **state)
 static void test_exec_mem_recycling(void **state)
 {
     (void)state;
+    const uint64_t MB = 1u << 20;
     exec_mem_set_keep(0); /* start from an empty pool */
-    exec_mem_set_keep(8u << 20);
-    uint64_t sz;
+    exec_mem_set_keep(8 * MB);
+    uint64_t sz, sz2, sz3;
     int faulted;
-    uint8_t *a = exec_mem_get(3u << 20, &sz, &faulted);
+    uint8_t *a = exec_mem_get(3 * MB, &sz, &faulted);
     assert_non_null(a);
     assert_int_equal(faulted, 0);
-    assert_true(sz >= (3u << 20) && sz % 4096 == 0);
-    memset(a, 7, 3u << 20);
+    assert_true(sz >= 3 * MB && sz % 4096 == 0);
+    memset(a, 7, 3 * MB);
     exec_mem_put(a, sz);
     assert_int_equal(exec_mem_idle_bytes(), sz);
-    /* Too small a request for that block (more than twice too big): fresh. */
-    uint64_t sz2;
-    uint8_t *b = exec_mem_get(1u << 20, &sz2, &faulted);
-    assert_int_equal(faulted, 0);
-    assert_ptr_not_equal(a, b);
-    exec_mem_put(b, sz2);
-    /* A fitting request gets the recycled block back, contents and all. */
-    uint8_t *c = exec_mem_get((3u << 20) - 100, &sz2, &faulted);
+    /* A smaller request splits the idle block: its front, contents and all. */
+    uint8_t *b = exec_mem_get(MB - 100, &sz2, &faulted);
     assert_int_equal(faulted, 1);
-    assert_ptr_equal(c, a);
-    assert_int_equal(c[12345], 7);
+    assert_ptr_equal(b, a);
+    assert_int_equal(sz2, MB);
+    assert_int_equal(b[12345], 7);
+    assert_int_equal(exec_mem_idle_bytes(), sz - MB);
+    /* The tail serves the next request. */
+    uint8_t *c = exec_mem_get(2 * MB, &sz3, &faulted);
+    assert_int_equal(faulted, 1);
+    assert_ptr_equal(c, a + MB);
+    assert_int_equal(exec_mem_idle_bytes(), 0);
+    /* Pieces given back in any order join into one block again. */
+    exec_mem_put(c, sz3);
+    exec_mem_put(b, sz2);
+    assert_int_equal(exec_mem_idle_bytes(), 3 * MB);
+    uint8_t *d = exec_mem_get(3 * MB, &sz, &faulted);
+    assert_int_equal(faulted, 1);
+    assert_ptr_equal(d, a);
+    /* Nothing idle fits: fresh memory. */
+    uint8_t *e = exec_mem_get(6 * MB, &sz2, &faulted);
+    assert_int_equal(faulted, 0);
     /* Over the limit: the oldest idle blocks are unmapped. */
-    uint8_t *d = exec_mem_get(6u << 20, &sz, &faulted);
-    exec_mem_put(c, sz2);
     exec_mem_put(d, sz);
-    assert_true(exec_mem_idle_bytes() <= (8u << 20));
+    exec_mem_put(e, sz2);
+    assert_true(exec_mem_idle_bytes() <= 8 * MB);
+    /* A reservation is faulted in now, kept, and handed out as recycled. */
+    exec_mem_set_keep(0);
+    assert_int_equal(exec_mem_reserve(4 * MB), 0);
+    assert_int_equal(exec_mem_idle_bytes(), 4 * MB);
+    uint8_t *f = exec_mem_get(3 * MB, &sz, &faulted);
+    assert_int_equal(faulted, 1);
+    exec_mem_put(f, sz);
+    assert_int_equal(exec_mem_idle_bytes(), 4 * MB);
     exec_mem_set_keep(0);
     assert_int_equal(exec_mem_idle_bytes(), 0);
     exec_mem_set_keep(EXEC_MEM_DEFAULT_KEEP);
