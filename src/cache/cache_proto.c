@@ -7,23 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int cache_proto_valid_model_name(const char *name)
-{
-    size_t n = strlen(name);
-    if (n == 0 || n > CACHE_MODEL_NAME_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)name[i] <= 0x20 || (unsigned char)name[i] >= 0x7f)
-            return 0;
-    return 1;
-}
-
-static int finish(struct rbuf *rb)
-{
-    if (rb->err)
-        return PPS_EPROTO;
-    return rbuf_left(rb) ? PPS_EPROTO : 0;
-}
+int cache_proto_valid_model_name(const char *name) { return wire_name_valid(name, CACHE_MODEL_NAME_MAX); }
 
 void cache_proto_encode_hello(struct wbuf *wb, const struct cache_hello *m)
 {
@@ -41,7 +25,7 @@ int cache_proto_decode_hello(const void *p, size_t n, struct cache_hello *m)
     rbuf_str(&rb, m->shm_name, CACHE_SHM_NAME_MAX);
     rbuf_u64(&rb, &m->pool_size);
     rbuf_u64(&rb, &m->block_size);
-    return finish(&rb);
+    return rbuf_finish(&rb);
 }
 
 void cache_proto_encode_model(struct wbuf *wb, const char *model) { wbuf_str(wb, model); }
@@ -51,7 +35,7 @@ int cache_proto_decode_model(const void *p, size_t n, char model[CACHE_MODEL_NAM
     struct rbuf rb;
     rbuf_init(&rb, p, n);
     rbuf_str(&rb, model, CACHE_MODEL_NAME_MAX);
-    int rc = finish(&rb);
+    int rc = rbuf_finish(&rb);
     if (rc)
         return rc;
     return cache_proto_valid_model_name(model) ? 0 : PPS_EINVAL;
@@ -77,7 +61,7 @@ int cache_proto_decode_meta(const void *p, size_t n, struct cache_meta_msg *m)
     rbuf_u32(&rb, &m->nbatches);
     rbuf_u64(&rb, &m->offset);
     rbuf_u64(&rb, &m->len);
-    return finish(&rb);
+    return rbuf_finish(&rb);
 }
 
 void cache_proto_encode_batch(struct wbuf *wb, const struct cache_batch_msg *m)
@@ -94,7 +78,7 @@ int cache_proto_decode_batch(const void *p, size_t n, struct cache_batch_msg *m)
     rbuf_u32(&rb, &m->index);
     rbuf_u64(&rb, &m->offset);
     rbuf_u64(&rb, &m->len);
-    return finish(&rb);
+    return rbuf_finish(&rb);
 }
 
 void cache_proto_encode_done(struct wbuf *wb, const struct cache_done_msg *m)
@@ -109,7 +93,7 @@ int cache_proto_decode_done(const void *p, size_t n, struct cache_done_msg *m)
     rbuf_init(&rb, p, n);
     rbuf_u32(&rb, &m->nbatches);
     rbuf_u8(&rb, &m->hit);
-    return finish(&rb);
+    return rbuf_finish(&rb);
 }
 
 void cache_proto_encode_u64(struct wbuf *wb, uint64_t v) { wbuf_u64(wb, v); }
@@ -119,7 +103,7 @@ int cache_proto_decode_u64(const void *p, size_t n, uint64_t *v)
     struct rbuf rb;
     rbuf_init(&rb, p, n);
     rbuf_u64(&rb, v);
-    return finish(&rb);
+    return rbuf_finish(&rb);
 }
 
 void cache_proto_encode_register(struct wbuf *wb, const struct cache_register_msg *m)
@@ -163,7 +147,7 @@ int cache_proto_decode_register(const void *p, size_t n, struct cache_register_m
         rbuf_str(&rb, m->models[i].model, CACHE_MODEL_NAME_MAX);
         rbuf_u64(&rb, &m->models[i].size);
     }
-    int rc = finish(&rb);
+    int rc = rbuf_finish(&rb);
     if (rc) {
         free(m->models);
         m->models = NULL;
@@ -189,5 +173,5 @@ int cache_proto_decode_event(const void *p, size_t n, struct cache_lb_event *m)
     rbuf_u64(&rb, &m->size);
     rbuf_u64(&rb, &m->used);
     rbuf_u64(&rb, &m->capacity);
-    return finish(&rb);
+    return rbuf_finish(&rb);
 }

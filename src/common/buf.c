@@ -180,3 +180,16 @@ int rbuf_str(struct rbuf *rb, char *dst, size_t max_len)
     dst[n] = '\0';
     return 0;
 }
+
+int rbuf_finish(const struct rbuf *rb) { return rb->err || rbuf_left(rb) ? PPS_EPROTO : 0; }
+
+int wire_name_valid(const char *name, size_t max_len)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > max_len)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)name[i] <= 0x20 || (unsigned char)name[i] >= 0x7f)
+            return 0;
+    return 1;
+}

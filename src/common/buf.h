@@ -60,6 +60,13 @@ int rbuf_f32(struct rbuf *rb, float *v);
 int rbuf_str(struct rbuf *rb, char *dst, size_t max_len);
 /* A u32-length byte run of at most max_len bytes, returned in place. */
 int rbuf_bytes(struct rbuf *rb, const uint8_t **p, uint32_t *n, uint32_t max_len);
+/* End of a payload: PPS_EPROTO if a read failed or bytes are left over (a
+ * peer speaking another version fails loudly instead of half-parsing). */
+int rbuf_finish(const struct rbuf *rb);
+
+/* Whether name is 1..max_len bytes of printable ASCII without spaces: what a
+ * name sent on the wire (a model name) may hold. */
+int wire_name_valid(const char *name, size_t max_len);
 
 /* Plain little-endian loads/stores for fixed headers. */
 static inline void store_le16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }

@@ -26,16 +26,7 @@ static int set_err(char *err, size_t errlen, int code, const char *fmt, ...)
     return code;
 }
 
-int infer_valid_model_name(const char *name)
-{
-    size_t n = strlen(name);
-    if (n == 0 || n > INFER_MODEL_NAME_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)name[i] <= 0x20 || (unsigned char)name[i] >= 0x7f)
-            return 0;
-    return 1;
-}
+int infer_valid_model_name(const char *name) { return wire_name_valid(name, INFER_MODEL_NAME_MAX); }
 
 size_t infer_dtype_size(uint8_t dtype)
 {
@@ -142,7 +133,7 @@ int infer_decode_model(const void *p, size_t n, char model[INFER_MODEL_NAME_MAX 
     struct rbuf rb;
     rbuf_init(&rb, p, n);
     rbuf_str(&rb, model, INFER_MODEL_NAME_MAX);
-    if (rb.err || rbuf_left(&rb))
+    if (rbuf_finish(&rb))
         return PPS_EPROTO;
     return infer_valid_model_name(model) ? 0 : PPS_EINVAL;
 }
@@ -294,7 +285,7 @@ int infer_decode_model_info(const void *p, size_t n, struct infer_model_info *mi
     rbuf_u32(&rb, &mi->nbatches);
     rbuf_u64(&rb, &mi->param_bytes);
     rbuf_u8(&rb, &mi->resident);
-    return rb.err || rbuf_left(&rb) ? PPS_EPROTO : 0;
+    return rbuf_finish(&rb);
 }
 
 /* ---- load balancer -------------------------------------------------------- */
@@ -344,7 +335,7 @@ int lb_server_decode_register(const void *p, size_t n, struct lb_server_register
         rbuf_str(&rb, m->models[i].model, INFER_MODEL_NAME_MAX);
         rbuf_u64(&rb, &m->models[i].bytes);
     }
-    if (rb.err || rbuf_left(&rb)) {
+    if (rbuf_finish(&rb)) {
         free(m->models);
         m->models = NULL;
         return PPS_EPROTO;
@@ -371,7 +362,7 @@ int lb_server_decode_event(const void *p, size_t n, struct lb_server_event *m)
     rbuf_u64(&rb, &m->bytes);
     rbuf_u64(&rb, &m->used);
     rbuf_u64(&rb, &m->capacity);
-    if (rb.err || rbuf_left(&rb) || (m->kind != LB_SERVER_EVENT_RESIDENT && m->kind != LB_SERVER_EVENT_EVICTED))
+    if (rbuf_finish(&rb) || (m->kind != LB_SERVER_EVENT_RESIDENT && m->kind != LB_SERVER_EVENT_EVICTED))
         return PPS_EPROTO;
     return 0;
 }

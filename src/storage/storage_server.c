@@ -267,7 +267,7 @@ static int handle_get(struct conn *c, const struct frame_header *h)
     rbuf_str(&rb, key, STORAGE_MAX_KEY);
     rbuf_u64(&rb, &offset);
     rbuf_u64(&rb, &length);
-    if (rb.err || rbuf_left(&rb) || !key[0] || strlen(key) != load_le32(payload))
+    if (rbuf_finish(&rb) || !key[0] || strlen(key) != load_le32(payload))
         return send_error(c, h->type, h->request_id, PPS_EPROTO, 0,
                           "malformed STORE_GET payload (want str key, u64 offset, u64 length)");
     struct store_read rd;

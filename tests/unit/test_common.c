@@ -65,6 +65,32 @@ static void test_buf_truncated_and_oversized(void **state)
     assert_int_equal(rbuf_str(&rb, s, 4), PPS_ETOOBIG);
 }
 
+static void test_buf_finish_and_names(void **state)
+{
+    (void)state;
+    uint8_t bytes[5] = {1, 2, 3, 4, 5};
+    struct rbuf rb;
+    uint32_t v;
+    rbuf_init(&rb, bytes, 4);
+    rbuf_u32(&rb, &v);
+    assert_int_equal(rbuf_finish(&rb), 0);               /* consumed exactly */
+    rbuf_init(&rb, bytes, 5);
+    rbuf_u32(&rb, &v);
+    assert_int_equal(rbuf_finish(&rb), PPS_EPROTO);      /* a byte left over */
+    rbuf_init(&rb, bytes, 3);
+    rbuf_u32(&rb, &v);
+    assert_int_equal(rbuf_finish(&rb), PPS_EPROTO);      /* a failed read */
+
+    assert_true(wire_name_valid("resnet152-alter-00000001", 255));
+    assert_false(wire_name_valid("", 255));
+    assert_false(wire_name_valid("abcd", 3));
+    assert_true(wire_name_valid("abc", 3));
+    assert_false(wire_name_valid("a b", 255));
+    assert_false(wire_name_valid("a\tb", 255));
+    assert_false(wire_name_valid("caf\xc3\xa9", 255));
+    assert_false(wire_name_valid("a\x7f", 255));
+}
+
 static void test_frame_header(void **state)
 {
     (void)state;
@@ -156,6 +182,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf_roundtrip),
         cmocka_unit_test(test_buf_truncated_and_oversized),
+        cmocka_unit_test(test_buf_finish_and_names),
         cmocka_unit_test(test_frame_header),
         cmocka_unit_test(test_frame_over_socketpair),
         cmocka_unit_test(test_args),
