@@ -2,6 +2,8 @@
  * allocators used for small internal objects. */
 #include "common/err.h"
 
+#include <stdarg.h>
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,4 +74,15 @@ char *pps_xstrdup(const char *s)
     char *d = pps_xmalloc(n);
     memcpy(d, s, n);
     return d;
+}
+
+int pps_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
 }

@@ -8,6 +8,8 @@
 #ifndef PIPEPS_ERR_H
 #define PIPEPS_ERR_H
 
+#include <stddef.h>
+
 #define PPS_ERR_LIST(X)                                                       \
     X(OK,          0,  "success")                                            \
     X(NOMEM,      -1,  "out of memory")                                      \
@@ -43,6 +45,11 @@ const char *pps_strerror(int code);
 const char *pps_errname(int code);
 /* Map an errno value (positive) to the closest PPS_E* code. */
 int pps_from_errno(int errnum);
+/* Format a message into err (errlen bytes; nothing if err is NULL or
+ * errlen 0) and return code: `return pps_fail(err, errlen, PPS_EINVAL, ...)`
+ * (code 0 where the caller goes on to clean up and returns its own). */
+int pps_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* Invariant checks stay on in every build. Never use them on input from the
  * wire or a file: that gets an error return. */

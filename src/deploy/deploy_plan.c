@@ -10,24 +10,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #define MAX_FIELDS (DEPLOY_MAX_STORAGES + 2)
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r'; }
 
@@ -69,8 +57,8 @@ static int next_line(const char *text, size_t len, size_t *pos, int *lineno, con
 static int split(const char *s, size_t n, struct line *ln, const char *name, int lineno, char *err, size_t errlen)
 {
     if (n >= sizeof ln->buf) {
-        seterr(err, errlen, "%s:%d: line longer than %zu bytes", name, lineno, sizeof ln->buf - 1);
-        return PPS_EINVAL;
+        return pps_fail(err, errlen, PPS_EINVAL,
+                        "%s:%d: line longer than %zu bytes", name, lineno, sizeof ln->buf - 1);
     }
     memcpy(ln->buf, s, n);
     ln->buf[n] = '\0';
@@ -87,8 +75,8 @@ static int split(const char *s, size_t n, struct line *ln, const char *name, int
         while (e > f && is_space(e[-1]))
             *--e = '\0';
         if (ln->nfields == MAX_FIELDS) {
-            seterr(err, errlen, "%s:%d: more than %d fields", name, lineno, MAX_FIELDS);
-            return PPS_EINVAL;
+            return pps_fail(err, errlen, PPS_EINVAL,
+                            "%s:%d: more than %d fields", name, lineno, MAX_FIELDS);
         }
         ln->fields[ln->nfields++] = f;
         if (!comma)
@@ -97,8 +85,8 @@ static int split(const char *s, size_t n, struct line *ln, const char *name, int
     }
     for (int i = 0; i < ln->nfields; i++)
         if (!*ln->fields[i]) {
-            seterr(err, errlen, "%s:%d: field %d is empty", name, lineno, i + 1);
-            return PPS_EINVAL;
+            return pps_fail(err, errlen, PPS_EINVAL,
+                            "%s:%d: field %d is empty", name, lineno, i + 1);
         }
     return 0;
 }
@@ -128,7 +116,7 @@ static int has_nul(const char *text, size_t len, const char *name, char *err, si
     int lineno = 1;
     for (const char *p = text; p < z; p++)
         lineno += *p == '\n';
-    seterr(err, errlen, "%s:%d: NUL byte in a text file", name, lineno);
+    pps_fail(err, errlen, 0, "%s:%d: NUL byte in a text file", name, lineno);
     return 1;
 }
 
@@ -137,20 +125,20 @@ static int parse_endpoint(const struct line *ln, const char *name, int lineno, s
                           char *err, size_t errlen)
 {
     if (ln->nfields != 2) {
-        seterr(err, errlen, "%s:%d: expected \"address, port\", found %d field%s", name, lineno, ln->nfields,
-               ln->nfields == 1 ? "" : "s");
-        return PPS_EINVAL;
+        return pps_fail(err, errlen, PPS_EINVAL,
+                        "%s:%d: expected \"address, port\", found %d field%s", name, lineno,
+                        ln->nfields, ln->nfields == 1 ? "" : "s");
     }
     const char *addr = ln->fields[0];
     if (strlen(addr) >= sizeof ep->addr || strpbrk(addr, " \t")) {
-        seterr(err, errlen, "%s:%d: bad address \"%s\" (at most %zu bytes, no spaces)", name, lineno, addr,
-               sizeof ep->addr - 1);
-        return PPS_EINVAL;
+        return pps_fail(err, errlen, PPS_EINVAL,
+                        "%s:%d: bad address \"%s\" (at most %zu bytes, no spaces)", name, lineno,
+                        addr, sizeof ep->addr - 1);
     }
     uint32_t port;
     if (parse_uint(ln->fields[1], 65535, &port) != 0 || port == 0) {
-        seterr(err, errlen, "%s:%d: bad port \"%s\" (expected 1..65535)", name, lineno, ln->fields[1]);
-        return PPS_EINVAL;
+        return pps_fail(err, errlen, PPS_EINVAL,
+                        "%s:%d: bad port \"%s\" (expected 1..65535)", name, lineno, ln->fields[1]);
     }
     snprintf(ep->addr, sizeof ep->addr, "%s", addr);
     ep->port = (uint16_t)port;
@@ -176,7 +164,7 @@ int deploy_parse_storage_list(const char *text, size_t len, const char *name,
         if (ndata == 0 && lineno == 1) {
             /* the header: anything but a valid data line */
             if (rc == 0 && parse_endpoint(ln, name, lineno, &ep, scratch, sizeof scratch) == 0) {
-                seterr(err, errlen,
+                pps_fail(err, errlen, 0,
                        "%s:1: the first line is a header (e.g. \"address, port\") but this one is data; "
                        "add a header line above it",
                        name);
@@ -194,15 +182,15 @@ int deploy_parse_storage_list(const char *text, size_t len, const char *name,
             out->meta = ep;
         } else {
             if (out->nstorages == DEPLOY_MAX_STORAGES) {
-                seterr(err, errlen, "%s:%d: more than %d storages", name, lineno, DEPLOY_MAX_STORAGES);
-                rc = PPS_EINVAL;
+                rc = pps_fail(err, errlen, PPS_EINVAL,
+                              "%s:%d: more than %d storages", name, lineno, DEPLOY_MAX_STORAGES);
                 goto out;
             }
             for (uint32_t i = 0; i < out->nstorages; i++)
                 if (strcmp(out->storages[i].addr, ep.addr) == 0 && out->storages[i].port == ep.port) {
-                    seterr(err, errlen, "%s:%d: storage %s:%u is already listed at line %d", name, lineno,
-                           ep.addr, ep.port, out->storages[i].line);
-                    rc = PPS_EINVAL;
+                    rc = pps_fail(err, errlen, PPS_EINVAL,
+                                  "%s:%d: storage %s:%u is already listed at line %d", name, lineno,
+                                  ep.addr, ep.port, out->storages[i].line);
                     goto out;
                 }
             out->storages[out->nstorages++] = ep;
@@ -210,12 +198,13 @@ int deploy_parse_storage_list(const char *text, size_t len, const char *name,
         ndata++;
     }
     if (lineno == 0) {
-        seterr(err, errlen, "%s: empty file (expected a header line, then the metadata storage's \"address, port\")",
-               name);
-        rc = PPS_EINVAL;
+        rc = pps_fail(err, errlen, PPS_EINVAL,
+                      "%s: empty file (expected a header line, then the metadata storage's \"address, port\")",
+                      name);
     } else if (ndata == 0) {
-        seterr(err, errlen, "%s:%d: no metadata storage listed (the first line after the header)", name, lineno);
-        rc = PPS_EINVAL;
+        rc = pps_fail(err, errlen, PPS_EINVAL,
+                      "%s:%d: no metadata storage listed (the first line after the header)", name,
+                      lineno);
     } else {
         rc = 0;
     }
@@ -234,13 +223,13 @@ static int parse_dist_entry(const struct line *ln, const char *name, int lineno,
                             struct deploy_dist_entry *e, char *err, size_t errlen)
 {
     if (ln->nfields < 2) {
-        seterr(err, errlen, "%s:%d: expected \"model, storage[, storage ...]\"", name, lineno);
-        return PPS_EINVAL;
+        return pps_fail(err, errlen, PPS_EINVAL,
+                        "%s:%d: expected \"model, storage[, storage ...]\"", name, lineno);
     }
     if (!kvbin_name_ok(ln->fields[0])) {
-        seterr(err, errlen, "%s:%d: bad model name \"%s\" (1..%d printable ASCII bytes, no spaces)", name,
-               lineno, ln->fields[0], KVBIN_NAME_MAX);
-        return PPS_EINVAL;
+        return pps_fail(err, errlen, PPS_EINVAL,
+                        "%s:%d: bad model name \"%s\" (1..%d printable ASCII bytes, no spaces)",
+                        name, lineno, ln->fields[0], KVBIN_NAME_MAX);
     }
     memset(e, 0, sizeof *e);
     snprintf(e->model, sizeof e->model, "%s", ln->fields[0]);
@@ -249,23 +238,23 @@ static int parse_dist_entry(const struct line *ln, const char *name, int lineno,
         uint32_t idx;
         int rc = parse_uint(ln->fields[i], UINT32_MAX, &idx);
         if (rc) {
-            seterr(err, errlen, "%s:%d: storage index \"%s\" is not a non-negative integer", name, lineno,
-                   ln->fields[i]);
-            return PPS_EINVAL;
+            return pps_fail(err, errlen, PPS_EINVAL,
+                            "%s:%d: storage index \"%s\" is not a non-negative integer", name,
+                            lineno, ln->fields[i]);
         }
-        if (idx >= nstorages) {
-            if (nstorages == 0)
-                seterr(err, errlen, "%s:%d: storage index %u out of range: the storage list has no storages", name,
-                       lineno, idx);
-            else
-                seterr(err, errlen, "%s:%d: storage index %u out of range: the storage list has %u storage%s (0..%u)",
-                       name, lineno, idx, nstorages, nstorages == 1 ? "" : "s", nstorages - 1);
-            return PPS_ERANGE;
-        }
+        if (idx >= nstorages && nstorages == 0)
+            return pps_fail(err, errlen, PPS_ERANGE,
+                            "%s:%d: storage index %u out of range: the storage list has no storages", name,
+                            lineno, idx);
+        if (idx >= nstorages)
+            return pps_fail(err, errlen, PPS_ERANGE,
+                            "%s:%d: storage index %u out of range: the storage list has %u storage%s (0..%u)",
+                            name, lineno, idx, nstorages, nstorages == 1 ? "" : "s", nstorages - 1);
         for (uint32_t j = 0; j < e->nstorages; j++)
             if (e->storages[j] == idx) {
-                seterr(err, errlen, "%s:%d: storage index %u listed twice for model %s", name, lineno, idx, e->model);
-                return PPS_EINVAL;
+                return pps_fail(err, errlen, PPS_EINVAL,
+                                "%s:%d: storage index %u listed twice for model %s", name, lineno,
+                                idx, e->model);
             }
         e->storages[e->nstorages++] = idx; /* split() bounds the field count */
     }
@@ -290,7 +279,7 @@ int deploy_parse_dist_list(const char *text, size_t len, const char *name, uint3
             char scratch[8];
             /* a header that parses as a line of data (any in-range indices) */
             if (rc == 0 && parse_dist_entry(ln, name, lineno, UINT32_MAX, &e, scratch, sizeof scratch) == 0) {
-                seterr(err, errlen,
+                pps_fail(err, errlen, 0,
                        "%s:1: the first line is a header (e.g. \"model, storages\") but this one is data; "
                        "add a header line above it",
                        name);
@@ -307,9 +296,9 @@ int deploy_parse_dist_list(const char *text, size_t len, const char *name, uint3
             goto out;
         for (uint32_t i = 0; i < out->nmodels; i++)
             if (strcmp(out->models[i].model, e.model) == 0) {
-                seterr(err, errlen, "%s:%d: model %s is already listed at line %d", name, lineno, e.model,
-                       out->models[i].line);
-                rc = PPS_EINVAL;
+                rc = pps_fail(err, errlen, PPS_EINVAL,
+                              "%s:%d: model %s is already listed at line %d", name, lineno, e.model,
+                              out->models[i].line);
                 goto out;
             }
         if (out->nmodels == cap) {
@@ -319,8 +308,9 @@ int deploy_parse_dist_list(const char *text, size_t len, const char *name, uint3
         out->models[out->nmodels++] = e;
     }
     if (lineno == 0) {
-        seterr(err, errlen, "%s: empty file (expected a header line, then \"model, storage[, ...]\" lines)", name);
-        rc = PPS_EINVAL;
+        rc = pps_fail(err, errlen, PPS_EINVAL,
+                      "%s: empty file (expected a header line, then \"model, storage[, ...]\" lines)",
+                      name);
     }
 out:
     free(ln);
@@ -334,20 +324,18 @@ int deploy_read_list_file(const char *path, char **text, size_t *len, char *err,
     FILE *f = fopen(path, "rb");
     if (!f) {
         int e = errno;
-        seterr(err, errlen, "%s: cannot open: %s", path, strerror(e));
-        return pps_from_errno(e);
+        return pps_fail(err, errlen, pps_from_errno(e), "%s: cannot open: %s", path, strerror(e));
     }
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        seterr(err, errlen, "%s: not a regular file", path);
         fclose(f);
-        return PPS_EINVAL;
+        return pps_fail(err, errlen, PPS_EINVAL, "%s: not a regular file", path);
     }
     if ((uint64_t)st.st_size > DEPLOY_LIST_MAX_BYTES) {
-        seterr(err, errlen, "%s: %lld bytes, more than the %u a list may have", path, (long long)st.st_size,
-               DEPLOY_LIST_MAX_BYTES);
         fclose(f);
-        return PPS_ETOOBIG;
+        return pps_fail(err, errlen, PPS_ETOOBIG,
+                        "%s: %lld bytes, more than the %u a list may have", path,
+                        (long long)st.st_size, DEPLOY_LIST_MAX_BYTES);
     }
     size_t n = (size_t)st.st_size;
     char *buf = pps_xmalloc(n + 1);
@@ -355,9 +343,8 @@ int deploy_read_list_file(const char *path, char **text, size_t *len, char *err,
     int failed = ferror(f);
     fclose(f);
     if (failed || got != n) {
-        seterr(err, errlen, "%s: read error", path);
         free(buf);
-        return PPS_EIO;
+        return pps_fail(err, errlen, PPS_EIO, "%s: read error", path);
     }
     buf[n] = '\0';
     *text = buf;

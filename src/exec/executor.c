@@ -21,7 +21,6 @@
 
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -103,19 +102,6 @@ static double now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 void exec_options_default(struct exec_options *o)
@@ -412,9 +398,10 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
     int rc = graph_validate(g, err, errlen);
     if (rc) return rc;
     if (g->nparams > 0 && g->nbatches < 1)
-        return fail(err, errlen, PPS_EINVAL, "model '%s' has parameters but no batches", g->name);
+        return pps_fail(err, errlen, PPS_EINVAL,
+                        "model '%s' has parameters but no batches", g->name);
     if (g->ninputs < 1 || g->noutputs < 1)
-        return fail(err, errlen, PPS_EINVAL, "model '%s' needs inputs and outputs", g->name);
+        return pps_fail(err, errlen, PPS_EINVAL, "model '%s' needs inputs and outputs", g->name);
 
     struct exec_model *m = pps_xcalloc(1, sizeof *m);
     if (opt) m->opt = *opt;
@@ -470,7 +457,7 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
         m->warena = exec_mem_get(m->warena_bytes, &m->warena_block, &faulted);
         if (!m->warena) {
             exec_model_destroy(m);
-            return fail(err, errlen, PPS_ENOMEM, "cannot map %llu bytes for prepared weights",
+            return pps_fail(err, errlen, PPS_ENOMEM, "cannot map %llu bytes for prepared weights",
                         (unsigned long long)m->warena_bytes);
         }
         if (faulted) m->pf_step = m->nsteps; /* a recycled block */
@@ -504,7 +491,7 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
     if (nb > 0) {
         if (pthread_create(&m->preparer, NULL, preparer_main, m) != 0) {
             exec_model_destroy(m);
-            return fail(err, errlen, PPS_ENOMEM, "cannot start the preparer thread");
+            return pps_fail(err, errlen, PPS_ENOMEM, "cannot start the preparer thread");
         }
         m->preparer_started = 1;
     }
@@ -694,7 +681,7 @@ static int plan_build(struct exec_model *m, int64_t batch, struct exec_plan **ou
         p->arena = exec_mem_get(p->arena_bytes, &p->arena_block, &faulted);
         if (!p->arena) {
             plan_free(m, p);
-            return fail(err, errlen, PPS_ENOMEM, "cannot allocate %llu bytes of activations",
+            return pps_fail(err, errlen, PPS_ENOMEM, "cannot allocate %llu bytes of activations",
                         (unsigned long long)p->arena_bytes);
         }
         /* Fault the pages in now, off the first run's critical path. */
@@ -742,12 +729,13 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
     struct exec_timing t;
     memset(&t, 0, sizeof t);
     double t0 = now_ms();
-    if (batch < 1 || batch > (1 << 20)) return fail(err, errlen, PPS_EINVAL, "bad batch size %lld", (long long)batch);
+    if (batch < 1 || batch > (1 << 20))
+        return pps_fail(err, errlen, PPS_EINVAL, "bad batch size %lld", (long long)batch);
     for (int i = 0; i < m->g.ninputs; i++) {
         struct exec_tensor ti;
         exec_input_info(m, i, batch, &ti);
         if (!inputs[i] || input_bytes[i] != ti.nbytes)
-            return fail(err, errlen, PPS_ESHAPE, "input '%s': %llu bytes given, %llu expected",
+            return pps_fail(err, errlen, PPS_ESHAPE, "input '%s': %llu bytes given, %llu expected",
                         m->g.inputs[i].name, (unsigned long long)input_bytes[i],
                         (unsigned long long)ti.nbytes);
     }
@@ -789,7 +777,7 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
             open = m->prepared;
             pthread_mutex_unlock(&m->mu);
             if (rc) {
-                fail(err, errlen, rc, "parameters for batch %d unavailable: %s", st->gate,
+                pps_fail(err, errlen, rc, "parameters for batch %d unavailable: %s", st->gate,
                      pps_strerror(rc));
                 break;
             }
@@ -805,7 +793,7 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
             if (d < m->prof_min[s]) m->prof_min[s] = d;
         }
         if (rc) {
-            fail(err, errlen, rc, "node '%s' (%s) failed: %s", m->g.nodes[st->node].name,
+            pps_fail(err, errlen, rc, "node '%s' (%s) failed: %s", m->g.nodes[st->node].name,
                  graph_op_name(m->g.nodes[st->node].op), pps_strerror(rc));
             break;
         }

@@ -23,7 +23,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,17 +50,6 @@
 #define EH_NAME 32
 
 static uint64_t align_up(uint64_t x) { return (x + KVBIN_ALIGN - 1) & ~(uint64_t)(KVBIN_ALIGN - 1); }
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 int kvbin_name_ok(const char *name)
 {
@@ -130,38 +118,35 @@ static int parse_file_header(struct parser *ps, uint32_t *nmodels, uint64_t *dec
      * not a kv.bin at all */
     size_t magic_len = ps->size < 8 ? (size_t)ps->size : 8;
     if (memcmp(p, FILE_MAGIC, magic_len) != 0) {
-        seterr(ps->err, ps->errlen, "%s: offset 0: bad magic, not a kv.bin file", ps->path);
-        return PPS_ECORRUPT;
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                        "%s: offset 0: bad magic, not a kv.bin file", ps->path);
     }
     if (ps->size < KVBIN_FILE_HEADER_SIZE) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ETRUNCATED,
                "%s: file header at offset 0: file is %" PRIu64 " bytes, shorter than the %d-byte header",
                ps->path, ps->size, KVBIN_FILE_HEADER_SIZE);
-        return PPS_ETRUNCATED;
     }
     uint16_t version = load_le16(p + FH_VERSION);
     if (version != KVBIN_VERSION) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_EUNSUPPORTED,
                "%s: file header at offset %d: unsupported kv.bin version %u (this build reads version %d)",
                ps->path, FH_VERSION, version, KVBIN_VERSION);
-        return PPS_EUNSUPPORTED;
     }
     uint64_t stored = load_le64(p + FH_CHECKSUM);
     if (!checksum_matches(stored, header_checksum(p, KVBIN_FILE_HEADER_SIZE, FH_CHECKSUM))) {
-        seterr(ps->err, ps->errlen, "%s: file header at offset 0: header checksum mismatch", ps->path);
-        return PPS_ECORRUPT;
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                        "%s: file header at offset 0: header checksum mismatch", ps->path);
     }
     if (load_le16(p + FH_RESERVED16) != 0 || !all_zero(p + FH_RESERVED, FH_CHECKSUM - FH_RESERVED)) {
-        seterr(ps->err, ps->errlen, "%s: file header at offset 0: reserved bytes are not zero", ps->path);
-        return PPS_ECORRUPT;
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                        "%s: file header at offset 0: reserved bytes are not zero", ps->path);
     }
     *nmodels = load_le32(p + FH_NMODELS);
     *declared_size = load_le64(p + FH_FILE_SIZE);
     if (ps->size < KVBIN_ALIGN) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ETRUNCATED,
                "%s: file header at offset 0: file is %" PRIu64 " bytes, the header's padding needs %d",
                ps->path, ps->size, KVBIN_ALIGN);
-        return PPS_ETRUNCATED;
     }
     return 0;
 }
@@ -173,41 +158,41 @@ static int parse_entry_header(struct parser *ps, uint64_t off, const char *magic
                               char *name)
 {
     if (off > ps->size || ps->size - off < EH_NAME) {
-        seterr(ps->err, ps->errlen, "%s: %s at offset %" PRIu64 ": header beyond end of file (size %" PRIu64 ")",
-               ps->path, what, off, ps->size);
-        return PPS_ETRUNCATED;
+        return pps_fail(ps->err, ps->errlen, PPS_ETRUNCATED,
+                        "%s: %s at offset %" PRIu64 ": header beyond end of file (size %" PRIu64 ")",
+                        ps->path, what, off, ps->size);
     }
     const uint8_t *h = ps->p + off;
     if (memcmp(h, magic, 4) != 0) {
-        seterr(ps->err, ps->errlen, "%s: %s at offset %" PRIu64 ": bad header magic (expected \"%s\")",
-               ps->path, what, off, magic);
-        return PPS_ECORRUPT;
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                        "%s: %s at offset %" PRIu64 ": bad header magic (expected \"%s\")",
+                        ps->path, what, off, magic);
     }
     uint16_t name_len = load_le16(h + EH_NAME_LEN);
     if (name_len == 0 || name_len > KVBIN_NAME_MAX) {
-        seterr(ps->err, ps->errlen, "%s: %s at offset %" PRIu64 ": name length %u out of range 1..%d",
-               ps->path, what, off, name_len, KVBIN_NAME_MAX);
-        return PPS_ECORRUPT;
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                        "%s: %s at offset %" PRIu64 ": name length %u out of range 1..%d", ps->path,
+                        what, off, name_len, KVBIN_NAME_MAX);
     }
     if (ps->size - off - EH_NAME < name_len) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ETRUNCATED,
                "%s: %s at offset %" PRIu64 ": name of %u bytes beyond end of file (size %" PRIu64 ")",
                ps->path, what, off, name_len, ps->size);
-        return PPS_ETRUNCATED;
     }
     uint64_t stored = load_le64(h + EH_CHECKSUM);
     if (!checksum_matches(stored, header_checksum(h, EH_NAME + (size_t)name_len, EH_CHECKSUM))) {
-        seterr(ps->err, ps->errlen, "%s: %s at offset %" PRIu64 ": header checksum mismatch", ps->path, what, off);
-        return PPS_ECORRUPT;
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                        "%s: %s at offset %" PRIu64 ": header checksum mismatch", ps->path, what,
+                        off);
     }
     if (load_le16(h + EH_RESERVED) != 0) {
-        seterr(ps->err, ps->errlen, "%s: %s at offset %" PRIu64 ": reserved bytes are not zero", ps->path, what, off);
-        return PPS_ECORRUPT;
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                        "%s: %s at offset %" PRIu64 ": reserved bytes are not zero", ps->path, what,
+                        off);
     }
     if (!bytes_name_ok(h + EH_NAME, name_len)) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
                "%s: %s at offset %" PRIu64 ": name has bytes outside printable ASCII", ps->path, what, off);
-        return PPS_ECORRUPT;
     }
     memcpy(name, h + EH_NAME, name_len);
     name[name_len] = '\0';
@@ -228,24 +213,22 @@ static int parse_record(struct parser *ps, struct kvbin_model *m, uint32_t index
     r->checksum = load_le64(h + EH_COUNTS);
     uint64_t voff = align_up(*off + EH_NAME + load_le16(h + EH_NAME_LEN));
     if (voff > ps->size || r->len > ps->size - voff) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ETRUNCATED,
                "%s: %s at offset %" PRIu64 ": length %" PRIu64 " beyond end of file (size %" PRIu64 ")",
                ps->path, what, *off, r->len, ps->size);
-        return PPS_ETRUNCATED;
     }
     uint64_t next = voff + align_up(r->len);
     if (next > ps->size) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ETRUNCATED,
                "%s: %s at offset %" PRIu64 ": padding after the value (to offset %" PRIu64
                ") beyond end of file (size %" PRIu64 ")",
                ps->path, what, *off, next, ps->size);
-        return PPS_ETRUNCATED;
     }
     for (uint32_t i = 0; i < index; i++)
         if (strcmp(m->records[i].key, r->key) == 0) {
-            seterr(ps->err, ps->errlen, "%s: %s at offset %" PRIu64 ": duplicate key %s (also record %u)",
-                   ps->path, what, *off, r->key, i);
-            return PPS_ECORRUPT;
+            return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                            "%s: %s at offset %" PRIu64 ": duplicate key %s (also record %u)",
+                            ps->path, what, *off, r->key, i);
         }
     r->file_offset = voff;
     r->data = ps->p + voff;
@@ -268,21 +251,20 @@ static int parse_model(struct parser *ps, struct kvbin *kv, uint32_t index, uint
     uint32_t nrecords = load_le32(h + EH_COUNTS + 4);
     for (uint32_t i = 0; i < index; i++)
         if (strcmp(kv->models[i].name, m->name) == 0) {
-            seterr(ps->err, ps->errlen, "%s: %s at offset %" PRIu64 ": duplicate model name %s",
-                   ps->path, what, *off, m->name);
-            return PPS_ECORRUPT;
+            return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                            "%s: %s at offset %" PRIu64 ": duplicate model name %s", ps->path, what,
+                            *off, m->name);
         }
     *off = align_up(*off + EH_NAME + load_le16(h + EH_NAME_LEN));
     /* Each record takes at least one 512-byte header block, so a count the
      * rest of the file cannot hold is caught before the allocation. */
     uint64_t room = *off <= ps->size ? (ps->size - *off) / KVBIN_ALIGN : 0;
     if (nrecords > room) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ETRUNCATED,
                "%s: %s (%s) at offset %" PRIu64 ": %u records cannot fit in the %" PRIu64
                " bytes left (size %" PRIu64 ", truncated?)",
                ps->path, what, m->name, m->header_offset, nrecords,
                *off <= ps->size ? ps->size - *off : 0, ps->size);
-        return PPS_ETRUNCATED;
     }
     m->records = calloc(nrecords ? nrecords : 1, sizeof *m->records);
     if (!m->records)
@@ -298,17 +280,16 @@ static int parse_model(struct parser *ps, struct kvbin *kv, uint32_t index, uint
 
 static int parse(struct kvbin *kv, struct parser *ps)
 {
-    uint32_t nmodels;
-    uint64_t declared;
+    uint32_t nmodels = 0;
+    uint64_t declared = 0;
     int rc = parse_file_header(ps, &nmodels, &declared);
     if (rc)
         return rc;
     uint64_t room = (ps->size - KVBIN_ALIGN) / KVBIN_ALIGN;
     if (nmodels > room) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ETRUNCATED,
                "%s: file header at offset 0: %u models cannot fit in a file of %" PRIu64 " bytes (truncated?)",
                ps->path, nmodels, ps->size);
-        return PPS_ETRUNCATED;
     }
     kv->models = calloc(nmodels ? nmodels : 1, sizeof *kv->models);
     if (!kv->models)
@@ -321,15 +302,14 @@ static int parse(struct kvbin *kv, struct parser *ps)
             return rc;
     }
     if (off != ps->size) {
-        seterr(ps->err, ps->errlen, "%s: offset %" PRIu64 ": %" PRIu64 " unexpected bytes after the last model",
-               ps->path, off, ps->size - off);
-        return PPS_ECORRUPT;
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
+                        "%s: offset %" PRIu64 ": %" PRIu64 " unexpected bytes after the last model",
+                        ps->path, off, ps->size - off);
     }
     if (declared != ps->size) {
-        seterr(ps->err, ps->errlen,
+        return pps_fail(ps->err, ps->errlen, PPS_ECORRUPT,
                "%s: file header at offset %d: says the file is %" PRIu64 " bytes, it is %" PRIu64,
                ps->path, FH_FILE_SIZE, declared, ps->size);
-        return PPS_ECORRUPT;
     }
     return 0;
 }
@@ -344,7 +324,7 @@ int kvbin_open_buffer(struct kvbin *kv, const void *data, uint64_t len, const ch
     struct parser ps = {kv->path, data, len, err, errlen};
     int rc = parse(kv, &ps);
     if (rc == PPS_ENOMEM)
-        seterr(err, errlen, "%s: out of memory while indexing", kv->path);
+        pps_fail(err, errlen, 0, "%s: out of memory while indexing", kv->path);
     if (rc)
         kvbin_close(kv);
     return rc;
@@ -356,14 +336,12 @@ int kvbin_open(struct kvbin *kv, const char *path, char *err, size_t errlen)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        seterr(err, errlen, "%s: cannot open: %s", path, strerror(e));
-        return pps_from_errno(e);
+        return pps_fail(err, errlen, pps_from_errno(e), "%s: cannot open: %s", path, strerror(e));
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        seterr(err, errlen, "%s: not a regular file", path);
         close(fd);
-        return PPS_EINVAL;
+        return pps_fail(err, errlen, PPS_EINVAL, "%s: not a regular file", path);
     }
     uint64_t size = (uint64_t)st.st_size;
     void *map = NULL;
@@ -371,7 +349,8 @@ int kvbin_open(struct kvbin *kv, const char *path, char *err, size_t errlen)
         map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
             int e = errno;
-            seterr(err, errlen, "%s: cannot map %" PRIu64 " bytes: %s", path, size, strerror(e));
+            pps_fail(err, errlen, 0,
+                     "%s: cannot map %" PRIu64 " bytes: %s", path, size, strerror(e));
             close(fd);
             return pps_from_errno(e);
         }
@@ -404,11 +383,10 @@ int kvbin_verify(const struct kvbin_record *rec, char *err, size_t errlen)
 {
     uint64_t computed = XXH3_64bits(rec->data, rec->len);
     if (computed != rec->checksum) {
-        seterr(err, errlen,
+        return pps_fail(err, errlen, PPS_ECORRUPT,
                "record %s at offset %" PRIu64 ": value checksum mismatch (stored %016" PRIx64
                ", computed %016" PRIx64 ")",
                rec->key, rec->header_offset, rec->checksum, computed);
-        return PPS_ECORRUPT;
     }
     return 0;
 }
@@ -438,12 +416,11 @@ int kvbin_check_model(const struct kvbin *kv, const struct kvbin_model *m, int v
     char meta_key[KVBIN_NAME_MAX + 16];
     snprintf(meta_key, sizeof meta_key, "%s-METADATA", m->name);
     if ((uint64_t)m->nrecords != (uint64_t)m->nbatches + 1) {
-        seterr(err, errlen,
+        return pps_fail(err, errlen, PPS_ECORRUPT,
                "%s: model %s at offset %" PRIu64 ": has %u records, expected %" PRIu64
                " (%s and %u batches)",
                kv->path, m->name, m->header_offset, m->nrecords, (uint64_t)m->nbatches + 1, meta_key,
                m->nbatches);
-        return PPS_ECORRUPT;
     }
     uint64_t sum = 0;
     int have_meta = 0;
@@ -454,38 +431,35 @@ int kvbin_check_model(const struct kvbin *kv, const struct kvbin_model *m, int v
             have_meta = 1;
         } else if (batch_index(m->name, r->key, &bi) && bi < m->nbatches) {
             if (r->len > UINT64_MAX - sum) {
-                seterr(err, errlen, "%s: model %s: batch sizes overflow", kv->path, m->name);
-                return PPS_ECORRUPT;
+                return pps_fail(err, errlen, PPS_ECORRUPT,
+                                "%s: model %s: batch sizes overflow", kv->path, m->name);
             }
             sum += r->len;
         } else {
-            seterr(err, errlen,
+            return pps_fail(err, errlen, PPS_ECORRUPT,
                    "%s: record %u of model %s at offset %" PRIu64 ": unexpected key %s (expected %s or %s-BATCH-0..%" PRId64 ")",
                    kv->path, i, m->name, r->header_offset, r->key, meta_key, m->name,
                    (int64_t)m->nbatches - 1);
-            return PPS_ECORRUPT;
         }
     }
     /* keys are unique (checked at open) and the count is nbatches + 1, so
      * METADATA plus nbatches distinct in-range batch keys means all present */
     if (!have_meta) {
-        seterr(err, errlen, "%s: model %s at offset %" PRIu64 ": no %s record", kv->path, m->name,
-               m->header_offset, meta_key);
-        return PPS_ECORRUPT;
+        return pps_fail(err, errlen, PPS_ECORRUPT,
+                        "%s: model %s at offset %" PRIu64 ": no %s record", kv->path, m->name,
+                        m->header_offset, meta_key);
     }
     if (sum != m->total_size) {
-        seterr(err, errlen,
+        return pps_fail(err, errlen, PPS_ECORRUPT,
                "%s: model %s at offset %" PRIu64 ": batches add up to %" PRIu64 " bytes, header says %" PRIu64,
                kv->path, m->name, m->header_offset, sum, m->total_size);
-        return PPS_ECORRUPT;
     }
     if (verify)
         for (uint32_t i = 0; i < m->nrecords; i++) {
             char msg[KVBIN_ERR_LEN];
             int rc = kvbin_verify(&m->records[i], msg, sizeof msg);
             if (rc) {
-                seterr(err, errlen, "%s: model %s: %s", kv->path, m->name, msg);
-                return rc;
+                return pps_fail(err, errlen, rc, "%s: model %s: %s", kv->path, m->name, msg);
             }
         }
     return 0;

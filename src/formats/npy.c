@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,19 +30,6 @@ size_t npy_dtype_size(enum npy_dtype t)
 const char *npy_dtype_descr(enum npy_dtype t)
 {
     return t == NPY_F32 ? "<f4" : t == NPY_I64 ? "<i8" : "?";
-}
-
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 /* ---- the header dict ---------------------------------------------------- */
@@ -142,56 +128,59 @@ static int parse_header(const char *text, size_t len, struct npy_array *a, char 
     int have_descr = 0, have_order = 0, have_shape = 0, fortran = 0;
     char descr[16] = "";
     if (!expect(&lx, '{'))
-        return fail(err, errlen, PPS_ECORRUPT, "npy: header is not a dict");
+        return pps_fail(err, errlen, PPS_ECORRUPT, "npy: header is not a dict");
     for (;;) {
         if (expect(&lx, '}'))
             break;
         char key[32];
         if (!lex_string(&lx, key, sizeof key) || !expect(&lx, ':'))
-            return fail(err, errlen, PPS_ECORRUPT, "npy: malformed header dict");
+            return pps_fail(err, errlen, PPS_ECORRUPT, "npy: malformed header dict");
         if (strcmp(key, "descr") == 0) {
             if (!lex_string(&lx, descr, sizeof descr))
-                return fail(err, errlen, PPS_EUNSUPPORTED, "npy: unsupported descr (structured dtype?)");
+                return pps_fail(err, errlen, PPS_EUNSUPPORTED,
+                                "npy: unsupported descr (structured dtype?)");
             have_descr = 1;
         } else if (strcmp(key, "fortran_order") == 0) {
             if (lex_word(&lx, "True"))
                 fortran = 1;
             else if (!lex_word(&lx, "False"))
-                return fail(err, errlen, PPS_ECORRUPT, "npy: bad fortran_order");
+                return pps_fail(err, errlen, PPS_ECORRUPT, "npy: bad fortran_order");
             have_order = 1;
         } else if (strcmp(key, "shape") == 0) {
             if (!parse_shape(&lx, a))
-                return fail(err, errlen, PPS_ECORRUPT, "npy: bad shape (at most %d dims)",
+                return pps_fail(err, errlen, PPS_ECORRUPT, "npy: bad shape (at most %d dims)",
                             NPY_MAX_DIMS);
             have_shape = 1;
         } else {
-            return fail(err, errlen, PPS_ECORRUPT, "npy: unknown header key '%s'", key);
+            return pps_fail(err, errlen, PPS_ECORRUPT, "npy: unknown header key '%s'", key);
         }
         if (expect(&lx, ','))
             continue;
         if (!expect(&lx, '}'))
-            return fail(err, errlen, PPS_ECORRUPT, "npy: malformed header dict");
+            return pps_fail(err, errlen, PPS_ECORRUPT, "npy: malformed header dict");
         break;
     }
     if (!have_descr || !have_order || !have_shape)
-        return fail(err, errlen, PPS_ECORRUPT, "npy: header lacks descr, fortran_order or shape");
+        return pps_fail(err, errlen, PPS_ECORRUPT,
+                        "npy: header lacks descr, fortran_order or shape");
     if (fortran)
-        return fail(err, errlen, PPS_EUNSUPPORTED, "npy: Fortran-order arrays are not supported");
+        return pps_fail(err, errlen, PPS_EUNSUPPORTED,
+                        "npy: Fortran-order arrays are not supported");
     if (strcmp(descr, "<f4") == 0)
         a->dtype = NPY_F32;
     else if (strcmp(descr, "<i8") == 0)
         a->dtype = NPY_I64;
     else
-        return fail(err, errlen, PPS_EUNSUPPORTED,
+        return pps_fail(err, errlen, PPS_EUNSUPPORTED,
                     "npy: dtype '%s' not supported (float32 '<f4' or int64 '<i8')", descr);
     uint64_t elems = 1;
     for (int i = 0; i < a->ndims; i++) {
         if (a->dims[i] < 0 || (a->dims[i] > 0 && elems > NPY_MAX_BYTES / (uint64_t)a->dims[i]))
-            return fail(err, errlen, PPS_ETOOBIG, "npy: shape too large");
+            return pps_fail(err, errlen, PPS_ETOOBIG, "npy: shape too large");
         elems *= (uint64_t)a->dims[i];
     }
     if (elems > NPY_MAX_BYTES / npy_dtype_size(a->dtype))
-        return fail(err, errlen, PPS_ETOOBIG, "npy: data larger than %llu bytes",
+        return pps_fail(err, errlen, PPS_ETOOBIG, "npy: data larger than %llu bytes",
                     (unsigned long long)NPY_MAX_BYTES);
     a->nbytes = elems * npy_dtype_size(a->dtype);
     return 0;
@@ -202,23 +191,24 @@ static int parse_preamble(const uint8_t *b, size_t len, size_t *hstart, size_t *
                           size_t errlen)
 {
     if (len < 10 || memcmp(b, NPY_MAGIC, NPY_MAGIC_LEN) != 0)
-        return fail(err, errlen, PPS_ECORRUPT, "not a .npy file (bad magic)");
+        return pps_fail(err, errlen, PPS_ECORRUPT, "not a .npy file (bad magic)");
     uint8_t major = b[6];
     if (major == 1) {
         *hlen = (size_t)b[8] | ((size_t)b[9] << 8);
         *hstart = 10;
     } else if (major == 2 || major == 3) {
         if (len < 12)
-            return fail(err, errlen, PPS_ETRUNCATED, "npy: truncated header");
+            return pps_fail(err, errlen, PPS_ETRUNCATED, "npy: truncated header");
         *hlen = (size_t)b[8] | ((size_t)b[9] << 8) | ((size_t)b[10] << 16) | ((size_t)b[11] << 24);
         *hstart = 12;
     } else {
-        return fail(err, errlen, PPS_EUNSUPPORTED, "npy: format version %u not supported", major);
+        return pps_fail(err, errlen, PPS_EUNSUPPORTED,
+                        "npy: format version %u not supported", major);
     }
     if (*hlen > NPY_MAX_HEADER)
-        return fail(err, errlen, PPS_ETOOBIG, "npy: header too long");
+        return pps_fail(err, errlen, PPS_ETOOBIG, "npy: header too long");
     if (*hlen > len - *hstart)
-        return fail(err, errlen, PPS_ETRUNCATED, "npy: truncated header");
+        return pps_fail(err, errlen, PPS_ETRUNCATED, "npy: truncated header");
     return 0;
 }
 
@@ -235,11 +225,12 @@ int npy_parse(const void *buf, size_t len, struct npy_array *a, char *err, size_
         return rc;
     size_t data_off = hstart + hlen;
     if (len - data_off < a->nbytes)
-        return fail(err, errlen, PPS_ETRUNCATED, "npy: %zu data bytes, shape needs %" PRIu64,
+        return pps_fail(err, errlen, PPS_ETRUNCATED, "npy: %zu data bytes, shape needs %" PRIu64,
                     len - data_off, a->nbytes);
     a->data = malloc(a->nbytes ? a->nbytes : 1);
     if (!a->data)
-        return fail(err, errlen, PPS_ENOMEM, "npy: out of memory for %" PRIu64 " bytes", a->nbytes);
+        return pps_fail(err, errlen, PPS_ENOMEM,
+                        "npy: out of memory for %" PRIu64 " bytes", a->nbytes);
     memcpy(a->data, b + data_off, a->nbytes);
     return 0;
 }
@@ -249,11 +240,11 @@ int npy_read_file(const char *path, struct npy_array *a, char *err, size_t errle
     memset(a, 0, sizeof *a);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return fail(err, errlen, PPS_EIO, "%s: %s", path, strerror(errno));
+        return pps_fail(err, errlen, PPS_EIO, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(err, errlen, PPS_EIO, "%s: not a regular file", path);
+        return pps_fail(err, errlen, PPS_EIO, "%s: not a regular file", path);
     }
     /* Read the preamble and header first so the data size is known (and
      * bounded) before the data buffer is allocated. */
@@ -262,12 +253,12 @@ int npy_read_file(const char *path, struct npy_array *a, char *err, size_t errle
     int rc = 0;
     char *hdr = NULL;
     if (pread(fd, pre, plen, 0) != (ssize_t)plen) {
-        rc = fail(err, errlen, PPS_EIO, "%s: read failed", path);
+        rc = pps_fail(err, errlen, PPS_EIO, "%s: read failed", path);
         goto out;
     }
     size_t hstart = 0, hlen = 0; /* set by parse_preamble; zeroed for -O2 -Wmaybe-uninitialized */
     if (plen < 10 || memcmp(pre, NPY_MAGIC, NPY_MAGIC_LEN) != 0) {
-        rc = fail(err, errlen, PPS_ECORRUPT, "%s: not a .npy file (bad magic)", path);
+        rc = pps_fail(err, errlen, PPS_ECORRUPT, "%s: not a .npy file (bad magic)", path);
         goto out;
     }
     if ((rc = parse_preamble(pre, (size_t)st.st_size, &hstart, &hlen, err, errlen)))
@@ -278,20 +269,21 @@ int npy_read_file(const char *path, struct npy_array *a, char *err, size_t errle
         goto out;
     }
     if (pread(fd, hdr, hlen, (off_t)hstart) != (ssize_t)hlen) {
-        rc = fail(err, errlen, PPS_EIO, "%s: read failed", path);
+        rc = pps_fail(err, errlen, PPS_EIO, "%s: read failed", path);
         goto out;
     }
     if ((rc = parse_header(hdr, hlen, a, err, errlen)))
         goto out;
     uint64_t data_off = hstart + hlen;
     if ((uint64_t)st.st_size - data_off < a->nbytes) {
-        rc = fail(err, errlen, PPS_ETRUNCATED, "%s: %" PRIu64 " data bytes, shape needs %" PRIu64,
-                  path, (uint64_t)st.st_size - data_off, a->nbytes);
+        rc = pps_fail(err, errlen, PPS_ETRUNCATED,
+                      "%s: %" PRIu64 " data bytes, shape needs %" PRIu64, path,
+                      (uint64_t)st.st_size - data_off, a->nbytes);
         goto out;
     }
     a->data = malloc(a->nbytes ? a->nbytes : 1);
     if (!a->data) {
-        rc = fail(err, errlen, PPS_ENOMEM, "%s: out of memory", path);
+        rc = pps_fail(err, errlen, PPS_ENOMEM, "%s: out of memory", path);
         goto out;
     }
     for (uint64_t done = 0; done < a->nbytes;) {
@@ -299,7 +291,7 @@ int npy_read_file(const char *path, struct npy_array *a, char *err, size_t errle
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
-            rc = fail(err, errlen, PPS_EIO, "%s: read failed", path);
+            rc = pps_fail(err, errlen, PPS_EIO, "%s: read failed", path);
             goto out;
         }
         done += (uint64_t)r;

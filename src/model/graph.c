@@ -9,7 +9,6 @@
  * count in range. */
 #include "model/graph.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -264,16 +263,8 @@ uint64_t graph_total_padded(const struct graph *g)
 
 #define VALIDATE_MAX_ELEMS (1ull << 40) /* 4 TiB of float32: far beyond any model */
 
-static int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return PPS_ECORRUPT;
-}
+/* Every validation failure is PPS_ECORRUPT: the blob came over the wire. */
+#define fail(err, errlen, ...) pps_fail(err, errlen, PPS_ECORRUPT, __VA_ARGS__)
 
 static int name_ok(const char *s, size_t cap)
 {

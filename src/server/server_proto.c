@@ -8,23 +8,9 @@
 #include "server/server_proto.h"
 #include "common/err.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int set_err(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int set_err(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 int infer_valid_model_name(const char *name) { return wire_name_valid(name, INFER_MODEL_NAME_MAX); }
 
@@ -89,34 +75,37 @@ static int get_tensor(struct rbuf *rb, struct infer_tensor *t, char *err, size_t
     rbuf_u8(rb, &ndims);
     const uint8_t *zero = rbuf_take(rb, 6);
     if (rb->err)
-        return set_err(err, errlen, PPS_EPROTO, "truncated tensor header");
+        return pps_fail(err, errlen, PPS_EPROTO, "truncated tensor header");
     for (int i = 0; i < 6; i++)
         if (zero[i])
-            return set_err(err, errlen, PPS_EPROTO, "tensor header: reserved bytes not zero");
+            return pps_fail(err, errlen, PPS_EPROTO, "tensor header: reserved bytes not zero");
     if (!infer_dtype_size(dtype))
-        return set_err(err, errlen, PPS_ESHAPE, "tensor dtype %u unknown (1 float32, 2 int64)", dtype);
+        return pps_fail(err, errlen, PPS_ESHAPE,
+                        "tensor dtype %u unknown (1 float32, 2 int64)", dtype);
     if (ndims < 1 || ndims > INFER_MAX_DIMS)
-        return set_err(err, errlen, PPS_ESHAPE, "tensor has %u dims (1..%d)", ndims, INFER_MAX_DIMS);
+        return pps_fail(err, errlen, PPS_ESHAPE,
+                        "tensor has %u dims (1..%d)", ndims, INFER_MAX_DIMS);
     t->dtype = dtype;
     t->ndims = ndims;
     for (int i = 0; i < ndims; i++)
         rbuf_i64(rb, &t->dims[i]);
     rbuf_u64(rb, &t->nbytes);
     if (rb->err)
-        return set_err(err, errlen, PPS_EPROTO, "truncated tensor header");
+        return pps_fail(err, errlen, PPS_EPROTO, "truncated tensor header");
     uint64_t want;
     int rc = infer_tensor_bytes(dtype, ndims, t->dims, UINT64_MAX, &want);
     if (rc)
-        return set_err(err, errlen, PPS_ESHAPE, "tensor dims must be >= 1 and not overflow");
+        return pps_fail(err, errlen, PPS_ESHAPE, "tensor dims must be >= 1 and not overflow");
     if (want != t->nbytes)
-        return set_err(err, errlen, PPS_ESHAPE, "tensor has %llu bytes, its shape needs %llu",
+        return pps_fail(err, errlen, PPS_ESHAPE, "tensor has %llu bytes, its shape needs %llu",
                        (unsigned long long)t->nbytes, (unsigned long long)want);
     size_t rem = rb->pos & (INFER_TENSOR_ALIGN - 1);
     if (rem && !rbuf_take(rb, INFER_TENSOR_ALIGN - rem))
-        return set_err(err, errlen, PPS_EPROTO, "truncated tensor padding");
+        return pps_fail(err, errlen, PPS_EPROTO, "truncated tensor padding");
     if (t->nbytes > rbuf_left(rb))
-        return set_err(err, errlen, PPS_EPROTO, "tensor data truncated (%llu bytes announced, %zu left)",
-                       (unsigned long long)t->nbytes, rbuf_left(rb));
+        return pps_fail(err, errlen, PPS_EPROTO,
+                        "tensor data truncated (%llu bytes announced, %zu left)",
+                        (unsigned long long)t->nbytes, rbuf_left(rb));
     t->data = rbuf_take(rb, t->nbytes);
     return 0;
 }
@@ -153,20 +142,20 @@ int infer_decode_request(const void *p, size_t n, struct infer_request *r, char 
     rbuf_init(&rb, p, n);
     memset(r, 0, sizeof *r);
     if (rbuf_str(&rb, r->model, INFER_MODEL_NAME_MAX))
-        return set_err(err, errlen, rb.err == PPS_ETOOBIG ? PPS_EINVAL : PPS_EPROTO,
+        return pps_fail(err, errlen, rb.err == PPS_ETOOBIG ? PPS_EINVAL : PPS_EPROTO,
                        "bad model name (at most %d bytes)", INFER_MODEL_NAME_MAX);
     if (!infer_valid_model_name(r->model))
-        return set_err(err, errlen, PPS_EINVAL, "bad model name (1..%d printable bytes, no space)",
+        return pps_fail(err, errlen, PPS_EINVAL, "bad model name (1..%d printable bytes, no space)",
                        INFER_MODEL_NAME_MAX);
     uint32_t nt = 0;
     rbuf_u32(&rb, &r->flags);
     rbuf_u32(&rb, &nt);
     if (rb.err)
-        return set_err(err, errlen, PPS_EPROTO, "truncated INFER request");
+        return pps_fail(err, errlen, PPS_EPROTO, "truncated INFER request");
     if (r->flags)
-        return set_err(err, errlen, PPS_EUNSUPPORTED, "unknown INFER flags 0x%x", r->flags);
+        return pps_fail(err, errlen, PPS_EUNSUPPORTED, "unknown INFER flags 0x%x", r->flags);
     if (nt < 1 || nt > INFER_MAX_TENSORS)
-        return set_err(err, errlen, PPS_ESHAPE, "%u input tensors (1..%d)", nt, INFER_MAX_TENSORS);
+        return pps_fail(err, errlen, PPS_ESHAPE, "%u input tensors (1..%d)", nt, INFER_MAX_TENSORS);
     r->ninputs = (int)nt;
     for (uint32_t i = 0; i < nt; i++) {
         int rc = get_tensor(&rb, &r->inputs[i], err, errlen);
@@ -174,7 +163,7 @@ int infer_decode_request(const void *p, size_t n, struct infer_request *r, char 
             return rc;
     }
     if (rbuf_left(&rb))
-        return set_err(err, errlen, PPS_EPROTO, "%zu bytes after the last tensor", rbuf_left(&rb));
+        return pps_fail(err, errlen, PPS_EPROTO, "%zu bytes after the last tensor", rbuf_left(&rb));
     return 0;
 }
 
@@ -203,7 +192,7 @@ int infer_decode_response(const void *p, size_t n, struct infer_response *r, cha
     uint32_t tlen = 0;
     rbuf_u32(&rb, &tlen);
     if (rb.err || tlen > rbuf_left(&rb))
-        return set_err(err, errlen, PPS_EPROTO, "truncated timing block");
+        return pps_fail(err, errlen, PPS_EPROTO, "truncated timing block");
     struct rbuf tb;
     rbuf_init(&tb, rb.data + rb.pos, tlen);
     rbuf_take(&rb, tlen);
@@ -211,10 +200,10 @@ int infer_decode_response(const void *p, size_t n, struct infer_response *r, cha
     TIMING_FIELDS(GET)
 #undef GET
     if (tb.err)
-        return set_err(err, errlen, PPS_EPROTO, "malformed timing block");
+        return pps_fail(err, errlen, PPS_EPROTO, "malformed timing block");
     uint32_t nt = 0;
     if (rbuf_u32(&rb, &nt) || nt > INFER_MAX_TENSORS)
-        return set_err(err, errlen, PPS_EPROTO, "bad output count");
+        return pps_fail(err, errlen, PPS_EPROTO, "bad output count");
     r->noutputs = (int)nt;
     for (uint32_t i = 0; i < nt; i++) {
         int rc = get_tensor(&rb, &r->outputs[i], err, errlen);
@@ -222,7 +211,7 @@ int infer_decode_response(const void *p, size_t n, struct infer_response *r, cha
             return rc;
     }
     if (rbuf_left(&rb))
-        return set_err(err, errlen, PPS_EPROTO, "bytes after the last output");
+        return pps_fail(err, errlen, PPS_EPROTO, "bytes after the last output");
     return 0;
 }
 
