@@ -1147,7 +1147,7 @@ static void lb_register(struct cache_daemon *d)
     for (struct cache_model *m = d->store.lru_head; m; m = m->lru_next)
         if (m->state == CACHE_MODEL_READY) {
             snprintf(reg.models[reg.nmodels].model, sizeof reg.models[0].model, "%s", m->name);
-            reg.models[reg.nmodels++].size = m->blocks_held * d->store.block_size;
+            reg.models[reg.nmodels++].bytes = m->blocks_held * d->store.block_size;
         }
     struct wbuf wb;
     wbuf_init(&wb);

@@ -114,11 +114,7 @@ void cache_proto_encode_register(struct wbuf *wb, const struct cache_register_ms
     wbuf_u64(wb, m->capacity);
     wbuf_u64(wb, m->block_size);
     wbuf_u64(wb, m->used);
-    wbuf_u32(wb, m->nmodels);
-    for (uint32_t i = 0; i < m->nmodels; i++) {
-        wbuf_str(wb, m->models[i].model);
-        wbuf_u64(wb, m->models[i].size);
-    }
+    wbuf_model_list(wb, m->models, m->nmodels);
 }
 
 int cache_proto_decode_register(const void *p, size_t n, struct cache_register_msg *m)
@@ -132,22 +128,12 @@ int cache_proto_decode_register(const void *p, size_t n, struct cache_register_m
     rbuf_u64(&rb, &m->capacity);
     rbuf_u64(&rb, &m->block_size);
     rbuf_u64(&rb, &m->used);
-    rbuf_u32(&rb, &m->nmodels);
     if (rb.err)
         return PPS_EPROTO;
-    /* each entry takes at least 13 bytes: bound the count before calloc */
-    if (m->nmodels > rbuf_left(&rb) / 13)
-        return PPS_EPROTO;
-    if (m->nmodels) {
-        m->models = calloc(m->nmodels, sizeof *m->models);
-        if (!m->models)
-            return PPS_ENOMEM;
-    }
-    for (uint32_t i = 0; i < m->nmodels; i++) {
-        rbuf_str(&rb, m->models[i].model, CACHE_MODEL_NAME_MAX);
-        rbuf_u64(&rb, &m->models[i].size);
-    }
-    int rc = rbuf_finish(&rb);
+    int rc = rbuf_model_list(&rb, &m->models, &m->nmodels);
+    if (rc)
+        return rc;
+    rc = rbuf_finish(&rb);
     if (rc) {
         free(m->models);
         m->models = NULL;

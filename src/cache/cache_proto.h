@@ -27,7 +27,7 @@
 #include "common/buf.h"
 
 #define CACHE_PROTO_VERSION 1
-#define CACHE_MODEL_NAME_MAX 255
+#define CACHE_MODEL_NAME_MAX WIRE_NAME_MAX
 #define CACHE_SHM_NAME_MAX 255
 #define CACHE_ADDR_MAX 63
 /* Bound of any request payload the cache accepts. */
@@ -61,11 +61,6 @@ struct cache_done_msg {
     uint8_t hit;              /* 1 if the whole model was cached when subscribed */
 };
 
-struct cache_model_size {
-    char model[CACHE_MODEL_NAME_MAX + 1];
-    uint64_t size;
-};
-
 struct cache_register_msg {
     char server_addr[CACHE_ADDR_MAX + 1];  /* where servers reach this cache */
     uint16_t server_port;
@@ -74,7 +69,7 @@ struct cache_register_msg {
     uint64_t block_size;
     uint64_t used;                          /* bytes held now */
     uint32_t nmodels;                       /* models held now (complete ones) */
-    struct cache_model_size *models;        /* decoder: malloc'd, caller frees */
+    struct wire_model_bytes *models;        /* decoder: malloc'd, caller frees */
 };
 
 enum cache_lb_event_kind {

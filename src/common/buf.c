@@ -193,3 +193,40 @@ int wire_name_valid(const char *name, size_t max_len)
             return 0;
     return 1;
 }
+
+void wbuf_model_list(struct wbuf *wb, const struct wire_model_bytes *m, uint32_t n)
+{
+    wbuf_u32(wb, n);
+    for (uint32_t i = 0; i < n; i++) {
+        wbuf_str(wb, m[i].model);
+        wbuf_u64(wb, m[i].bytes);
+    }
+}
+
+int rbuf_model_list(struct rbuf *rb, struct wire_model_bytes **out, uint32_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    uint32_t count;
+    if (rbuf_u32(rb, &count))
+        return PPS_EPROTO;
+    /* Each entry takes at least 4 + 1 + 8 bytes: bound before allocating. */
+    if (count > rbuf_left(rb) / 13)
+        return PPS_EPROTO;
+    if (count == 0)
+        return 0;
+    struct wire_model_bytes *m = calloc(count, sizeof *m);
+    if (!m)
+        return PPS_ENOMEM;
+    for (uint32_t i = 0; i < count; i++) {
+        rbuf_str(rb, m[i].model, WIRE_NAME_MAX);
+        rbuf_u64(rb, &m[i].bytes);
+    }
+    if (rb->err) {
+        free(m);
+        return PPS_EPROTO;
+    }
+    *out = m;
+    *n = count;
+    return 0;
+}

@@ -68,6 +68,20 @@ int rbuf_finish(const struct rbuf *rb);
  * name sent on the wire (a model name) may hold. */
 int wire_name_valid(const char *name, size_t max_len);
 
+/* A list of (model name, byte count), as the cache and the servers report
+ * what they hold to the load balancer: u32 count, then per entry a string of
+ * at most WIRE_NAME_MAX bytes and a u64. */
+#define WIRE_NAME_MAX 255
+struct wire_model_bytes {
+    char model[WIRE_NAME_MAX + 1];
+    uint64_t bytes;
+};
+void wbuf_model_list(struct wbuf *wb, const struct wire_model_bytes *m, uint32_t n);
+/* The list, malloc'd into *out (NULL when empty; the caller frees). The
+ * count is bounded by the bytes left before allocating. PPS_EPROTO or
+ * PPS_ENOMEM on failure, *out then NULL. */
+int rbuf_model_list(struct rbuf *rb, struct wire_model_bytes **out, uint32_t *n);
+
 /* Plain little-endian loads/stores for fixed headers. */
 static inline void store_le16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
 static inline void store_le32(uint8_t *p, uint32_t v)

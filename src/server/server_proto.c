@@ -289,11 +289,7 @@ void lb_server_encode_register(struct wbuf *wb, const struct lb_server_register 
     wbuf_u64(wb, m->memory_used);
     wbuf_u32(wb, m->threads);
     wbuf_u8(wb, m->mode);
-    wbuf_u32(wb, m->nmodels);
-    for (uint32_t i = 0; i < m->nmodels; i++) {
-        wbuf_str(wb, m->models[i].model);
-        wbuf_u64(wb, m->models[i].bytes);
-    }
+    wbuf_model_list(wb, m->models, m->nmodels);
 }
 
 int lb_server_decode_register(const void *p, size_t n, struct lb_server_register *m)
@@ -309,21 +305,11 @@ int lb_server_decode_register(const void *p, size_t n, struct lb_server_register
     rbuf_u64(&rb, &m->memory_used);
     rbuf_u32(&rb, &m->threads);
     rbuf_u8(&rb, &m->mode);
-    rbuf_u32(&rb, &m->nmodels);
     if (rb.err)
         return PPS_EPROTO;
-    /* Each entry takes at least 4 + 1 + 8 bytes: bound before allocating. */
-    if (m->nmodels > rbuf_left(&rb) / 13)
-        return PPS_EPROTO;
-    if (m->nmodels) {
-        m->models = calloc(m->nmodels, sizeof *m->models);
-        if (!m->models)
-            return PPS_ENOMEM;
-    }
-    for (uint32_t i = 0; i < m->nmodels; i++) {
-        rbuf_str(&rb, m->models[i].model, INFER_MODEL_NAME_MAX);
-        rbuf_u64(&rb, &m->models[i].bytes);
-    }
+    int rc = rbuf_model_list(&rb, &m->models, &m->nmodels);
+    if (rc)
+        return rc;
     if (rbuf_finish(&rb)) {
         free(m->models);
         m->models = NULL;

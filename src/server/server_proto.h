@@ -29,7 +29,7 @@
 
 #define INFER_MAX_TENSORS 4
 #define INFER_MAX_DIMS 8
-#define INFER_MODEL_NAME_MAX 255
+#define INFER_MODEL_NAME_MAX WIRE_NAME_MAX
 #define INFER_ADDR_MAX 63
 #define INFER_TENSOR_ALIGN 64
 /* Bound of a MODEL_INFO request or an LB message. */
@@ -103,11 +103,6 @@ struct infer_model_info {
     uint8_t resident;
 };
 
-struct lb_server_model {
-    char model[INFER_MODEL_NAME_MAX + 1];
-    uint64_t bytes;
-};
-
 struct lb_server_register {
     char client_addr[INFER_ADDR_MAX + 1];  /* where requests reach this server */
     uint16_t client_port;
@@ -118,7 +113,7 @@ struct lb_server_register {
     uint32_t threads;
     uint8_t mode;                          /* enum infer_mode */
     uint32_t nmodels;                      /* resident models now */
-    struct lb_server_model *models;        /* decoder: malloc'd, caller frees */
+    struct wire_model_bytes *models;       /* decoder: malloc'd, caller frees */
 };
 
 enum lb_server_event_kind {

@@ -373,7 +373,7 @@ static void test_proto_roundtrip(void **state)
     wbuf_u8(&wb, 0);
     assert_int_equal(cache_proto_decode_meta(wb.data, wb.len, &m2), PPS_EPROTO);
 
-    struct cache_model_size models[2] = {{"a", 10}, {"b", 20}};
+    struct wire_model_bytes models[2] = {{"a", 10}, {"b", 20}};
     struct cache_register_msg r = {.server_port = 9000, .capacity = 1 << 30, .block_size = 4096,
                                    .used = 30, .nmodels = 2, .models = models};
     strcpy(r.server_addr, "127.0.0.1");
@@ -384,7 +384,7 @@ static void test_proto_roundtrip(void **state)
     assert_int_equal(cache_proto_decode_register(wb.data, wb.len, &r2), 0);
     assert_int_equal(r2.nmodels, 2);
     assert_string_equal(r2.models[1].model, "b");
-    assert_int_equal(r2.models[1].size, 20);
+    assert_int_equal(r2.models[1].bytes, 20);
     free(r2.models);
     /* a count that the payload cannot hold is refused before allocating */
     store_le32(wb.data + wb.len - (2 * (4 + 1 + 8)) - 4, 0x7fffffff);

@@ -91,6 +91,44 @@ static void test_buf_finish_and_names(void **state)
     assert_false(wire_name_valid("a\x7f", 255));
 }
 
+static void test_buf_model_list(void **state)
+{
+    (void)state;
+    struct wire_model_bytes in[2] = {{"resnet152", 241384448}, {"bert_base", 1}};
+    struct wbuf wb;
+    wbuf_init(&wb);
+    wbuf_model_list(&wb, in, 2);
+    struct rbuf rb;
+    struct wire_model_bytes *out;
+    uint32_t n;
+    rbuf_init(&rb, wb.data, wb.len);
+    assert_int_equal(rbuf_model_list(&rb, &out, &n), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(out[0].model, "resnet152");
+    assert_true(out[0].bytes == 241384448);
+    assert_string_equal(out[1].model, "bert_base");
+    assert_int_equal(rbuf_finish(&rb), 0);
+    free(out);
+    /* Cut short inside the last entry: an error, nothing allocated. */
+    rbuf_init(&rb, wb.data, wb.len - 1);
+    assert_int_equal(rbuf_model_list(&rb, &out, &n), PPS_EPROTO);
+    assert_null(out);
+    assert_int_equal(n, 0);
+    /* A count the remaining bytes cannot hold is refused before allocating. */
+    uint8_t huge[4] = {0xff, 0xff, 0xff, 0xff};
+    rbuf_init(&rb, huge, sizeof huge);
+    assert_int_equal(rbuf_model_list(&rb, &out, &n), PPS_EPROTO);
+    assert_null(out);
+    /* Empty list. */
+    wbuf_reset(&wb);
+    wbuf_model_list(&wb, NULL, 0);
+    rbuf_init(&rb, wb.data, wb.len);
+    assert_int_equal(rbuf_model_list(&rb, &out, &n), 0);
+    assert_null(out);
+    assert_int_equal(n, 0);
+    wbuf_free(&wb);
+}
+
 static void test_frame_header(void **state)
 {
     (void)state;
@@ -183,6 +221,7 @@ int main(void)
         cmocka_unit_test(test_buf_roundtrip),
         cmocka_unit_test(test_buf_truncated_and_oversized),
         cmocka_unit_test(test_buf_finish_and_names),
+        cmocka_unit_test(test_buf_model_list),
         cmocka_unit_test(test_frame_header),
         cmocka_unit_test(test_frame_over_socketpair),
         cmocka_unit_test(test_args),

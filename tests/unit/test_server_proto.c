@@ -179,7 +179,7 @@ static void test_model_info_and_lb_messages(void **state)
     for (size_t cut = 0; cut < wb.len; cut++)
         assert_int_equal(infer_decode_model_info(wb.data, cut, &d), PPS_EPROTO);
 
-    struct lb_server_model models[2] = {{"resnet152", 247566752}, {"bert_base", 340586496}};
+    struct wire_model_bytes models[2] = {{"resnet152", 247566752}, {"bert_base", 340586496}};
     struct lb_server_register reg = {.client_addr = "127.0.0.1", .client_port = 7000,
                                      .cache_addr = "127.0.0.1", .cache_port = 7001,
                                      .memory_capacity = 1ull << 32, .memory_used = 588153248,
