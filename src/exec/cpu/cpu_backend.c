@@ -482,6 +482,19 @@ static void build_post_ops(const struct cpu_step *cs, int from, int out_rank,
     dnnl_post_ops_destroy(po);
 }
 
+/* The primitive descriptor of op_desc on the CPU engine, with a user-owned
+ * scratchpad and, if cs is given, the step's post-ops (output rank
+ * out_rank). */
+static dnnl_status_t pd_create(dnnl_primitive_desc_t *pd, const_dnnl_op_desc_t op_desc,
+                               const struct cpu_step *cs, int out_rank)
+{
+    dnnl_primitive_attr_t attr = attr_new();
+    if (cs) build_post_ops(cs, 0, out_rank, attr);
+    dnnl_status_t s = dnnl_primitive_desc_create(pd, op_desc, attr, g_cpu.engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    return s;
+}
+
 static int bind_post_args(const struct cpu_step *cs, int from, int out_rank, struct ccall *c)
 {
     const struct exec_step *st = cs->st;
@@ -699,10 +712,7 @@ static dnnl_status_t conv_pd_at(const struct cpu_step *cs, const struct exec_ten
     md_any(&dst, 4, y.dims);
     dnnl_convolution_desc_t cd;
     if (conv_desc(cs, &src, wei, &dst, &x, &cd)) return dnnl_invalid_arguments;
-    dnnl_primitive_attr_t attr = attr_new();
-    build_post_ops(cs, 0, 4, attr);
-    dnnl_status_t s = dnnl_primitive_desc_create(pd, &cd, attr, g_cpu.engine, NULL);
-    dnnl_primitive_attr_destroy(attr);
+    dnnl_status_t s = pd_create(pd, &cd, cs, 4);
     return s;
 }
 
@@ -1355,10 +1365,7 @@ static int prep_matmul(PREP_ARGS)
         dnnl_matmul_desc_t md;
         dnnl_status_t s = dnnl_matmul_desc_init(&md, &amd, &bmd, NULL, &dmd);
         if (s == dnnl_success) {
-            dnnl_primitive_attr_t attr = attr_new();
-            build_post_ops(cs, 0, r, attr);
-            s = dnnl_primitive_desc_create(&pd, &md, attr, g_cpu.engine, NULL);
-            dnnl_primitive_attr_destroy(attr);
+            s = pd_create(&pd, &md, cs, r);
         }
         if (s == dnnl_success) break;
         pd = NULL;
@@ -1428,10 +1435,8 @@ static int prep_eltwise(PREP_ARGS)
     dnnl_alg_kind_t alg = unary_alg(cs->node, &a, &b);
     dnnl_eltwise_desc_t ed;
     DN(dnnl_eltwise_forward_desc_init(&ed, dnnl_forward_inference, alg, &md, a, b), "eltwise descriptor");
-    dnnl_primitive_attr_t attr = attr_new();
     dnnl_primitive_desc_t pd;
-    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &ed, attr, g_cpu.engine, NULL);
-    dnnl_primitive_attr_destroy(attr);
+    dnnl_status_t s = pd_create(&pd, &ed, NULL, 0);
     if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN eltwise");
     set_out(nd, &md, out);
     if (!conv && (mask & 1)) plan->alias_input = 0;
@@ -1457,10 +1462,8 @@ static int prep_batchnorm(PREP_ARGS)
     dnnl_batch_normalization_desc_t bd;
     DN(dnnl_batch_normalization_forward_desc_init(&bd, dnnl_forward_inference, &md, eps, flags),
        "batch normalization descriptor");
-    dnnl_primitive_attr_t attr = attr_new();
     dnnl_primitive_desc_t pd;
-    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &bd, attr, g_cpu.engine, NULL);
-    dnnl_primitive_attr_destroy(attr);
+    dnnl_status_t s = pd_create(&pd, &bd, NULL, 0);
     if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN batch normalization");
     set_out(nd, &md, out);
     if (!conv && (mask & 1)) plan->alias_input = 0;
@@ -1554,10 +1557,8 @@ static int prep_pool(PREP_ARGS)
     DN(dnnl_pooling_v2_forward_desc_init(&pdsc, dnnl_forward_inference, alg, &src, &dst, strides,
                                          kernel, dil, pl, pr),
        "pooling descriptor");
-    dnnl_primitive_attr_t attr = attr_new();
     dnnl_primitive_desc_t pd;
-    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &pdsc, attr, g_cpu.engine, NULL);
-    dnnl_primitive_attr_destroy(attr);
+    dnnl_status_t s = pd_create(&pd, &pdsc, NULL, 0);
     if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN pooling (status %d)", (int)s);
     const dnnl_memory_desc_t *got = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
     struct src_ref d = {B_OUT, 0, 0};
@@ -1739,10 +1740,7 @@ static int prep_binary(PREP_ARGS)
     dnnl_status_t s = dnnl_binary_desc_init(&bd, binary_alg(n->op), &m0, &m1, &m0);
     dnnl_primitive_desc_t pd = NULL;
     if (s == dnnl_success) {
-        dnnl_primitive_attr_t attr = attr_new();
-        build_post_ops(cs, 0, out->ndims, attr);
-        s = dnnl_primitive_desc_create(&pd, &bd, attr, g_cpu.engine, NULL);
-        dnnl_primitive_attr_destroy(attr);
+        s = pd_create(&pd, &bd, cs, out->ndims);
     }
     if (s != dnnl_success) {
         /* Drop the calls made so far and use the C kernel on plain data. */
@@ -2007,9 +2005,7 @@ static int prep_layernorm(PREP_ARGS)
     dnnl_status_t s = dnnl_layer_normalization_forward_desc_init(&ld, dnnl_forward_inference, &md,
                                                                  NULL, nd->eps, flags);
     if (s == dnnl_success) {
-        dnnl_primitive_attr_t attr = attr_new();
-        s = dnnl_primitive_desc_create(&pd, &ld, attr, g_cpu.engine, NULL);
-        dnnl_primitive_attr_destroy(attr);
+        s = pd_create(&pd, &ld, NULL, 0);
     }
     if (s != dnnl_success) {
         kernel_call(nd, k_layernorm, &r, 1);
@@ -2044,10 +2040,8 @@ static int prep_softmax(PREP_ARGS)
     dnnl_softmax_v2_desc_t sd;
     DN(dnnl_softmax_v2_forward_desc_init(&sd, dnnl_forward_inference, dnnl_softmax_accurate, &md, &md, axis),
        "softmax descriptor");
-    dnnl_primitive_attr_t attr = attr_new();
     dnnl_primitive_desc_t pd;
-    dnnl_status_t s = dnnl_primitive_desc_create(&pd, &sd, attr, g_cpu.engine, NULL);
-    dnnl_primitive_attr_destroy(attr);
+    dnnl_status_t s = pd_create(&pd, &sd, NULL, 0);
     if (s != dnnl_success) return efail(err, errlen, cs, map_status(s), "no oneDNN softmax");
     out->layout = NULL;
     out->nbytes = shape_elems(out) * sizeof(float);
