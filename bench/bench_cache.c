@@ -32,6 +32,7 @@
 #include "cache/cache_client.h"
 #include "cache/cache_proto.h"
 #include "common/args.h"
+#include "lib/bench_util.h"
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/frame.h"
@@ -59,36 +60,6 @@
 
 #define MAX_REPS 50
 #define NBATCH_MAX 64
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(const double *v, int n)
-{
-    double s[MAX_REPS];
-    memcpy(s, v, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
-    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
-static double minimum(const double *v, int n)
-{
-    double m = v[0];
-    for (int i = 1; i < n; i++)
-        if (v[i] < m)
-            m = v[i];
-    return m;
-}
 
 /* ---- daemons ---- */
 
@@ -301,7 +272,7 @@ static double stream_once(uint64_t bytes, uint8_t *dst, const uint8_t *src, int 
     close(lfd);
     struct sender s = {.fd = cfd, .bytes = bytes, .src = src, .cold = cold};
     pthread_t th;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     pthread_create(&th, NULL, send_thread, &s);
     uint64_t got = 0;
     while (got < bytes) {
@@ -310,7 +281,7 @@ static double stream_once(uint64_t bytes, uint8_t *dst, const uint8_t *src, int 
             break;
         got += (uint64_t)r;
     }
-    double dt = now_s() - t0;
+    double dt = bench_now_s() - t0;
     pthread_join(th, NULL);
     close(cfd);
     close(afd);
@@ -344,7 +315,7 @@ static double raw_once(uint16_t meta_port, const char *model, uint8_t *dst, uint
     uint16_t port = rec.nkeys ? rec.keys[0].slices[0].port : 0;
     double dt = -1;
     if (storage_client_connect(&sc, "127.0.0.1", port) == 0) {
-        double t0 = now_s();
+        double t0 = bench_now_s();
         uint64_t off = 0, got = 0;
         int rc = 0;
         /* one storage only: every slice is on `port` */
@@ -359,7 +330,7 @@ static double raw_once(uint16_t meta_port, const char *model, uint8_t *dst, uint
         if (!rc && rec.nkeys)
             rc = storage_get_recv(sc, dst + off, cap - off, &got);
         if (!rc)
-            dt = now_s() - t0;
+            dt = bench_now_s() - t0;
         storage_client_close(sc);
     }
     location_free(&rec);
@@ -399,7 +370,7 @@ static int fetch_once(int fd, struct cache_client *cc, const char *model, double
 {
     static uint64_t rid = 1;
     int status = 0;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     int rc = send_model_req(fd, MSG_CACHE_IN, model, rid++);
     uint64_t sub = 0;
     if (!rc)
@@ -411,7 +382,7 @@ static int fetch_once(int fd, struct cache_client *cc, const char *model, double
         if (rc)
             break;
         if (ev.kind == CACHE_EV_BATCH && ev.index == 0)
-            *t_batch0 = now_s() - t0;
+            *t_batch0 = bench_now_s() - t0;
         if (ev.kind == CACHE_EV_ERROR) {
             fprintf(stderr, "bench_cache: %s\n", ev.message);
             rc = ev.status;
@@ -421,7 +392,7 @@ static int fetch_once(int fd, struct cache_client *cc, const char *model, double
     }
     if (!rc)
         rc = recv_answer(fd, &status); /* CACHE_IN: the whole model is in */
-    *t_all = now_s() - t0;
+    *t_all = bench_now_s() - t0;
     if (!rc && status < 0)
         rc = status;
     if (!rc)
@@ -612,10 +583,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_cache: %s (logs in %s)\n", pps_strerror(rc), dir);
         goto out;
     }
-    double ms = median(t_stream, reps), m1 = median(t_one, reps), m2 = median(t_two, reps);
-    double ns = minimum(t_stream, reps), n1 = minimum(t_one, reps), n2 = minimum(t_two, reps);
-    double mr = median(t_raw, reps), nr = minimum(t_raw, reps);
-    double mc = median(t_cold, reps), nc = minimum(t_cold, reps);
+    double ms = bench_median(t_stream, reps), m1 = bench_median(t_one, reps), m2 = bench_median(t_two, reps);
+    double ns = bench_minimum(t_stream, reps), n1 = bench_minimum(t_one, reps), n2 = bench_minimum(t_two, reps);
+    double mr = bench_median(t_raw, reps), nr = bench_minimum(t_raw, reps);
+    double mc = bench_median(t_cold, reps), nc = bench_minimum(t_cold, reps);
     /* each repetition's cache time against the stream measured just before it */
     double p1[MAX_REPS], p2[MAX_REPS], pr[MAX_REPS], pc[MAX_REPS], q0[MAX_REPS], q1[MAX_REPS],
         q2[MAX_REPS];
@@ -633,23 +604,23 @@ int main(int argc, char **argv)
     printf("%-32s %8.3f %8.3f %9.2f %9.2f %11s %11s %11s\n", "plain loopback TCP stream", ns, ms,
            total / ns / 1e9, total / ms / 1e9, "1.00", "1.00", "1.00");
     printf("%-32s %8.3f %8.3f %9.2f %9.2f %11.2f %11.2f %11.2f\n", "storage GETs alone, one storage",
-           nr, mr, total / nr / 1e9, total / mr / 1e9, ns / nr, ms / mr, median(pr, reps));
+           nr, mr, total / nr / 1e9, total / mr / 1e9, ns / nr, ms / mr, bench_median(pr, reps));
     printf("%-32s %8.3f %8.3f %9.2f %9.2f %11.2f %11.2f %11.2f\n", "cache fetch, one storage", n1,
-           m1, total / n1 / 1e9, total / m1 / 1e9, ns / n1, ms / m1, median(p1, reps));
+           m1, total / n1 / 1e9, total / m1 / 1e9, ns / n1, ms / m1, bench_median(p1, reps));
     printf("%-32s %8.3f %8.3f %9.2f %9.2f %11.2f %11.2f %11.2f\n", "cache fetch, two storages", n2,
-           m2, total / n2 / 1e9, total / m2 / 1e9, ns / n2, ms / m2, median(p2, reps));
-    printf("%-32s %8.1f %8.1f  (ms)\n", "request -> batch 0 ready, one", minimum(b0_one, reps) * 1e3,
-           median(b0_one, reps) * 1e3);
-    printf("%-32s %8.1f %8.1f  (ms)\n", "request -> batch 0 ready, two", minimum(b0_two, reps) * 1e3,
-           median(b0_two, reps) * 1e3);
+           m2, total / n2 / 1e9, total / m2 / 1e9, ns / n2, ms / m2, bench_median(p2, reps));
+    printf("%-32s %8.1f %8.1f  (ms)\n", "request -> batch 0 ready, one", bench_minimum(b0_one, reps) * 1e3,
+           bench_median(b0_one, reps) * 1e3);
+    printf("%-32s %8.1f %8.1f  (ms)\n", "request -> batch 0 ready, two", bench_minimum(b0_two, reps) * 1e3,
+           bench_median(b0_two, reps) * 1e3);
     printf("%-32s %8.3f %8.3f %9.2f %9.2f %11.2f %11.2f %11.2f\n",
            "plain stream, cold 240MB source", nc, mc, total / nc / 1e9, total / mc / 1e9, ns / nc,
-           ms / mc, median(q0, reps));
+           ms / mc, bench_median(q0, reps));
     printf("against the cold-source stream: cache one storage %.2f (medians), %.2f (paired); "
            "two storages %.2f, %.2f\n",
-           mc / m1, median(q1, reps), mc / m2, median(q2, reps));
+           mc / m1, bench_median(q1, reps), mc / m2, bench_median(q2, reps));
     printf("cache fetch / storage GETs alone (one storage): %.2f (medians), %.2f (paired median)\n",
-           mr / m1, median(pc, reps));
+           mr / m1, bench_median(pc, reps));
     printf("(ratio = throughput / plain-stream throughput: of the best runs, of the medians,\n"
            " and the median of each repetition's ratio; batch 0 is %.1f MB)\n", sizes[0] / 1e6);
 out:

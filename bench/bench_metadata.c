@@ -13,6 +13,7 @@
  * and the ratio N-client/1-client PUT. A benchmark, not a test: nothing is
  * asserted. */
 #include "common/args.h"
+#include "lib/bench_util.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/net.h"
@@ -52,13 +53,6 @@ struct worker {
     int rc;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -69,7 +63,7 @@ static void *worker_main(void *arg)
         value[i] = (uint8_t)(i * 31 + (uint32_t)w->id);
     w->rc = meta_client_connect(&c, b->host, b->port);
     pthread_barrier_wait(&b->barrier);
-    w->t_start = now_s();
+    w->t_start = bench_now_s();
     char key[64];
     for (uint64_t i = 0; i < w->ops && !w->rc; i++) {
         /* Keys are spread per thread, so threads never contend on one key. */
@@ -85,7 +79,7 @@ static void *worker_main(void *arg)
                 free(v);
         }
     }
-    w->t_end = now_s();
+    w->t_end = bench_now_s();
     meta_client_close(c);
     free(value);
     return NULL;
@@ -121,25 +115,11 @@ static double run_phase(struct bench *b, int nthreads, int put, uint64_t total_o
     return (double)done / (end - start);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static void report(const char *name, double *v, int n)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
     double med = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
     printf("%-28s min %10.0f  median %10.0f  max %10.0f ops/s\n", name, v[0], med, v[n - 1]);
-}
-
-static double median(double *v, int n)
-{
-    double tmp[MAX_REPS];
-    memcpy(tmp, v, (size_t)n * sizeof *v);
-    qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
-    return n % 2 ? tmp[n / 2] : (tmp[n / 2 - 1] + tmp[n / 2]) / 2;
 }
 
 static void print_server_stat(struct bench *b)
@@ -236,23 +216,6 @@ static pid_t spawn_server(const char *dir, char *host, size_t hostlen, uint16_t 
     return pid;
 }
 
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[PATH_MAX];
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 int main(int argc, char **argv)
 {
     struct args_option opts[] = {
@@ -338,7 +301,7 @@ int main(int argc, char **argv)
     if (!rc) {
         char name[64];
         printf("\n");
-        double m1 = median(put1, reps), mn = median(putn, reps);
+        double m1 = bench_median(put1, reps), mn = bench_median(putn, reps);
         report("PUT, 1 client (fsync each)", put1, reps);
         snprintf(name, sizeof name, "PUT, %d clients", b.threads);
         report(name, putn, reps);
@@ -346,14 +309,14 @@ int main(int argc, char **argv)
         report(name, getn, reps);
         printf("group commit gain (median PUT %d clients / 1 client): %.2fx; "
                "median %.2f writes per fsync with %d clients\n",
-               b.threads, mn / m1, median(batch, reps), b.threads);
+               b.threads, mn / m1, bench_median(batch, reps), b.threads);
         print_server_stat(&b);
     }
     if (server > 0) {
         kill(server, SIGTERM);
         waitpid(server, NULL, 0);
         if (tmpdir[0])
-            rm_rf(tmpdir);
+            bench_rm_rf(tmpdir);
     }
     return rc;
 }

@@ -14,6 +14,7 @@
  * median MB/s and the CPU seconds per GB of the receiving thread. A
  * benchmark, not a test: nothing is asserted. */
 #include "common/args.h"
+#include "lib/bench_util.h"
 #include "common/err.h"
 #include "common/net.h"
 
@@ -130,16 +131,10 @@ static uint64_t via_splice(int sock, int file, uint64_t size, size_t chunk)
     return h;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static void report(const char *name, double *mbs, double *cpu, int n)
 {
-    qsort(mbs, (size_t)n, sizeof *mbs, cmp_double);
-    qsort(cpu, (size_t)n, sizeof *cpu, cmp_double);
+    qsort(mbs, (size_t)n, sizeof *mbs, bench_cmp_double);
+    qsort(cpu, (size_t)n, sizeof *cpu, bench_cmp_double);
     printf("  %-14s %9.0f %9.0f   %7.3f\n", name, mbs[0], mbs[n / 2], cpu[n / 2]);
 }
 

@@ -17,6 +17,7 @@
  * Every repetition runs each way once, in turn. Prints min and median
  * MB/s. A benchmark, not a test: nothing is asserted. */
 #include "common/args.h"
+#include "lib/bench_util.h"
 #include "common/err.h"
 #include "common/net.h"
 
@@ -51,13 +52,6 @@ struct sender {
     uint8_t *map;   /* the file, mapped */
     int sndbuf;     /* 0: autotuned */
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int send_way(struct sender *s, int fd, int way)
 {
@@ -132,12 +126,6 @@ static double cpu_s(void)
            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 int main(int argc, char **argv)
 {
     struct args_option opts[] = {
@@ -202,12 +190,12 @@ int main(int argc, char **argv)
             if (net_connect(NULL, port, 5000, &fd))
                 return 1;
             uint8_t w = (uint8_t)way;
-            double t0 = now_s(), c0 = cpu_s();
+            double t0 = bench_now_s(), c0 = cpu_s();
             if (net_write_full(fd, &w, 1) || net_read_full(fd, dst, size)) {
                 fprintf(stderr, "bench_send_path: %s failed\n", way_names[way]);
                 return 1;
             }
-            double dt = now_s() - t0, dc = cpu_s() - c0;
+            double dt = bench_now_s() - t0, dc = cpu_s() - c0;
             close(fd);
             if (r >= 0) {
                 mbs[way][r] = (double)size / dt / 1e6;
@@ -227,8 +215,8 @@ int main(int argc, char **argv)
            sndbuf ? opts[4].value : "autotuned");
     printf("  %-12s %9s %9s %12s\n", "", "min MB/s", "median", "CPU s/GB");
     for (int way = 0; way < NWAYS; way++) {
-        qsort(mbs[way], (size_t)reps, sizeof(double), cmp_double);
-        qsort(cpu[way], (size_t)reps, sizeof(double), cmp_double);
+        qsort(mbs[way], (size_t)reps, sizeof(double), bench_cmp_double);
+        qsort(cpu[way], (size_t)reps, sizeof(double), bench_cmp_double);
         printf("  %-12s %9.0f %9.0f %12.3f\n", way_names[way], mbs[way][0], mbs[way][reps / 2],
                cpu[way][reps / 2]);
     }

@@ -30,6 +30,7 @@
  * Prints min and median throughput and the ratios storage / plain. A
  * benchmark, not a test: nothing is asserted. */
 #include "common/args.h"
+#include "lib/bench_util.h"
 #include "common/err.h"
 #include "common/net.h"
 #include "storage/storage_client.h"
@@ -52,13 +53,6 @@
 
 #define MAX_REPS 100
 #define SEND_CHUNK (1u << 20)
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* CPU seconds (user + system) of this process: the plain stream's both
  * ends, or a storage GET's receiving end. */
@@ -143,14 +137,14 @@ out:
 
 static double plain_once(int fd, uint8_t *dst, uint64_t n, int cold)
 {
-    double t0 = now_s();
+    double t0 = bench_now_s();
     uint64_t req = n | (cold ? 1ull << 63 : 0);
     int rc = net_write_full(fd, &req, sizeof req);
     if (!rc)
         rc = net_read_full(fd, dst, (size_t)n);
     if (rc)
         die("plain TCP stream", rc);
-    return (double)n / (now_s() - t0);
+    return (double)n / (bench_now_s() - t0);
 }
 
 /* ---- the storage daemon ---- */
@@ -204,53 +198,11 @@ static pid_t spawn_storage(const char *dir, uint16_t *port, int sockbuf, const c
     return -1;
 }
 
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *de;
-    while ((de = readdir(d)) != NULL) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        if (de->d_type == DT_DIR)
-            rm_rf(path);
-        else
-            unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 /* ---- statistics ---- */
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(const double *v, int n)
-{
-    double s[MAX_REPS];
-    memcpy(s, v, (size_t)n * sizeof *v);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
-    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
-static double minimum(const double *v, int n)
-{
-    double m = v[0];
-    for (int i = 1; i < n; i++)
-        m = v[i] < m ? v[i] : m;
-    return m;
-}
 
 static void row(const char *name, const double *v, int n)
 {
-    printf("  %-38s %9.0f %9.0f\n", name, minimum(v, n) / 1e6, median(v, n) / 1e6);
+    printf("  %-38s %9.0f %9.0f\n", name, bench_minimum(v, n) / 1e6, bench_median(v, n) / 1e6);
 }
 
 /* min/min, median/median, and the median of the per-repetition ratios
@@ -260,8 +212,8 @@ static void ratio(const char *name, const double *a, const double *b, int n)
     double paired[MAX_REPS];
     for (int i = 0; i < n; i++)
         paired[i] = a[i] / b[i];
-    printf("  %-38s %9.3f %9.3f %9.3f\n", name, minimum(a, n) / minimum(b, n),
-           median(a, n) / median(b, n), median(paired, n));
+    printf("  %-38s %9.3f %9.3f %9.3f\n", name, bench_minimum(a, n) / bench_minimum(b, n),
+           bench_median(a, n) / bench_median(b, n), bench_median(paired, n));
 }
 
 /* ---- main ---- */
@@ -381,11 +333,11 @@ int main(int argc, char **argv)
         double x = plain_once(pfd, dst, value, 0);
         double c1 = self_cpu_s(), d1 = proc_cpu_s(pid);
 
-        t0 = now_s();
+        t0 = bench_now_s();
         rc = storage_get(c, "bench-value", 0, UINT64_MAX, dst, value, &got);
         if (rc || got != value)
             die("GET bench-value", rc ? rc : PPS_ETRUNCATED);
-        double y = (double)value / (now_s() - t0);
+        double y = (double)value / (bench_now_s() - t0);
         if (memcmp(dst + value / 2, src + value / 2, 4096) != 0)
             die("GET bench-value returned other bytes", PPS_ECORRUPT);
 
@@ -394,7 +346,7 @@ int main(int argc, char **argv)
         double xc = plain_once(pfd, dst, model, 1);
         double c3 = self_cpu_s(), d3 = proc_cpu_s(pid);
 
-        t0 = now_s();
+        t0 = bench_now_s();
         for (int i = 0; i < nslices; i++) {
             snprintf(key, sizeof key, "bench-model-slice-%d", i);
             if ((rc = storage_get_send(c, key, 0, slice)) != 0)
@@ -405,7 +357,7 @@ int main(int argc, char **argv)
             if (rc || got != slice)
                 die("GET model slice", rc ? rc : PPS_ETRUNCATED);
         }
-        double ym = (double)model / (now_s() - t0);
+        double ym = (double)model / (bench_now_s() - t0);
         double c4 = self_cpu_s(), d4 = proc_cpu_s(pid);
         if (memcmp(dst + model - 4096, src + model - 4096, 4096) != 0)
             die("GET model returned other bytes", PPS_ECORRUPT);
@@ -430,14 +382,14 @@ int main(int argc, char **argv)
      * measured. */
     for (int r = -1; r < reps; r++) {
         snprintf(key, sizeof key, "bench-put-%d", r + 1);
-        double t0 = now_s();
+        double t0 = bench_now_s();
         if ((rc = storage_put(c, key, src, put_size)) != 0)
             die("PUT", rc);
-        double z = (double)put_size / (now_s() - t0);
+        double z = (double)put_size / (bench_now_s() - t0);
 
         double w = 0;
         if (lfd >= 0) {
-            t0 = now_s();
+            t0 = bench_now_s();
             uint64_t off = 0;
             while (off < put_size) {
                 size_t m = put_size - off < (4u << 20) ? (size_t)(put_size - off) : (4u << 20);
@@ -447,7 +399,7 @@ int main(int argc, char **argv)
             }
             if (fdatasync(lfd) < 0)
                 die("local fdatasync", pps_from_errno(errno));
-            w = (double)put_size / (now_s() - t0);
+            w = (double)put_size / (bench_now_s() - t0);
             /* Like a PUT to a fresh place: the next write is not an overwrite. */
             if (ftruncate(lfd, 0) < 0)
                 die("local truncate", pps_from_errno(errno));
@@ -514,7 +466,7 @@ int main(int argc, char **argv)
     if (pid > 0) {
         kill(pid, SIGTERM);
         waitpid(pid, NULL, 0);
-        rm_rf(tmpdir);
+        bench_rm_rf(tmpdir);
     }
     free(src);
     free(dst);
