@@ -184,6 +184,42 @@ void infer_encode_response_head(struct wbuf *wb, const struct infer_timing *t, i
     wbuf_u32(wb, (uint32_t)noutputs);
 }
 
+void infer_encode_lb_block(uint8_t out[INFER_LB_BLOCK_SIZE], const struct infer_lb_block *b)
+{
+    memset(out, 0, INFER_LB_BLOCK_SIZE);
+    store_le32(out, INFER_LB_MAGIC);
+    out[4] = b->attempts;
+    out[5] = b->rule;
+    out[6] = b->placed;
+    store_le64(out + 8, b->lb_queue_us);
+    store_le64(out + 16, b->lb_total_us);
+    store_le32(out + 24, b->server_id);
+    store_le32(out + 28, b->machine_id);
+    size_t n = strnlen(b->server, sizeof b->server - 1);
+    memcpy(out + 32, b->server, n);
+}
+
+/* The balancer's block is the timing block's last 64 bytes, told apart from
+ * a server's own fields by its magic. */
+static void decode_lb_block(const uint8_t *t, uint32_t tlen, struct infer_response *r)
+{
+    if (tlen < INFER_LB_BLOCK_SIZE)
+        return;
+    const uint8_t *b = t + tlen - INFER_LB_BLOCK_SIZE;
+    if (load_le32(b) != INFER_LB_MAGIC)
+        return;
+    r->has_lb = 1;
+    r->lb.attempts = b[4];
+    r->lb.rule = b[5];
+    r->lb.placed = b[6];
+    r->lb.lb_queue_us = load_le64(b + 8);
+    r->lb.lb_total_us = load_le64(b + 16);
+    r->lb.server_id = load_le32(b + 24);
+    r->lb.machine_id = load_le32(b + 28);
+    memcpy(r->lb.server, b + 32, sizeof r->lb.server - 1);
+    r->lb.server[sizeof r->lb.server - 1] = '\0';
+}
+
 int infer_decode_response(const void *p, size_t n, struct infer_response *r, char *err, size_t errlen)
 {
     struct rbuf rb;
@@ -194,7 +230,8 @@ int infer_decode_response(const void *p, size_t n, struct infer_response *r, cha
     if (rb.err || tlen > rbuf_left(&rb))
         return pps_fail(err, errlen, PPS_EPROTO, "truncated timing block");
     struct rbuf tb;
-    rbuf_init(&tb, rb.data + rb.pos, tlen);
+    decode_lb_block(rb.data + rb.pos, tlen, r);
+    rbuf_init(&tb, rb.data + rb.pos, r->has_lb ? tlen - INFER_LB_BLOCK_SIZE : tlen);
     rbuf_take(&rb, tlen);
 #define GET(kind, field) if (rbuf_left(&tb)) rbuf_##kind(&tb, &r->timing.field);
     TIMING_FIELDS(GET)

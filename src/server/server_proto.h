@@ -80,8 +80,27 @@ struct infer_timing {
     uint64_t exec_end_us;       /* since receipt: the last step finished */
 };
 
+/* The load balancer's block, appended to a relayed response's timing block
+ * (docs/protocol.md, "Load balancer: client link"). Exactly
+ * INFER_LB_BLOCK_SIZE bytes, so the tensors after it keep their alignment. */
+#define INFER_LB_BLOCK_SIZE 64
+#define INFER_LB_MAGIC 0x31424C50u  /* "PLB1" */
+enum infer_lb_placed { INFER_PLACED_RESIDENT = 0, INFER_PLACED_CACHE = 1, INFER_PLACED_NONE = 2 };
+struct infer_lb_block {
+    uint8_t attempts;      /* servers tried */
+    uint8_t rule;          /* placement rule (1..4 basic, 5 fastest_start, 6 round_robin, 7 least_loaded) */
+    uint8_t placed;        /* enum infer_lb_placed: where the parameters were when placed */
+    uint64_t lb_queue_us;  /* received by the balancer -> forwarded */
+    uint64_t lb_total_us;  /* received by the balancer -> answer sent */
+    uint32_t server_id;
+    uint32_t machine_id;
+    char server[32];       /* "addr:port", NUL-terminated (truncated if longer) */
+};
+
 struct infer_response {
     struct infer_timing timing;
+    int has_lb;                  /* the answer came through a load balancer */
+    struct infer_lb_block lb;
     int noutputs;
     struct infer_tensor outputs[INFER_MAX_TENSORS];
 };
@@ -148,6 +167,8 @@ void infer_encode_request(struct wbuf *wb, const struct infer_request *r);
 void infer_encode_response_head(struct wbuf *wb, const struct infer_timing *t, int noutputs);
 void infer_encode_model_info(struct wbuf *wb, const struct infer_model_info *mi);
 void infer_encode_model(struct wbuf *wb, const char *model);
+/* Write the block's 64 bytes at out. */
+void infer_encode_lb_block(uint8_t out[INFER_LB_BLOCK_SIZE], const struct infer_lb_block *b);
 void lb_server_encode_register(struct wbuf *wb, const struct lb_server_register *m);
 void lb_server_encode_event(struct wbuf *wb, const struct lb_server_event *m);
 
