@@ -1099,11 +1099,15 @@ static void test_unary_where(void **state)
  * [N,S,H,D] -> Transpose (q, v: 0,2,1,3; k: 0,2,3,1) -> MatMul -> Mul
  * scale -> Softmax -> MatMul -> Transpose -> Reshape [N,S,E] -> Relu (a
  * consumer that needs plain data). No copy is needed for the slices and
- * transposes; the result must equal the naive computation. */
-static void test_attention_views(void **state)
+ * transposes; the result must equal the naive computation. Run at batch
+ * and sequence length 1 too: with every leading dimension 1 the k and v
+ * slices are views that differ from a plain tensor only by their offset
+ * (GPT-2 at S = 1, N = 1 once read v from q's columns). */
+#define ATT_MAX_S 8
+static void run_attention_views(int64_t N, int64_t S)
 {
-    (void)state;
-    const int64_t N = 2, S = 5, H = 3, D = 4, E = H * D;
+    const int64_t H = 3, D = 4, E = H * D;
+    assert_true(S <= ATT_MAX_S);
     struct tmodel t;
     tm_init(&t, "attn");
     int64_t xd[3] = {-1, S, 3 * E};
@@ -1147,7 +1151,7 @@ static void test_attention_views(void **state)
     float *ref = malloc((size_t)(N * S * E) * 4);
     for (int64_t n = 0; n < N; n++)
         for (int64_t h = 0; h < H; h++) {
-            double sc[S][S];
+            double sc[ATT_MAX_S][ATT_MAX_S];
             for (int64_t i = 0; i < S; i++) {
                 double mx = -1e30, sum = 0;
                 for (int64_t j = 0; j < S; j++) {
@@ -1187,6 +1191,188 @@ static void test_attention_views(void **state)
     exec_model_destroy(m);
     free(out); free(plain); free(ref); free(in);
     tm_free(&t);
+}
+
+static void test_attention_views(void **state)
+{
+    (void)state;
+    const int64_t shapes[][2] = {{2, 5}, {1, 1}, {2, 1}, {1, 2}, {1, 5}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        print_message("attention views N=%lld S=%lld\n", (long long)shapes[i][0],
+                      (long long)shapes[i][1]);
+        run_attention_views(shapes[i][0], shapes[i][1]);
+    }
+}
+
+/* Every view kind whose leading dimensions are all 1 (where a view differs
+ * from a plain tensor only by its offset or by strides of size-1 axes):
+ * slices, transposes, reshapes, and views of views, each read by a MatMul
+ * as A and as B (read in place), by Relu (copied to plain first) and as the
+ * model output (written plain), at batch 1 and 2. Reference: the same
+ * slicing and permuting done on plain arrays. */
+enum vkind { V_SLICE, V_TRANSPOSE, V_RESHAPE };
+struct vop {
+    enum vkind kind;
+    int64_t a[4]; /* slice: axis, start, end; transpose: perm; reshape: shape (0 copies) */
+};
+struct vchain {
+    const char *name;
+    int64_t in[4]; /* input dims, [0] the batch */
+    int nops;
+    struct vop ops[4];
+};
+
+/* Plain-array reference of one view op on a rank-4 tensor (dims updated). */
+static float *ref_vop(const float *x, int64_t *dims, const struct vop *op)
+{
+    int64_t n = dims[0] * dims[1] * dims[2] * dims[3];
+    float *y = malloc((size_t)n * 4);
+    int64_t st[4] = {dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1};
+    if (op->kind == V_RESHAPE) {
+        memcpy(y, x, (size_t)n * 4);
+        for (int i = 0; i < 4; i++)
+            if (op->a[i]) dims[i] = op->a[i];
+        return y;
+    }
+    int64_t od[4], ostr[4], base = 0; /* output dims and the input strides they walk */
+    for (int i = 0; i < 4; i++) {
+        int src = op->kind == V_TRANSPOSE ? (int)op->a[i] : i;
+        od[i] = dims[src];
+        ostr[i] = st[src];
+    }
+    if (op->kind == V_SLICE) {
+        od[op->a[0]] = op->a[2] - op->a[1];
+        base = op->a[1] * st[op->a[0]];
+    }
+    int64_t k = 0;
+    for (int64_t i0 = 0; i0 < od[0]; i0++)
+        for (int64_t i1 = 0; i1 < od[1]; i1++)
+            for (int64_t i2 = 0; i2 < od[2]; i2++)
+                for (int64_t i3 = 0; i3 < od[3]; i3++)
+                    y[k++] = x[base + i0 * ostr[0] + i1 * ostr[1] + i2 * ostr[2] + i3 * ostr[3]];
+    memcpy(dims, od, sizeof od);
+    return y;
+}
+
+static int32_t add_vop(struct graph *g, int32_t v, const struct vop *op)
+{
+    int64_t one = 1;
+    switch (op->kind) {
+    case V_SLICE:
+        v = graph_add_node(g, GRAPH_OP_SLICE, "slice", 1, &v, 0, NULL);
+        graph_set_ints(g, "starts", 1, &op->a[1]);
+        graph_set_ints(g, "ends", 1, &op->a[2]);
+        graph_set_ints(g, "axes", 1, &op->a[0]);
+        graph_set_ints(g, "steps", 1, &one);
+        break;
+    case V_TRANSPOSE:
+        v = graph_add_node(g, GRAPH_OP_TRANSPOSE, "transpose", 1, &v, 0, NULL);
+        graph_set_ints(g, "perm", 4, op->a);
+        break;
+    case V_RESHAPE:
+        v = graph_add_node(g, GRAPH_OP_RESHAPE, "reshape", 1, &v, 0, NULL);
+        graph_set_ints(g, "shape", 4, op->a);
+        break;
+    }
+    return v;
+}
+
+enum vuse { U_MATMUL_A, U_MATMUL_B, U_RELU, U_OUTPUT };
+
+static void run_view_chain(const struct vchain *c, int64_t N, enum vuse use)
+{
+    /* The view's reference value cur [N, d1, d2, d3] first: the second
+     * input's shape depends on it, and inputs come before nodes. */
+    int64_t dims[4] = {N, c->in[1], c->in[2], c->in[3]};
+    uint64_t nx = (uint64_t)(dims[0] * dims[1] * dims[2] * dims[3]);
+    float *x = rand_buf(nx, -1, 1);
+    float *cur = malloc(nx * 4);
+    memcpy(cur, x, nx * 4);
+    for (int i = 0; i < c->nops; i++) {
+        float *next = ref_vop(cur, dims, &c->ops[i]);
+        free(cur);
+        cur = next;
+    }
+    struct tmodel t;
+    tm_init(&t, "views");
+    int64_t xd[4] = {-1, c->in[1], c->in[2], c->in[3]};
+    int32_t v = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+    const int64_t P = 3;
+    int mm = use == U_MATMUL_A || use == U_MATMUL_B;
+    /* MatMul: A [N,d1,M,K] x B [N,d1,K,Q]; the view is A or B. */
+    int64_t M = use == U_MATMUL_A ? dims[2] : P, K = use == U_MATMUL_A ? dims[3] : dims[2];
+    int64_t Q = use == U_MATMUL_A ? P : dims[3];
+    int32_t w = -1;
+    if (mm) {
+        int64_t wd[4] = {-1, dims[1], use == U_MATMUL_A ? K : M, use == U_MATMUL_A ? Q : K};
+        w = graph_add_input(&t.g, "w", GRAPH_F32, 4, wd);
+    }
+    for (int i = 0; i < c->nops; i++) v = add_vop(&t.g, v, &c->ops[i]);
+    int64_t od[4] = {N, dims[1], dims[2], dims[3]};
+    float *other = NULL, *ref = NULL;
+    if (mm) {
+        int32_t ab[2] = {v, w};
+        if (use == U_MATMUL_B) {
+            ab[0] = w;
+            ab[1] = v;
+        }
+        v = graph_add_node(&t.g, GRAPH_OP_MATMUL, "mm", 2, ab, 0, NULL);
+        other = rand_buf((uint64_t)(N * dims[1] * (use == U_MATMUL_A ? K * Q : M * K)), -1, 1);
+        od[2] = M;
+        od[3] = Q;
+        ref = malloc((size_t)(N * dims[1] * M * Q) * 4);
+        for (int64_t b = 0; b < N * dims[1]; b++) {
+            const float *pa = use == U_MATMUL_A ? cur + b * M * K : other + b * M * K;
+            const float *pb = use == U_MATMUL_A ? other + b * K * Q : cur + b * K * Q;
+            ref_gemm(pa, M, K, pb, Q, 0, NULL, 1.0f, 0, ref + b * M * Q);
+        }
+    } else {
+        uint64_t n = (uint64_t)(N * dims[1] * dims[2] * dims[3]);
+        ref = malloc(n * 4);
+        for (uint64_t i = 0; i < n; i++) ref[i] = use == U_RELU && cur[i] < 0 ? 0 : cur[i];
+        if (use == U_RELU) v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu", 1, &v, 0, NULL);
+    }
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+    const void *ins[2] = {x, other};
+    uint64_t nout;
+    static const char *uses[] = {"matmul A", "matmul B", "relu", "output"};
+    char what[128];
+    snprintf(what, sizeof what, "%s N=%lld read by %s", c->name, (long long)N, uses[use]);
+    for (int nf = 0; nf < 2; nf++) {
+        float *out = tm_run_opts(&t, N, ins, &nout, nf, FEED_ALL_FIRST, 0);
+        assert_int_equal(nout, (uint64_t)(od[0] * od[1] * od[2] * od[3]));
+        check_close(what, out, ref, nout, 1e-5);
+        free(out);
+    }
+    free(x); free(cur); free(other); free(ref);
+    tm_free(&t);
+}
+
+static void test_views_leading_ones(void **state)
+{
+    (void)state;
+    static const struct vchain chains[] = {
+        /* GPT-2's heads at S = 1: a slice of the fused qkv row, split, transposed. */
+        {"slice-reshape-transpose", {0, 1, 1, 18}, 3,
+         {{V_SLICE, {3, 12, 18, 0}}, {V_RESHAPE, {0, 0, 2, 3}}, {V_TRANSPOSE, {0, 2, 1, 3}}}},
+        {"slice-reshape-transpose(k)", {0, 1, 1, 18}, 3,
+         {{V_SLICE, {3, 6, 12, 0}}, {V_RESHAPE, {0, 0, 2, 3}}, {V_TRANSPOSE, {0, 2, 3, 1}}}},
+        /* A slice of a transposed view. */
+        {"transpose-slice", {0, 1, 4, 6}, 2,
+         {{V_TRANSPOSE, {0, 1, 3, 2}}, {V_SLICE, {2, 1, 4, 0}}}},
+        /* Slice, reshape that splits the sliced axis, transpose. */
+        {"slice-reshape-transpose(2)", {0, 1, 1, 12}, 3,
+         {{V_SLICE, {3, 4, 10, 0}}, {V_RESHAPE, {0, 1, 2, 3}}, {V_TRANSPOSE, {0, 1, 3, 2}}}},
+        /* A slice of a slice. */
+        {"slice-slice", {0, 1, 2, 10}, 2, {{V_SLICE, {3, 2, 9, 0}}, {V_SLICE, {2, 1, 2, 0}}}},
+        /* A slice along a leading axis of size > 1 that leaves it 1. */
+        {"slice-leading", {0, 3, 1, 5}, 1, {{V_SLICE, {1, 2, 3, 0}}}},
+    };
+    for (size_t i = 0; i < sizeof chains / sizeof chains[0]; i++)
+        for (int64_t N = 1; N <= 2; N++)
+            for (int use = U_MATMUL_A; use <= U_OUTPUT; use++)
+                run_view_chain(&chains[i], N, (enum vuse)use);
 }
 
 /* ---- pipelining, determinism, errors ----------------------------------- */
@@ -1453,6 +1639,7 @@ int main(void)
         cmocka_unit_test(test_gather_layernorm_softmax),
         cmocka_unit_test(test_unary_where),
         cmocka_unit_test(test_attention_views),
+        cmocka_unit_test(test_views_leading_ones),
         cmocka_unit_test(test_pipelined_bit_identical),
         cmocka_unit_test(test_errors),
     };

@@ -15,7 +15,15 @@
  * The easy thing to get wrong: prepared weights are in the layout chosen at
  * step_init (batch 1); node_prepare must create the convolution with that
  * weights descriptor, never "any", or a plan for another batch size could
- * expect a layout the weights are not in. */
+ * expect a layout the weights are not in.
+ *
+ * Views (slices, transposes, reshapes of them) are strided descriptors of
+ * their input's buffer, a slice's start in offset0. No primitive is ever
+ * given a descriptor with an offset: oneDNN 2.6's brgemm matmul ignores
+ * offset0 (it read GPT-2's v heads from q's columns at batch 1, sequence
+ * length 1, where every leading dimension is 1 and brgemm takes the view),
+ * so md_detach_offset moves it into the byte offset the argument is bound
+ * at, and add_arg checks that none is left. */
 #include "exec/cpu/cpu_backend.h"
 
 #include <math.h>
@@ -201,6 +209,14 @@ static void md_plain_rank(dnnl_memory_desc_t *md, int rank, const struct exec_te
     md_plain(md, rank, d);
 }
 
+/* The view md without its offset0, which is added (in bytes) to *off, the
+ * offset the argument is bound at (see the file comment). */
+static void md_detach_offset(dnnl_memory_desc_t *md, uint64_t *off)
+{
+    *off += (uint64_t)md->offset0 * (uint64_t)dnnl_data_type_size(md->data_type);
+    md->offset0 = 0;
+}
+
 /* A plain layout with arbitrary strides and offset (no blocking): what a
  * view (transpose, slice, reshape of a view) produces. */
 static int md_strided(const dnnl_memory_desc_t *md)
@@ -320,6 +336,7 @@ static int add_arg(struct ccall *c, int arg, const dnnl_memory_desc_t *md, enum 
     a->off = off;
     a->mem = NULL;
     if (md) {
+        PPS_ASSERT(md->offset0 == 0); /* md_detach_offset */
         dnnl_status_t s = dnnl_memory_create(&a->mem, md, g_cpu.engine, DNNL_MEMORY_NONE);
         if (s != dnnl_success) {
             c->nargs--;
@@ -357,10 +374,14 @@ static int prim_call(struct cpu_node *nd, dnnl_primitive_desc_t pd, struct ccall
 }
 
 /* A reorder call from (src_md at bind sb/si/so) to (dst_md at db/di/do). */
-static int reorder_call(struct cpu_node *nd, const dnnl_memory_desc_t *src_md, enum bind sb, int si,
-                        uint64_t so, const dnnl_memory_desc_t *dst_md, enum bind db, int di,
-                        uint64_t dof)
+static int reorder_call(struct cpu_node *nd, const dnnl_memory_desc_t *src_view, enum bind sb,
+                        int si, uint64_t so, const dnnl_memory_desc_t *dst_view, enum bind db,
+                        int di, uint64_t dof)
 {
+    dnnl_memory_desc_t src = *src_view, dst = *dst_view;
+    const dnnl_memory_desc_t *src_md = &src, *dst_md = &dst;
+    md_detach_offset(&src, &so);
+    md_detach_offset(&dst, &dof);
     dnnl_primitive_desc_t pd;
     dnnl_primitive_attr_t attr = attr_new();
     dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, src_md, g_cpu.engine, dst_md,
@@ -523,6 +544,7 @@ static int post_calls(struct cpu_node *nd, const struct cpu_step *cs, const stru
         dnnl_primitive_attr_t attr = attr_new();
         dnnl_status_t s;
         dnnl_memory_desc_t src1;
+        uint64_t src1_off = 0;
         if (st->post[i].kind == EXEC_POST_UNARY) {
             float a, b;
             dnnl_alg_kind_t alg = unary_alg(pn, &a, &b);
@@ -532,6 +554,7 @@ static int post_calls(struct cpu_node *nd, const struct cpu_step *cs, const stru
         } else {
             if (st->post[i].kind == EXEC_POST_SUM) {
                 md_of(&src1, &in[st->post[i].operand]);
+                md_detach_offset(&src1, &src1_off);
             } else {
                 int64_t ones[DNNL_MAX_NDIMS];
                 for (int d = 0; d < out_md->ndims; d++) ones[d] = 1;
@@ -554,7 +577,7 @@ static int post_calls(struct cpu_node *nd, const struct cpu_step *cs, const stru
         } else {
             if ((rc = add_arg(c, DNNL_ARG_SRC_0, out_md, B_OUT, 0, 0))) return rc;
             if (st->post[i].kind == EXEC_POST_SUM)
-                rc = add_arg(c, DNNL_ARG_SRC_1, &src1, B_IN, st->post[i].operand, 0);
+                rc = add_arg(c, DNNL_ARG_SRC_1, &src1, B_IN, st->post[i].operand, src1_off);
             else
                 rc = add_arg(c, DNNL_ARG_SRC_1, &src1, B_PARAM, st->post[i].operand, 0);
             if (rc) return rc;
@@ -1356,6 +1379,7 @@ static int prep_matmul(PREP_ARGS)
             } else if (attempt == 0 && md_strided(t->layout)) {
                 *refs[k] = (struct src_ref){B_IN, k, 0};
                 md_extend_rank(mds[k], t->layout, r);
+                md_detach_offset(mds[k], &refs[k]->off);
             } else {
                 rc = plain_input(nd, t, k, refs[k]);
                 md_plain_rank(mds[k], r, t);
