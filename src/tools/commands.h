@@ -19,7 +19,8 @@
     X("fetch", fetch_main, "read a deployed model back through its location record") \
     X("run", run_main, "run a model from kv.bin on the CPU executor (latency, output .npy)") \
     X("server", server_main, "the inference server (pipelined model loading)") \
-    X("infer", infer_main, "send inference requests to a server, print timings")
+    X("infer", infer_main, "send inference requests to a server, print timings") \
+    X("load_balancer", load_balancer_main, "the cluster's front door: places requests on servers, steers caches")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
@@ -33,6 +34,7 @@ int version_main(int argc, char **argv);
 #include "deploy/fetch.h"
 #include "server/infer_client.h"
 #include "server/server.h"
+#include "lb/lb_main.h"
 
 int stat_main(int argc, char **argv);
 #include "cache/cache_main.h"

@@ -566,6 +566,20 @@ def decode_tensor(body, pos):
     return arr, pos + nbytes
 
 
+LB_MAGIC = 0x31424C50
+
+
+def decode_lb_block(b):
+    """The load balancer's 64-byte block at the end of a relayed timing
+    block (docs/protocol.md, "Load balancer: client link"), or None."""
+    magic, attempts, rule, placed = struct.unpack_from("<IBBBx", b, 0)
+    if magic != LB_MAGIC:
+        return None
+    q, tot, sid, mid = struct.unpack_from("<QQII", b, 8)
+    return {"attempts": attempts, "rule": rule, "placed": placed, "lb_queue_us": q, "lb_total_us": tot,
+            "server_id": sid, "machine_id": mid, "server": b[32:64].split(b"\0", 1)[0].decode()}
+
+
 def decode_infer_response(body):
     """-> (timing dict, [numpy arrays])."""
     (tlen,) = struct.unpack_from("<I", body, 0)
@@ -576,6 +590,10 @@ def decode_infer_response(body):
             break
         (timing[name],) = struct.unpack_from("<" + code, body, pos)
         pos += size
+    if tlen >= 64:
+        lb = decode_lb_block(body[4 + tlen - 64:4 + tlen])
+        if lb:
+            timing["lb"] = lb
     pos = 4 + tlen
     (n,) = struct.unpack_from("<I", body, pos)
     pos += 4
@@ -646,3 +664,80 @@ def decode_lb_server_event(body):
     assert 5 + k + 24 == len(body)
     return {"kind": {1: "resident", 2: "evicted"}[kind], "model": model, "bytes": nbytes,
             "used": used, "capacity": cap}
+
+
+# ---- peer limits every daemon shares (--io-timeout, --max-conns) ----
+
+def sanitizer_build():
+    """True when the binaries under test were built with PIPEPS_SANITIZE (their
+    allocator keeps freed memory in quarantine, so resident-memory checks do
+    not apply)."""
+    try:
+        with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+            return any(line.startswith("PIPEPS_SANITIZE:") and line.strip().endswith("=ON")
+                       for line in f)
+    except OSError:
+        return False
+
+
+def ping(sock, request_id=1, payload=b"ping"):
+    """One PING on a raw socket; returns (status, body)."""
+    sock.sendall(header(MSG["PING"], len(payload), request_id) + payload)
+    _m, _v, flags, _t, status, _r, rid, plen = HEADER.unpack(recv_exact(sock, 32))
+    body = recv_exact(sock, plen)
+    assert flags & FLAG_RESPONSE and rid == request_id
+    return status, body
+
+
+def wait_closed(sock, timeout=60):
+    """Read until the daemon closes the connection (EOF or reset)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+
+
+def wait_connections(port, want, timeout=30):
+    """Poll STAT until the daemon counts `want` connections (this one included)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        deadline = time.time() + timeout
+        while True:
+            s.sendall(header(MSG["STAT"], 0, 1))
+            _m, _v, _f, _t, status, _r, _rid, plen = HEADER.unpack(recv_exact(s, 32))
+            got = parse_stat(recv_exact(s, plen)).get("connections")
+            if got == want or time.time() > deadline:
+                return got
+            time.sleep(0.05)
+
+
+def check_half_frame_stallers(port, max_conns):
+    """For a daemon started with --max-conns max_conns and a short --io-timeout:
+    an idle connection plus max_conns - 1 peers that send half a frame header
+    fill it; one more is refused with PPS_EBUSY (type ERROR) and closed; the
+    stallers are dropped after the timeout; then a new client is served, and
+    the idle connection, quiet between frames all along, still works."""
+    assert wait_connections(port, 1) == 1  # start-up probes are gone
+    idle = socket.create_connection(("127.0.0.1", port), timeout=60)
+    assert ping(idle, 1) == (0, b"ping")
+    stallers = []
+    for _ in range(max_conns - 1):
+        s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        s.sendall(header(MSG["PING"], 4, 7)[:16])
+        stallers.append(s)
+    extra = socket.create_connection(("127.0.0.1", port), timeout=60)
+    _m, _v, flags, mtype, status, _r, _rid, plen = HEADER.unpack(recv_exact(extra, 32))
+    body = recv_exact(extra, plen)
+    assert (mtype, status) == (MSG["ERROR"], E["BUSY"]), body
+    assert b"--max-conns" in body
+    wait_closed(extra)
+    for s in stallers:
+        wait_closed(s)
+        s.close()
+    fresh = socket.create_connection(("127.0.0.1", port), timeout=60)
+    assert ping(fresh, 3) == (0, b"ping")
+    fresh.close()
+    assert ping(idle, 2) == (0, b"ping")
+    idle.close()
+    extra.close()
