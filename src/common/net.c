@@ -34,24 +34,40 @@ static int resolve(const char *addr, uint16_t port, struct sockaddr_in *sa)
     return 0;
 }
 
-int net_listen(const char *addr, uint16_t port, int *fd_out)
+int net_listen_msg(const char *addr, uint16_t port, int *fd_out, char *err, size_t errlen)
 {
+    const char *shown = addr && *addr ? addr : NET_DEFAULT_ADDR;
     struct sockaddr_in sa;
     int rc = resolve(addr, port, &sa);
     if (rc)
-        return rc;
+        return pps_fail(err, errlen, rc, "cannot listen on %s:%u: unknown address", shown, port);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return pps_from_errno(errno);
+    if (fd < 0) {
+        int e = errno;
+        return pps_fail(err, errlen, pps_from_errno(e), "cannot listen on %s:%u: %s", shown,
+                        port, strerror(e));
+    }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 512) < 0) {
         int e = errno;
         close(fd);
-        return e == EADDRINUSE ? PPS_EBUSY : pps_from_errno(e);
+        /* strerror's own words ("Address already in use"), lower-cased to
+         * read like the rest of our messages */
+        char why[128];
+        snprintf(why, sizeof why, "%s", strerror(e));
+        if (why[0] >= 'A' && why[0] <= 'Z' && !(why[1] >= 'A' && why[1] <= 'Z'))
+            why[0] = (char)(why[0] - 'A' + 'a');
+        return pps_fail(err, errlen, e == EADDRINUSE ? PPS_EBUSY : pps_from_errno(e),
+                        "cannot listen on %s:%u: %s", shown, port, why);
     }
     *fd_out = fd;
     return 0;
+}
+
+int net_listen(const char *addr, uint16_t port, int *fd_out)
+{
+    return net_listen_msg(addr, port, fd_out, NULL, 0);
 }
 
 int net_connect(const char *addr, uint16_t port, int timeout_ms, int *fd_out)

@@ -17,6 +17,10 @@
 /* Listen on addr:port (addr NULL or "" = loopback; port 0 = any, see
  * net_local_port). */
 int net_listen(const char *addr, uint16_t port, int *fd_out);
+/* The same, with the reason in err for a log line that says it once:
+ * "cannot listen on 127.0.0.1:7000: address already in use" (the code is
+ * then PPS_EBUSY, whose generic text would read "resource busy"). */
+int net_listen_msg(const char *addr, uint16_t port, int *fd_out, char *err, size_t errlen);
 /* Connect with a timeout in milliseconds (0 = the OS default). */
 int net_connect(const char *addr, uint16_t port, int timeout_ms, int *fd_out);
 int net_local_port(int fd, uint16_t *port);

@@ -30,6 +30,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/frame.h"
+#include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "metadata/meta_client.h"
@@ -63,6 +64,9 @@
 #define LIMIT_PUT ((uint64_t)4 + META_MAX_KEY + META_MAX_VALUE)
 #define LIMIT_PING (64u << 10)
 #define LIMIT_STAT 4096u
+/* A META_PUT with a payload over this is received into its own buffer,
+ * charged to the --max-partial budget, instead of the input buffer. */
+#define PUT_STREAM_MIN (64u << 10)
 
 struct held {
     struct held *next;
@@ -79,6 +83,14 @@ struct conn {
     uint64_t discard;  /* payload bytes of a refused request still to skip */
     int closing;       /* no more requests; close once answers are out */
     int paused;        /* reading stopped for output backpressure */
+    int timer_armed;   /* read timeout on: a frame is partly received */
+    /* A large META_PUT being received (value != NULL): its header and key,
+     * and value_got of value_len bytes so far (charged to srv->budget). */
+    struct frame_header put_h;
+    uint8_t put_key[META_MAX_KEY];
+    uint32_t put_key_len;
+    uint8_t *value;
+    uint64_t value_len, value_got;
     int waiting;       /* on srv->waiting (has held answers) */
     struct conn *prev, *next;   /* srv->conns */
     struct conn *wprev, *wnext; /* srv->waiting */
@@ -105,11 +117,14 @@ struct meta_server {
     uint64_t compact_floor;   /* after a failed compaction: wait for this size */
     int flush_scheduled;
     int stopping;
+    struct inbound_limits lim;
+    struct inbound_budget budget; /* bytes of PUT values being received */
     int failed;
     struct conn *conns, *waiting;
     /* statistics */
     uint64_t n_get, n_put, n_delete, n_list, n_ping, n_stat, n_miss;
-    uint64_t n_bad_frames, n_bad_requests, n_conn_total, n_conn_now;
+    uint64_t n_bad_frames, n_bad_requests, n_conn_total, n_conn_now, n_conn_refused;
+    uint64_t n_stalled, n_busy;
     uint64_t n_fsync, fsync_ns_total, fsync_ns_max, batch_records_max, batch_records_total;
     uint64_t n_compactions, n_compaction_failures;
 };
@@ -444,56 +459,53 @@ static void add_record(struct meta_server *srv, uint8_t type, const void *key, u
     schedule_flush(srv);
 }
 
-/* META_PUT: the value is taken from the input buffer straight into its own
- * allocation (it can be up to 64 MiB). */
-static void do_put(struct conn *c, const struct frame_header *h, struct evbuffer *in)
+/* Check a META_PUT's key and lengths. kbuf holds the payload's first
+ * min(payload_len, 4 + META_MAX_KEY) bytes. 0, or an error already answered. */
+static int put_check(struct conn *c, const struct frame_header *h, const uint8_t *kbuf,
+                     uint32_t *key_len_out, uint64_t *value_len_out)
 {
-    struct meta_server *srv = c->srv;
     uint64_t plen = h->payload_len;
-    uint8_t kbuf[4 + META_MAX_KEY];
-    size_t head = plen < sizeof kbuf ? (size_t)plen : sizeof kbuf;
-    if (evbuffer_copyout(in, kbuf, head) != (ev_ssize_t)head)
-        PPS_ASSERT(!"input shorter than its complete frame");
     if (plen < 4) {
         conn_fail(c, h->type, h->request_id, PPS_EPROTO, LOG_WARN,
                   "malformed payload: %llu bytes, too short for a key length",
                   (unsigned long long)plen);
-        return;
+        return PPS_EPROTO;
     }
     uint32_t key_len = load_le32(kbuf);
     if (key_len > META_MAX_KEY) {
         conn_fail(c, h->type, h->request_id, PPS_ETOOBIG, LOG_WARN,
                   "key of %u bytes is over the limit of %d", key_len, META_MAX_KEY);
-        return;
+        return PPS_ETOOBIG;
     }
     if (4 + (uint64_t)key_len > plen) {
         conn_fail(c, h->type, h->request_id, PPS_EPROTO, LOG_WARN,
                   "malformed payload: key length %u beyond the %llu-byte payload", key_len,
                   (unsigned long long)plen);
-        return;
+        return PPS_EPROTO;
     }
     const uint8_t *key = kbuf + 4;
     if (key_len == 0 || memchr(key, '\0', key_len)) {
         conn_fail(c, h->type, h->request_id, PPS_EINVAL, LOG_WARN,
                   key_len ? "key contains a NUL byte" : "empty key");
-        return;
+        return PPS_EINVAL;
     }
     uint64_t value_len = plen - 4 - key_len;
     if (value_len > META_MAX_VALUE) {
         conn_fail(c, h->type, h->request_id, PPS_ETOOBIG, LOG_WARN,
                   "value of %llu bytes is over the limit of %u", (unsigned long long)value_len,
                   META_MAX_VALUE);
-        return;
+        return PPS_ETOOBIG;
     }
-    uint8_t *value = malloc(value_len ? (size_t)value_len : 1);
-    if (!value) {
-        conn_fail(c, h->type, h->request_id, PPS_ENOMEM, LOG_ERROR,
-                  "cannot allocate %llu bytes for the value", (unsigned long long)value_len);
-        return;
-    }
-    evbuffer_drain(in, 4 + key_len);
-    if (value_len && evbuffer_remove(in, value, (size_t)value_len) != (ev_ssize_t)value_len)
-        PPS_ASSERT(!"input shorter than its complete frame");
+    *key_len_out = key_len;
+    *value_len_out = value_len;
+    return 0;
+}
+
+/* Apply a checked META_PUT; takes over value (malloc'd). */
+static void put_commit(struct conn *c, const struct frame_header *h, const uint8_t *key,
+                       uint32_t key_len, uint8_t *value, uint64_t value_len)
+{
+    struct meta_server *srv = c->srv;
     uint64_t seq = ++srv->last_seq;
     int64_t old_len;
     meta_index_put(&srv->index, key, key_len, value, (uint32_t)value_len, seq, &old_len);
@@ -503,6 +515,102 @@ static void do_put(struct conn *c, const struct frame_header *h, struct evbuffer
     add_record(srv, META_REC_PUT, key, key_len, value, (uint32_t)value_len);
     srv->n_put++;
     conn_answer(c, h->type, h->request_id, 0, NULL, 0, NULL, 0, seq);
+}
+
+/* META_PUT whose whole frame is in the input buffer: the value is taken
+ * from it straight into its own allocation. */
+static void do_put(struct conn *c, const struct frame_header *h, struct evbuffer *in)
+{
+    uint64_t plen = h->payload_len;
+    uint8_t kbuf[4 + META_MAX_KEY];
+    size_t head = plen < sizeof kbuf ? (size_t)plen : sizeof kbuf;
+    if (evbuffer_copyout(in, kbuf, head) != (ev_ssize_t)head)
+        PPS_ASSERT(!"input shorter than its complete frame");
+    uint32_t key_len;
+    uint64_t value_len;
+    if (put_check(c, h, kbuf, &key_len, &value_len))
+        return;
+    uint8_t *value = malloc(value_len ? (size_t)value_len : 1);
+    if (!value) {
+        conn_fail(c, h->type, h->request_id, PPS_ENOMEM, LOG_ERROR,
+                  "cannot allocate %llu bytes for the value", (unsigned long long)value_len);
+        return;
+    }
+    evbuffer_drain(in, 4 + key_len);
+    if (value_len && evbuffer_remove(in, value, (size_t)value_len) != (ev_ssize_t)value_len)
+        PPS_ASSERT(!"input shorter than its complete frame");
+    put_commit(c, h, kbuf + 4, key_len, value, value_len);
+}
+
+/* A large META_PUT: with its header and key in `in` (its first
+ * 32 + 4 + META_MAX_KEY bytes), check it, charge its value to the budget
+ * and start receiving the value into its own buffer. Returns 0 when
+ * receiving, or an error already answered (the caller skips the payload). */
+static int put_stream_begin(struct conn *c, const struct frame_header *h, struct evbuffer *in)
+{
+    struct meta_server *srv = c->srv;
+    uint8_t raw[FRAME_HEADER_SIZE + 4 + META_MAX_KEY];
+    if (evbuffer_copyout(in, raw, sizeof raw) != (ev_ssize_t)sizeof raw)
+        PPS_ASSERT(!"caller waits for the key");
+    const uint8_t *kbuf = raw + FRAME_HEADER_SIZE;
+    uint32_t key_len;
+    uint64_t value_len;
+    int rc = put_check(c, h, kbuf, &key_len, &value_len);
+    if (rc)
+        return rc;
+    if (inbound_budget_take(&srv->budget, value_len)) {
+        srv->n_busy++;
+        conn_fail(c, h->type, h->request_id, PPS_EBUSY, LOG_WARN,
+                  "%llu bytes of values are being received already (--max-partial %llu); "
+                  "try again later",
+                  (unsigned long long)inbound_budget_used(&srv->budget),
+                  (unsigned long long)srv->budget.limit);
+        return PPS_EBUSY;
+    }
+    c->value = malloc(value_len ? (size_t)value_len : 1);
+    if (!c->value) {
+        inbound_budget_give(&srv->budget, value_len);
+        conn_fail(c, h->type, h->request_id, PPS_ENOMEM, LOG_ERROR,
+                  "cannot allocate %llu bytes for the value", (unsigned long long)value_len);
+        return PPS_ENOMEM;
+    }
+    c->put_h = *h;
+    memcpy(c->put_key, kbuf + 4, key_len);
+    c->put_key_len = key_len;
+    c->value_len = value_len;
+    c->value_got = 0;
+    evbuffer_drain(in, FRAME_HEADER_SIZE + 4 + key_len);
+    return 0;
+}
+
+/* Move what arrived of the value being received; apply the PUT once it is
+ * complete. Returns 1 while more is due. */
+static int put_stream_feed(struct conn *c, struct evbuffer *in)
+{
+    size_t have = evbuffer_get_length(in);
+    uint64_t want = c->value_len - c->value_got;
+    size_t n = have < want ? have : (size_t)want;
+    if (n && evbuffer_remove(in, c->value + c->value_got, n) != (ev_ssize_t)n)
+        PPS_ASSERT(!"evbuffer_remove short");
+    c->value_got += n;
+    if (c->value_got < c->value_len)
+        return 1;
+    uint8_t *value = c->value;
+    c->value = NULL;
+    inbound_budget_give(&c->srv->budget, c->value_len);
+    put_commit(c, &c->put_h, c->put_key, c->put_key_len, value, c->value_len);
+    return 0;
+}
+
+/* Drop a value still being received (the connection ends). */
+static void put_stream_drop(struct conn *c)
+{
+    if (!c->value)
+        return;
+    free(c->value);
+    c->value = NULL;
+    inbound_budget_give(&c->srv->budget, c->value_len);
+    inbound_trim();
 }
 
 static void do_delete(struct conn *c, const struct frame_header *h, const uint8_t *p, size_t n)
@@ -578,7 +686,8 @@ static void do_stat(struct conn *c, const struct frame_header *h)
         "gets %llu\nputs %llu\ndeletes %llu\nlists %llu\nmisses %llu\npings %llu\nstats %llu\n"
         "fsyncs %llu\nfsync_avg_us %llu\nfsync_max_us %llu\nbatch_avg %.2f\nbatch_max %llu\n"
         "compactions %llu\ncompaction_failures %llu\nconnections %llu\nconnections_total %llu\n"
-        "bad_frames %llu\nbad_requests %llu\ndurable_seq %llu\nlast_seq %llu\n",
+        "bad_frames %llu\nbad_requests %llu\ndurable_seq %llu\nlast_seq %llu\n"
+        "connections_refused %llu\nstalled_drops %llu\npartial_bytes %llu\npartial_refused %llu\n",
         srv->index.count, (unsigned long long)srv->index.key_bytes,
         (unsigned long long)srv->index.value_bytes, (unsigned long long)srv->log_bytes,
         (unsigned long long)(META_LOG_HEADER_SIZE + srv->live_bytes),
@@ -591,7 +700,9 @@ static void do_stat(struct conn *c, const struct frame_header *h)
         (unsigned long long)srv->n_compaction_failures, (unsigned long long)srv->n_conn_now,
         (unsigned long long)srv->n_conn_total, (unsigned long long)srv->n_bad_frames,
         (unsigned long long)srv->n_bad_requests, (unsigned long long)srv->durable_seq,
-        (unsigned long long)srv->last_seq);
+        (unsigned long long)srv->last_seq, (unsigned long long)srv->n_conn_refused,
+        (unsigned long long)srv->n_stalled,
+        (unsigned long long)inbound_budget_used(&srv->budget), (unsigned long long)srv->n_busy);
     conn_answer(c, h->type, h->request_id, 0, text, (size_t)m, NULL, 0, 0);
 }
 
@@ -695,6 +806,11 @@ static void conn_process(struct conn *c)
             if (c->discard)
                 break;
         }
+        if (c->value) {
+            if (put_stream_feed(c, in))
+                break;
+            continue;
+        }
         if (conn_pressure(c) > CONN_OUT_HIGH) {
             c->paused = 1;
             bufferevent_disable(c->bev, EV_READ);
@@ -724,6 +840,20 @@ static void conn_process(struct conn *c)
             continue;
         }
         uint64_t need = FRAME_HEADER_SIZE + h.payload_len;
+        if (h.type == MSG_META_PUT && !(h.flags & FRAME_FLAG_RESPONSE) &&
+            h.payload_len > PUT_STREAM_MIN && have < need) {
+            /* A large value goes to its own buffer as it arrives, charged
+             * to the budget: half-sent PUTs cannot pile up input buffers. */
+            if (have < FRAME_HEADER_SIZE + 4 + META_MAX_KEY) {
+                bufferevent_setwatermark(c->bev, EV_READ, FRAME_HEADER_SIZE + 4 + META_MAX_KEY, 0);
+                break;
+            }
+            if (put_stream_begin(c, &h, in)) {
+                evbuffer_drain(in, FRAME_HEADER_SIZE);
+                c->discard = h.payload_len;
+            }
+            continue;
+        }
         if (have < need) {
             /* Wake up only when the whole frame is here. */
             bufferevent_setwatermark(c->bev, EV_READ, (size_t)need, 0);
@@ -732,6 +862,10 @@ static void conn_process(struct conn *c)
         evbuffer_drain(in, FRAME_HEADER_SIZE);
         handle_request(c, &h, in);
     }
+    /* Between frames a peer may be silent forever; inside one, --io-timeout. */
+    if (!c->closing)
+        inbound_ev_arm(c->bev, c->value || c->discard || evbuffer_get_length(in) > 0,
+                       c->srv->lim.io_timeout_ms, &c->timer_armed);
 }
 
 /* ---- connections ---- */
@@ -752,6 +886,26 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
     size_t left = evbuffer_get_length(bufferevent_get_input(bev));
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)) {
+        c->srv->n_bad_frames++;
+        c->srv->n_stalled++;
+        if (c->value)
+            log_warn("peer %s: stalled %d s after %llu of %llu value bytes of a META_PUT; "
+                     "dropped", c->peer, c->srv->lim.io_timeout_ms / 1000,
+                     (unsigned long long)c->value_got, (unsigned long long)c->value_len);
+        else
+            log_warn("peer %s: stalled %d s in the middle of a frame (%zu bytes buffered); "
+                     "dropped", c->peer, c->srv->lim.io_timeout_ms / 1000, left);
+        conn_free(c);
+        return;
+    }
+    if (c->value && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && !c->closing) {
+        c->srv->n_bad_frames++;
+        log_warn("peer %s: disconnected after %llu of %llu value bytes of a META_PUT; dropped",
+                 c->peer, (unsigned long long)c->value_got, (unsigned long long)c->value_len);
+        conn_free(c);
+        return;
+    }
     if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && left && !c->closing) {
         /* An EOF or a reset (a peer that closes with unread answers) alike. */
         uint8_t raw[FRAME_HEADER_SIZE];
@@ -788,6 +942,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 static void conn_free(struct conn *c)
 {
     struct meta_server *srv = c->srv;
+    put_stream_drop(c);
     waiting_remove(srv, c);
     while (c->held_head) {
         struct held *h = c->held_head;
@@ -812,6 +967,15 @@ static void accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct soc
     (void)lev;
     (void)salen;
     struct meta_server *srv = arg;
+    if (srv->n_conn_now >= (uint64_t)srv->lim.max_conns) {
+        char ip[INET_ADDRSTRLEN] = "?";
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip, sizeof ip);
+        log_warn("peer %s: refused: %d connections already (--max-conns)", ip, srv->lim.max_conns);
+        srv->n_conn_refused++;
+        inbound_refuse(fd, srv->lim.max_conns);
+        return;
+    }
     struct bufferevent *bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     if (!bev) {
         log_error("cannot set up a connection: out of memory");
@@ -954,15 +1118,29 @@ int meta_server_run(const struct meta_server_options *opt)
     srv->log.fd = srv->log.dir_fd = srv->log.lock_fd = -1;
     srv->compact_min = opt->compact_min;
     srv->compact_ratio = opt->compact_ratio > 1.0 ? opt->compact_ratio : META_DEFAULT_COMPACT_RATIO;
+    srv->lim = opt->lim;
+    inbound_budget_init(&srv->budget, opt->lim.max_partial);
     wbuf_init(&srv->pending);
     meta_index_init(&srv->index);
 
+    /* Bind before opening the log: a port in use must not leave a new data
+     * directory behind. Connections wait in the backlog during the replay. */
+    char err[200];
+    int lfd;
+    int rc = net_listen_msg(opt->addr, opt->port, &lfd, err, sizeof err);
+    if (rc) {
+        log_error("%s", err);
+        meta_index_free(&srv->index);
+        wbuf_free(&srv->pending);
+        return rc;
+    }
     struct meta_replay_stats st;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = meta_log_open(&srv->log, opt->dir, opt->truncate_damaged, replay_record, srv, &st);
+    rc = meta_log_open(&srv->log, opt->dir, opt->truncate_damaged, replay_record, srv, &st);
     if (rc) {
         log_error("cannot open the metadata log in %s: %s", opt->dir, pps_strerror(rc));
+        close(lfd);
         meta_index_free(&srv->index);
         wbuf_free(&srv->pending);
         return rc;
@@ -984,14 +1162,8 @@ int meta_server_run(const struct meta_server_options *opt)
     if (cfg)
         event_config_free(cfg);
     if (!srv->base) {
+        close(lfd);
         rc = PPS_ENOMEM;
-        goto out;
-    }
-    int lfd;
-    rc = net_listen(opt->addr, opt->port, &lfd);
-    if (rc) {
-        log_error("cannot listen on %s:%u: %s", opt->addr ? opt->addr : NET_DEFAULT_ADDR,
-                  opt->port, pps_strerror(rc));
         goto out;
     }
     uint16_t port = opt->port;
@@ -1041,14 +1213,22 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: metadata_storage [ADDR] PORT [--dir DIR] [--compact-min SIZE]\n"
             "                        [--compact-ratio R] [--truncate-damaged]\n"
+            "                        [--io-timeout S] [--max-conns N] [--max-partial SIZE]\n"
             "  ADDR                address to bind (default %s)\n"
             "  PORT                TCP port (0 = any free port, printed at start)\n"
             "  --dir DIR           data directory (default ./%s)\n"
             "  --compact-min SIZE  never compact a log smaller than SIZE (default 8M)\n"
             "  --compact-ratio R   compact when the log is over R x the live data (default 2)\n"
             "  --truncate-damaged  start even if the log is damaged in the middle, keeping\n"
-            "                      the records before the damage (the rest is saved aside)\n",
-            NET_DEFAULT_ADDR, META_DEFAULT_DIR);
+            "                      the records before the damage (the rest is saved aside)\n"
+            "  --io-timeout S      drop a peer that stalls S seconds inside a request; idle\n"
+            "                      connections are kept (default %d)\n"
+            "  --max-conns N       connections served at once; more are refused with\n"
+            "                      PPS_EBUSY (default %d)\n"
+            "  --max-partial SIZE  bytes of large PUT values being received at once; a PUT\n"
+            "                      beyond it is refused with PPS_EBUSY (default 256M)\n",
+            NET_DEFAULT_ADDR, META_DEFAULT_DIR, INBOUND_DEFAULT_IO_TIMEOUT_S,
+            INBOUND_DEFAULT_MAX_CONNS);
 }
 
 int metadata_storage_main(int argc, char **argv)
@@ -1058,10 +1238,13 @@ int metadata_storage_main(int argc, char **argv)
         {"compact-min", 1, NULL},
         {"compact-ratio", 1, NULL},
         {"truncate-damaged", 0, NULL},
+        {"io-timeout", 1, NULL},
+        {"max-conns", 1, NULL},
+        {"max-partial", 1, NULL},
     };
     struct args args;
     int help = 0;
-    if (args_split(argc, argv, options, 4, &args, &help)) {
+    if (args_split(argc, argv, options, (int)(sizeof options / sizeof options[0]), &args, &help)) {
         usage(help ? stdout : stderr);
         return help ? 0 : 2;
     }
@@ -1087,6 +1270,14 @@ int metadata_storage_main(int argc, char **argv)
         return 2;
     }
     opt.port = (uint16_t)port;
+    inbound_limits_default(&opt.lim);
+    opt.lim.max_partial = META_DEFAULT_MAX_PARTIAL;
+    char err[160];
+    if (inbound_parse(&opt.lim, options[4].value, options[5].value, options[6].value, err,
+                      sizeof err)) {
+        fprintf(stderr, "metadata_storage: %s\n", err);
+        return 2;
+    }
     if (options[1].value && args_parse_size(options[1].value, &opt.compact_min)) {
         fprintf(stderr, "metadata_storage: bad size '%s' for --compact-min\n", options[1].value);
         return 2;

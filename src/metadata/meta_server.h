@@ -11,9 +11,12 @@
 
 #include <stdint.h>
 
+#include "common/inbound.h"
+
 #define META_DEFAULT_DIR "metadata-data"
 #define META_DEFAULT_COMPACT_MIN (8u << 20)
 #define META_DEFAULT_COMPACT_RATIO 2.0
+#define META_DEFAULT_MAX_PARTIAL (256ull << 20)
 
 struct meta_server_options {
     const char *addr;       /* NULL = loopback */
@@ -22,6 +25,7 @@ struct meta_server_options {
     uint64_t compact_min;   /* never compact a log smaller than this */
     double compact_ratio;   /* compact when log > ratio x live records */
     int truncate_damaged;   /* see meta_log_open */
+    struct inbound_limits lim; /* --io-timeout, --max-conns, --max-partial */
 };
 
 /* Open the log, replay it, serve until SIGTERM/SIGINT. Returns 0 after a
@@ -30,7 +34,8 @@ struct meta_server_options {
  * durable). */
 int meta_server_run(const struct meta_server_options *opt);
 
-/* `metadata_storage [ADDR] PORT [--dir DIR] [--compact-min SIZE] [--truncate-damaged]` */
+/* `metadata_storage [ADDR] PORT [--dir DIR] [--compact-min SIZE] [--truncate-damaged]
+ *  [--io-timeout S] [--max-conns N] [--max-partial SIZE]` */
 int metadata_storage_main(int argc, char **argv);
 
 #endif

@@ -13,6 +13,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/frame.h"
+#include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "storage/storage_client.h"
@@ -427,34 +428,12 @@ static uint64_t payload_limit(uint16_t type)
 
 /* ---- connection thread ---- */
 
-/* Read a frame header. Between requests the peer may be silent as long as
- * it likes (the receive timeout just repeats); once a frame has begun it
- * must keep sending. *got: bytes received. */
-static int read_header(int fd, uint8_t *hdr, size_t *got)
-{
-    *got = 0;
-    while (*got < FRAME_HEADER_SIZE) {
-        ssize_t r = recv(fd, hdr + *got, FRAME_HEADER_SIZE - *got, 0);
-        if (r > 0) {
-            *got += (size_t)r;
-        } else if (r == 0) {
-            return PPS_ECLOSED;
-        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (*got)
-                return PPS_ETIMEOUT;
-        } else if (errno != EINTR) {
-            return errno == ECONNRESET ? PPS_ECLOSED : pps_from_errno(errno);
-        }
-    }
-    return 0;
-}
-
 /* Serve one request; non-zero ends the connection. */
 static int serve_one(struct conn *c)
 {
     uint8_t raw[FRAME_HEADER_SIZE];
     size_t got = 0;
-    int rc = read_header(c->fd, raw, &got);
+    int rc = inbound_recv_header(c->fd, raw, &got);
     if (rc) {
         if (rc == PPS_ECLOSED && got == 0)
             log_debug("%s: closed the connection", c->peer);
@@ -554,9 +533,8 @@ static void start_conn(struct server *srv, int fd, const struct sockaddr_in *sa)
     pthread_mutex_lock(&srv->mu);
     if (srv->nconns >= srv->max_conns) {
         pthread_mutex_unlock(&srv->mu);
-        log_warn("%s: refused: %d connections already", c->peer, srv->max_conns);
-        frame_send_error(fd, MSG_ERROR, 0, PPS_EBUSY, "too many connections");
-        close(fd);
+        log_warn("%s: refused: %d connections already (--max-conns)", c->peer, srv->max_conns);
+        inbound_refuse(fd, srv->max_conns);
         free(c);
         return;
     }
@@ -640,8 +618,10 @@ static void usage(FILE *out)
             "  --addr ADDR       address to bind (default 127.0.0.1)\n"
             "  --file-size SIZE  start a new data file past this size (default 1G)\n"
             "  --compact-ratio R compact a data file whose live fraction is below R (default 0.5)\n"
-            "  --io-timeout S    drop a peer that stalls S seconds inside a request (default 120)\n"
-            "  --max-conns N     connections served at once (default 1024)\n"
+            "  --io-timeout S    drop a peer that stalls S seconds inside a request; idle\n"
+            "                    connections are kept (default 120)\n"
+            "  --max-conns N     connections served at once; more are refused with\n"
+            "                    PPS_EBUSY (default 1024)\n"
             "  --sockbuf SIZE    socket send and receive buffer per connection (default: 4M send\n"
             "                    buffer, autotuned receive buffer)\n"
             "  --send-path P     how GETs send: mmap (send from a mapping of the data file,\n"
@@ -675,12 +655,17 @@ int storage_main(int argc, char **argv)
     else
         snprintf(dir, sizeof dir, "./storage-data-%u", port);
     so.dir = dir;
-    int timeout_s = 120, max_conns = 1024;
+    struct inbound_limits lim;
+    char err[160];
+    inbound_limits_default(&lim);
+    if (inbound_parse(&lim, opts[O_TIMEOUT].value, opts[O_MAXCONN].value, NULL, err,
+                      sizeof err)) {
+        fprintf(stderr, "storage: %s\n", err);
+        return 2;
+    }
     uint64_t sockbuf = 0;
     if ((opts[O_FILE_SIZE].value && (args_parse_size(opts[O_FILE_SIZE].value, &so.file_size) ||
                                      so.file_size < 4096)) ||
-        (opts[O_TIMEOUT].value && args_parse_int(opts[O_TIMEOUT].value, 1, 86400, &timeout_s)) ||
-        (opts[O_MAXCONN].value && args_parse_int(opts[O_MAXCONN].value, 1, 100000, &max_conns)) ||
         (opts[O_SOCKBUF].value &&
          (args_parse_size(opts[O_SOCKBUF].value, &sockbuf) || sockbuf > (1u << 30)))) {
         fprintf(stderr, "storage: bad option value\n");
@@ -719,13 +704,23 @@ int storage_main(int argc, char **argv)
         return 1;
     }
 
+    /* Bind first: a port in use must not leave a new data directory behind. */
+    const char *addr = opts[O_ADDR].value ? opts[O_ADDR].value : NET_DEFAULT_ADDR;
+    int listen_fd;
+    int rc = net_listen_msg(addr, port, &listen_fd, err, sizeof err);
+    if (rc) {
+        log_error("%s", err);
+        close(sig_fd);
+        return 1;
+    }
     printf("storage: data directory %s\n", dir);
     fflush(stdout);
     log_info("data directory %s", dir);
     struct store *store;
-    int rc = store_open(&so, &store);
+    rc = store_open(&so, &store);
     if (rc) {
         log_error("cannot open the store in %s: %s", dir, pps_strerror(rc));
+        close(listen_fd);
         close(sig_fd);
         return 1;
     }
@@ -735,20 +730,13 @@ int storage_main(int argc, char **argv)
              (unsigned long long)st.values, (unsigned long long)st.bytes_stored,
              (unsigned long long)st.files);
 
-    struct server srv = {.store = store, .io_timeout_ms = timeout_s * 1000,
-                         .max_conns = max_conns, .sockbuf = (int)sockbuf,
+    struct server srv = {.store = store, .listen_fd = listen_fd,
+                         .io_timeout_ms = lim.io_timeout_ms,
+                         .max_conns = lim.max_conns, .sockbuf = (int)sockbuf,
                          .use_sendfile = use_sendfile,
                          .started = time(NULL)};
     pthread_mutex_init(&srv.mu, NULL);
     pthread_cond_init(&srv.cv, NULL);
-    const char *addr = opts[O_ADDR].value ? opts[O_ADDR].value : NET_DEFAULT_ADDR;
-    rc = net_listen(addr, port, &srv.listen_fd);
-    if (rc) {
-        log_error("cannot listen on %s:%u: %s", addr, port, pps_strerror(rc));
-        store_close(store);
-        close(sig_fd);
-        return 1;
-    }
     log_info("listening on %s:%u (GETs sent with %s)", addr, port,
              use_sendfile ? "sendfile" : "send from a mapping");
     serve(&srv, sig_fd);

@@ -3,6 +3,7 @@ to with the independent Python framing of pipeps_testlib (and through the C
 client via `pipeps meta`)."""
 import os
 import random
+import select
 import socket
 import struct
 import subprocess
@@ -12,7 +13,8 @@ import time
 import pytest
 
 from pipeps_testlib import (E, MSG, MetaConn, Conn, binary, free_port, header, pack_str,
-                            parse_stat, recv_exact, start_metadata, FLAG_RESPONSE, HEADER)
+                            parse_stat, recv_exact, start_metadata, FLAG_RESPONSE, HEADER,
+                            check_half_frame_stallers, sanitizer_build, wait_closed)
 
 META_MAX_KEY = 1024
 META_MAX_VALUE = 64 << 20
@@ -596,3 +598,91 @@ def test_out_of_file_descriptors_then_recovers(tmp_path):
     late.close()
     first.close()
     stop_clean(d)
+
+
+# ---------------------------------------------------------------- peer limits
+
+def test_half_frame_stallers_are_dropped_and_new_clients_served(tmp_path):
+    """Regression: peers that send half a frame header and go quiet used to
+    hold their connections forever; with --max-conns they would lock every
+    client out. Idle connections between frames are kept."""
+    d = start_metadata(tmp_path / "data", tmp_path / "meta.log.txt",
+                       extra=["--max-conns", 5, "--io-timeout", 3])
+    try:
+        check_half_frame_stallers(d.port, 5)
+        assert wait_for_log(d, "stalled")
+        assert wait_for_log(d, "--max-conns")
+    finally:
+        stop_clean(d)
+
+
+def rss_anon_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_partial_puts_are_bounded_and_their_memory_returned(tmp_path):
+    """Regression: 8 PUTs of 60 MiB values sent in part and then stalled grew
+    the daemon by ~490 MiB, kept after they closed. Now large values being
+    received are charged to --max-partial (the rest are refused with
+    PPS_EBUSY), and a stalled one is dropped after --io-timeout with its
+    buffer returned."""
+    d = start_metadata(tmp_path / "data", tmp_path / "meta.log.txt",
+                       extra=["--io-timeout", 5, "--max-partial", "128M"])
+    try:
+        pid = d.proc.pid
+        c = MetaConn(d.port)
+        assert c.put("warm", b"x" * 1000) == (0, b"")
+        base = rss_anon_kib(pid)
+        value_len, sent = 60 << 20, 24 << 20
+        chunk = b"v" * (1 << 20)
+        socks, statuses = [], []
+        for i in range(8):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=60)
+            key = pack_str("big-%d" % i)
+            s.sendall(header(MSG["META_PUT"], len(key) + value_len, request_id=100 + i) + key)
+            for _ in range(sent >> 20):
+                s.sendall(chunk)
+            socks.append(s)
+        # two values fit in 128 MiB; the other six were refused at once
+        # (their answers are waiting), the two accepted ones wait for more
+        time.sleep(0.5)
+        readable, _, _ = select.select(socks, [], [], 0)
+        for i, s in enumerate(socks):
+            if s not in readable:
+                statuses.append(None)
+                continue
+            _m, _v, _f, _t, status, _r, rid, plen = HEADER.unpack(recv_exact(s, 32))
+            assert rid == 100 + i
+            statuses.append((status, recv_exact(s, plen)))
+        refused = [x for x in statuses if x is not None]
+        assert len(refused) == 6, statuses
+        assert all(st == E["BUSY"] and b"--max-partial" in body for st, body in refused)
+        st = c.call(MSG["STAT"])
+        stat = parse_stat(st[1])
+        assert stat["partial_bytes"] == 2 * value_len
+        assert stat["partial_refused"] == 6
+        # the two accepted ones stall: dropped after --io-timeout
+        for s, x in zip(socks, statuses):
+            if x is None:
+                wait_closed(s)
+        for s in socks:
+            s.close()
+        assert wait_for_log(d, "stalled")
+        stat = parse_stat(c.call(MSG["STAT"])[1])
+        assert stat["partial_bytes"] == 0 and stat["stalled_drops"] == 2
+        assert c.get("big-0")[0] == E["NOTFOUND"]
+        if not sanitizer_build():
+            # what the partial values took went back to the system
+            grown = rss_anon_kib(pid) - base
+            assert grown < 32 * 1024, "still %d KiB more than before" % grown
+        # a whole large value still goes through
+        big = bytes(range(256)) * (40 << 12)
+        assert c.put("big-ok", big) == (0, b"")
+        assert c.get("big-ok") == (0, big)
+        c.close()
+    finally:
+        stop_clean(d)
