@@ -52,6 +52,7 @@ struct exec_plan {
     uint8_t *arena;                  /* exec_mem block */
     uint64_t arena_bytes, arena_block;
     void **vptr;                     /* [nvalues] addresses for the current run */
+    void **fill;                     /* [ninputs] optional inputs' fill-value buffers (NULL: required) */
     struct exec_plan *next;
 };
 
@@ -63,6 +64,8 @@ struct exec_model {
     struct exec_step *steps;
     void **step_state;               /* [nsteps] backend's model-level state */
     struct exec_tensor *shape1;      /* [nvalues] shapes at batch 1 */
+    int64_t *in_rows;                /* [ninputs] rows of the tables Gathers index with
+                                      * int64 input i (the smallest), 0: none */
     int32_t *prep_first, *prep_list; /* CSR: steps prepared with each batch */
     uint8_t *warena;                 /* prepared weights of all steps (exec_mem block) */
     uint64_t warena_bytes, warena_block;
@@ -391,6 +394,53 @@ static int wait_gate(struct exec_model *m, int32_t gate, struct exec_timing *t)
 
 /* ---- model creation --------------------------------------------------- */
 
+/* in_rows: for each int64 input, the rows of the smallest table a Gather
+ * indexes with it directly (token ids: the vocabulary). */
+static void index_ranges(struct exec_model *m)
+{
+    const struct graph *g = &m->g;
+    m->in_rows = pps_xcalloc((unsigned long)g->ninputs, sizeof *m->in_rows);
+    for (int i = 0; i < g->nnodes; i++) {
+        const struct graph_node *n = &g->nodes[i];
+        if (n->op != GRAPH_OP_GATHER || n->ninputs != 1 || n->nparams != 1 ||
+            n->inputs[0] >= g->ninputs || g->inputs[n->inputs[0]].dtype != GRAPH_I64)
+            continue;
+        const struct graph_param *p = &g->params[n->params[0]];
+        int axis = shape_axis(graph_attr_int(n, "axis", 0), p->ndims);
+        if (axis < 0) continue; /* shape inference refused it already */
+        int64_t *r = &m->in_rows[n->inputs[0]];
+        if (*r == 0 || p->dims[axis] < *r) *r = p->dims[axis];
+    }
+}
+
+/* Every element of int64 input idx in [0, rows): indices into a table, as
+ * PyTorch's embedding requires (ONNX's Gather would let -1 mean the last
+ * row; a token id of -1 is a client's bug, not a request for row V-1). The
+ * error names the input, the position and the value. */
+static int check_index_input(const struct exec_model *m, int idx, const int64_t *v,
+                             const struct exec_tensor *t, char *err, size_t errlen)
+{
+    int64_t rows = m->in_rows[idx];
+    uint64_t n = shape_elems(t);
+    for (uint64_t k = 0; k < n; k++) {
+        if (v[k] >= 0 && v[k] < rows) continue;
+        char pos[128];
+        size_t len = 0;
+        uint64_t rest = k;
+        int64_t at[GRAPH_MAX_DIMS];
+        for (int d = t->ndims - 1; d >= 0; d--) {
+            at[d] = (int64_t)(rest % (uint64_t)t->dims[d]);
+            rest /= (uint64_t)t->dims[d];
+        }
+        for (int d = 0; d < t->ndims && len < sizeof pos; d++)
+            len += (size_t)snprintf(pos + len, sizeof pos - len, "%s%lld", d ? ", " : "",
+                                    (long long)at[d]);
+        return pps_fail(err, errlen, PPS_ERANGE, "input '%s' at [%s] is %lld, outside [0, %lld)",
+                        m->g.inputs[idx].name, pos, (long long)v[k], (long long)rows);
+    }
+    return 0;
+}
+
 int exec_model_create(struct exec_model **out, const struct graph *g,
                       const struct exec_options *opt, char *err, size_t errlen)
 {
@@ -428,6 +478,17 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
     if (rc) {
         exec_model_destroy(m);
         return rc;
+    }
+
+    index_ranges(m);
+    for (int i = 0; i < g->ninputs; i++) {
+        const struct graph_io *io = &g->inputs[i];
+        if (io->optional && m->in_rows[i] && (io->fill < 0 || io->fill >= m->in_rows[i])) {
+            rc = pps_fail(err, errlen, PPS_ESHAPE, "input '%s': fill value %lld outside [0, %lld)",
+                          io->name, (long long)io->fill, (long long)m->in_rows[i]);
+            exec_model_destroy(m);
+            return rc;
+        }
     }
 
     m->step_state = pps_xcalloc((unsigned long)(m->nsteps ? m->nsteps : 1), sizeof *m->step_state);
@@ -514,6 +575,8 @@ static void plan_free(struct exec_model *m, struct exec_plan *p)
     free(p->root_input);
     exec_mem_put(p->arena, p->arena_block);
     free(p->vptr);
+    for (int i = 0; p->fill && i < m->g.ninputs; i++) free(p->fill[i]);
+    free(p->fill);
     free(p);
 }
 
@@ -547,6 +610,7 @@ void exec_model_destroy(struct exec_model *m)
     free(m->step_state);
     free(m->steps);
     free(m->shape1);
+    free(m->in_rows);
     exec_mem_put(m->warena, m->warena_block);
     free(m->woff);
     free(m->wfront);
@@ -592,6 +656,18 @@ static int plan_build(struct exec_model *m, int64_t batch, struct exec_plan **ou
     if (rc) {
         plan_free(m, p);
         return rc;
+    }
+    p->fill = pps_xcalloc((unsigned long)g->ninputs, sizeof *p->fill);
+    for (int i = 0; i < g->ninputs; i++) {
+        if (!g->inputs[i].optional) continue;
+        uint64_t n = shape_elems(&p->vals[i]);
+        int64_t *f = malloc(n * sizeof *f);
+        if (!f) {
+            plan_free(m, p);
+            return pps_fail(err, errlen, PPS_ENOMEM, "no memory for input '%s'", g->inputs[i].name);
+        }
+        for (uint64_t k = 0; k < n; k++) f[k] = g->inputs[i].fill;
+        p->fill[i] = f;
     }
 
     /* Static last use of every value, in steps (model outputs: past the end). */
@@ -734,10 +810,17 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
     for (int i = 0; i < m->g.ninputs; i++) {
         struct exec_tensor ti;
         exec_input_info(m, i, batch, &ti);
-        if (!inputs[i] || input_bytes[i] != ti.nbytes)
+        if (!inputs[i] && m->g.inputs[i].optional) continue;
+        if (!inputs[i])
+            return pps_fail(err, errlen, PPS_EINVAL, "input '%s' is required", m->g.inputs[i].name);
+        if (input_bytes[i] != ti.nbytes)
             return pps_fail(err, errlen, PPS_ESHAPE, "input '%s': %llu bytes given, %llu expected",
                         m->g.inputs[i].name, (unsigned long long)input_bytes[i],
                         (unsigned long long)ti.nbytes);
+        if (m->in_rows[i]) {
+            int rc = check_index_input(m, i, inputs[i], &ti, err, errlen);
+            if (rc) return rc;
+        }
     }
     pthread_mutex_lock(&m->run_mu);
     (void)relayout_commit(m); /* if the preparer finished the relayout between runs */
@@ -760,8 +843,12 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
     for (int32_t v = 0; v < nv; v++) {
         int r = p->vroot[v];
         if (r < 0) continue;
-        if (p->root_kind[r] == ROOT_INPUT) p->vptr[v] = (void *)inputs[p->root_input[r]];
-        else p->vptr[v] = p->arena + p->roots[r].offset;
+        if (p->root_kind[r] == ROOT_INPUT) {
+            int i = p->root_input[r];
+            p->vptr[v] = inputs[i] ? (void *)inputs[i] : p->fill[i];
+        } else {
+            p->vptr[v] = p->arena + p->roots[r].offset;
+        }
     }
     void *in[EXEC_STEP_MAX_INPUTS];
     pthread_mutex_lock(&m->mu);

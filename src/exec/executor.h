@@ -113,10 +113,13 @@ int exec_output_info(struct exec_model *m, int idx, int64_t batch, struct exec_t
                      char *err, size_t errlen);
 
 /* Run the model at batch size batch. inputs[i] holds input i (C order,
- * input_bytes[i] bytes, checked against the shape); outputs[i] receives
- * output i (exec_output_info gives its size). Blocks on gates as needed.
- * timing may be NULL. Int64 inputs that index tables (token ids) are
- * range-checked: PPS_ERANGE. */
+ * input_bytes[i] bytes, checked against the shape), or NULL for an optional
+ * input left out (graph_io: every element its fill value); outputs[i]
+ * receives output i (exec_output_info gives its size). Blocks on gates as
+ * needed. timing may be NULL. Int64 inputs that index tables (token ids,
+ * token types, a mask read through a table) must be in [0, rows), negative
+ * ids included: otherwise PPS_ERANGE, before anything runs, with err naming
+ * the input, the position and the value. */
 int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
              const uint64_t *input_bytes, void *const *outputs, struct exec_timing *timing,
              char *err, size_t errlen);

@@ -68,6 +68,9 @@ static void usage(FILE *out)
             "usage: pipeps run KV_BIN MODEL [options]\n"
             "  --batch N                batch size (default 1, or the input's first dimension)\n"
             "  --input x.npy            input tensor (float32 or int64, C order); default: generated\n"
+            "  --input2 .. --input4 F   the model's inputs 2..4 in its input order (bert_base:\n"
+            "                           attention_mask, token_type_ids); an optional input left\n"
+            "                           out takes its default, a required one is generated\n"
             "  --output y.npy           write the output tensor\n"
             "  --threads T              compute threads (default 2)\n"
             "  --repeat R               warm runs after the first (default 10)\n"
@@ -176,10 +179,12 @@ int run_main(int argc, char **argv)
         {"threads", 1, NULL}, {"repeat", 1, NULL}, {"pipelined-delay-ms", 1, NULL},
         {"feed-gbps", 1, NULL}, {"seed", 1, NULL}, {"verify", 0, NULL},
         {"no-fusion", 0, NULL}, {"profile", 0, NULL}, {"prefault", 0, NULL},
-        {"cold-runs", 1, NULL}, {"eager-layout", 0, NULL},
+        {"cold-runs", 1, NULL}, {"eager-layout", 0, NULL}, {"input2", 1, NULL},
+        {"input3", 1, NULL}, {"input4", 1, NULL},
     };
     enum { O_BATCH, O_INPUT, O_OUTPUT, O_THREADS, O_REPEAT, O_DELAY, O_GBPS, O_SEED, O_VERIFY,
-           O_NOFUSE, O_PROFILE, O_PREFAULT, O_COLD, O_EAGER, O_COUNT };
+           O_NOFUSE, O_PROFILE, O_PREFAULT, O_COLD, O_EAGER, O_INPUT2, O_INPUT3, O_INPUT4,
+           O_COUNT };
     struct args a;
     int help = 0;
     if (args_split(argc, argv, opts, O_COUNT, &a, &help) != 0 || a.npositional != 2) {
@@ -218,9 +223,9 @@ int run_main(int argc, char **argv)
     struct graph g;
     memset(&g, 0, sizeof g);
     struct exec_model *m = NULL;
-    struct npy_array in_arr;
-    memset(&in_arr, 0, sizeof in_arr);
-    void *gen_in = NULL, *out = NULL;
+    struct npy_array in_arr[4];
+    memset(in_arr, 0, sizeof in_arr);
+    void *gen_in[4] = {NULL, NULL, NULL, NULL}, *out = NULL;
     const uint8_t **bdata = NULL;
     uint64_t *blen = NULL;
     double *lat = NULL;
@@ -287,42 +292,54 @@ int run_main(int argc, char **argv)
     }
     double t_created = now_ms();
 
-    /* Input. */
-    if (g.ninputs != 1) {
-        fprintf(stderr, "run: %s has %d inputs; only single-input models are supported\n", name, g.ninputs);
-        goto out;
-    }
-    struct exec_tensor ti;
-    const void *input;
-    if (opts[O_INPUT].value) {
-        if ((rc = npy_read_file(opts[O_INPUT].value, &in_arr, err, sizeof err))) {
+    /* Inputs: files (all with the same batch size), generated, or left out
+     * (optional ones). */
+    const char *in_path[4] = {opts[O_INPUT].value, opts[O_INPUT2].value, opts[O_INPUT3].value,
+                              opts[O_INPUT4].value};
+    for (int i = g.ninputs; i < 4; i++)
+        if (in_path[i]) {
+            fprintf(stderr, "run: %s has %d input(s); --input%d is not one of them\n", name,
+                    g.ninputs, i + 1);
+            goto out;
+        }
+    const void *ins[4] = {NULL, NULL, NULL, NULL};
+    uint64_t in_bytes[4] = {0, 0, 0, 0};
+    for (int i = 0; i < g.ninputs; i++) {
+        if (!in_path[i]) continue;
+        if ((rc = npy_read_file(in_path[i], &in_arr[i], err, sizeof err))) {
             fprintf(stderr, "run: %s\n", err);
             goto out;
         }
-        if (in_arr.ndims < 1 || (batch && in_arr.dims[0] != batch)) {
-            fprintf(stderr, "run: %s: first dimension must be the batch size%s\n", opts[O_INPUT].value,
-                    batch ? " given by --batch" : "");
+        if (in_arr[i].ndims < 1 || (batch && in_arr[i].dims[0] != batch)) {
+            fprintf(stderr, "run: %s: first dimension must be the batch size%s\n", in_path[i],
+                    batch ? " (given by --batch or an earlier input)" : "");
             goto out;
         }
-        batch = (int)in_arr.dims[0];
-        exec_input_info(m, 0, batch, &ti);
-        int same = (int)in_arr.dtype == (int)ti.dtype && in_arr.ndims == ti.ndims;
-        for (int d = 0; same && d < ti.ndims; d++) same = in_arr.dims[d] == ti.dims[d];
+        batch = (int)in_arr[i].dims[0];
+        struct exec_tensor ti;
+        exec_input_info(m, i, batch, &ti);
+        int same = (int)in_arr[i].dtype == (int)ti.dtype && in_arr[i].ndims == ti.ndims;
+        for (int d = 0; same && d < ti.ndims; d++) same = in_arr[i].dims[d] == ti.dims[d];
         if (!same) {
-            fprintf(stderr, "run: %s: input must be %s [%d", opts[O_INPUT].value,
+            fprintf(stderr, "run: %s: input must be %s [%d", in_path[i],
                     graph_dtype_name(ti.dtype), batch);
             for (int d = 1; d < ti.ndims; d++) fprintf(stderr, ", %" PRId64, ti.dims[d]);
-            fprintf(stderr, "]\n");
+            fprintf(stderr, "] (%s)\n", g.inputs[i].name);
             goto out;
         }
-        input = in_arr.data;
-    } else {
-        if (!batch) batch = 1;
-        exec_input_info(m, 0, batch, &ti);
-        gen_in = malloc(ti.nbytes ? ti.nbytes : 1);
-        if (!gen_in) goto out;
-        generate_input(&g, 0, &ti, (uint64_t)seed, gen_in);
-        input = gen_in;
+        ins[i] = in_arr[i].data;
+        in_bytes[i] = ti.nbytes;
+    }
+    if (!batch) batch = 1;
+    for (int i = 0; i < g.ninputs; i++) {
+        if (in_path[i] || g.inputs[i].optional) continue;
+        struct exec_tensor ti;
+        exec_input_info(m, i, batch, &ti);
+        gen_in[i] = malloc(ti.nbytes ? ti.nbytes : 1);
+        if (!gen_in[i]) goto out;
+        generate_input(&g, i, &ti, (uint64_t)seed, gen_in[i]);
+        ins[i] = gen_in[i];
+        in_bytes[i] = ti.nbytes;
     }
     struct exec_tensor to;
     if ((rc = exec_output_info(m, 0, batch, &to, err, sizeof err))) {
@@ -339,8 +356,6 @@ int run_main(int argc, char **argv)
     double t_prepared = t_created, t_prep_cpu = 0, t_run1 = 0;
     double *cold = calloc((size_t)cold_runs, sizeof *cold);
     if (!cold) goto out;
-    const void *ins[1] = {input};
-    uint64_t in_bytes[1] = {ti.nbytes};
     void *outs[1] = {out};
     struct exec_timing first;
     if (threaded) {
@@ -474,8 +489,10 @@ out:
     free(lat);
     exec_model_destroy(m);
     graph_free(&g);
-    npy_free(&in_arr);
-    free(gen_in);
+    for (int i = 0; i < 4; i++) {
+        npy_free(&in_arr[i]);
+        free(gen_in[i]);
+    }
     free(out);
     free(bdata);
     free(blen);

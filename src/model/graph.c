@@ -86,6 +86,20 @@ int32_t graph_add_input(struct graph *g, const char *name, enum graph_dtype dtyp
     return g->ninputs++;
 }
 
+void graph_set_input_optional(struct graph *g, int index, int64_t fill)
+{
+    PPS_ASSERT(index > 0 && index < g->ninputs && g->inputs[index].dtype == GRAPH_I64);
+    g->inputs[index].optional = 1;
+    g->inputs[index].fill = fill;
+}
+
+int graph_required_inputs(const struct graph *g)
+{
+    int n = 0;
+    while (n < g->ninputs && !g->inputs[n].optional) n++;
+    return n;
+}
+
 void graph_add_output(struct graph *g, const char *name, int32_t value)
 {
     PPS_ASSERT(g->noutputs < (int)(sizeof g->outputs / sizeof g->outputs[0]));
@@ -312,6 +326,12 @@ int graph_validate(const struct graph *g, char *err, size_t errlen)
     for (int i = 0; i < g->ninputs; i++) {
         if (!io_ok(&g->inputs[i], 1)) return fail(err, errlen, "input %d malformed", i);
         if (g->inputs[i].value != i) return fail(err, errlen, "input %d has value %d", i, g->inputs[i].value);
+        if (g->inputs[i].optional != 0 && g->inputs[i].optional != 1)
+            return fail(err, errlen, "input %d: bad optional flag", i);
+        if (g->inputs[i].optional && (i == 0 || g->inputs[i].dtype != GRAPH_I64))
+            return fail(err, errlen, "input %d: only int64 inputs after the first may be optional", i);
+        if (i > 0 && g->inputs[i - 1].optional && !g->inputs[i].optional)
+            return fail(err, errlen, "input %d: a required input after an optional one", i);
     }
     int32_t nvalues = graph_nvalues(g);
     for (int i = 0; i < g->noutputs; i++) {

@@ -121,13 +121,20 @@ struct graph_node {
 
 /* A model input or output: dims[0] is the dynamic batch dimension (stored
  * as -1); other dims are fixed. Outputs are float32; an output's ndims may
- * be 0 (shape not recorded; the executor infers it). */
+ * be 0 (shape not recorded; the executor infers it).
+ *
+ * An optional input (BERT's attention_mask, token_type_ids) may be left
+ * out of a run: it then holds fill in every element. Optional inputs are
+ * int64 and follow every required one (input 0 is always required), so a
+ * request that lists inputs by position omits only trailing ones. */
 struct graph_io {
     char name[GRAPH_NAME_MAX + 1];
     enum graph_dtype dtype;
     int ndims;
     int64_t dims[GRAPH_MAX_DIMS];
     int32_t value;                    /* value id (inputs: 0..ninputs-1) */
+    int optional;                     /* inputs only: 1 = may be omitted */
+    int64_t fill;                     /* optional inputs: the value when omitted */
 };
 
 struct graph_batch {
@@ -160,6 +167,10 @@ void graph_init(struct graph *g, const char *name);
 void graph_free(struct graph *g);
 int32_t graph_add_input(struct graph *g, const char *name, enum graph_dtype dtype, int ndims,
                         const int64_t *dims);
+/* Make input index optional with the given fill value (see graph_io). */
+void graph_set_input_optional(struct graph *g, int index, int64_t fill);
+/* Number of leading required inputs (the rest are optional). */
+int graph_required_inputs(const struct graph *g);
 void graph_add_output(struct graph *g, const char *name, int32_t value);
 /* Record output index's shape (dims[0] is stored as -1, the batch). */
 void graph_set_output_dims(struct graph *g, int index, int ndims, const int64_t *dims);
@@ -199,7 +210,8 @@ uint64_t graph_total_padded(const struct graph *g);
  * references point backwards, param ids and batches are in range, offsets
  * fit their batch without overlap, batches cover the params contiguously,
  * wait_batch is exactly the rule above (or -1 everywhere for an unbatched
- * graph, nbatches == 0), dims are positive, counts and names in range.
+ * graph, nbatches == 0), dims are positive, counts and names in range,
+ * optional inputs are int64 and trail the required ones.
  * It does not check op semantics (operand counts, attribute values, shapes):
  * the executor's shape inference does. Returns 0 or PPS_ECORRUPT with a
  * message in err (may be NULL). */

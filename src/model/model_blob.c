@@ -20,6 +20,9 @@
 
 #define HEADER_BYTES 8   /* magic u32, version u16, flags u16 */
 #define TRAILER_BYTES 8  /* XXH3-64 of everything before */
+/* Header flag: every input io is followed by uvar optional, svar fill. Set
+ * only when some input is optional, so other models' blobs are unchanged. */
+#define FLAG_OPTIONAL_INPUTS 1u
 #define MAX_COUNT (1 << 24)
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -58,13 +61,21 @@ static void put_io(struct wbuf *wb, const struct graph_io *io, int with_value)
     if (with_value) put_var(wb, io->value);
 }
 
+static int any_optional(const struct graph *g)
+{
+    for (int i = 0; i < g->ninputs; i++)
+        if (g->inputs[i].optional) return 1;
+    return 0;
+}
+
 int model_blob_encode(const struct graph *g, struct wbuf *out)
 {
     if (graph_validate(g, NULL, 0) != 0) return PPS_EINVAL;
     size_t start = out->len;
     wbuf_u32(out, MODEL_BLOB_MAGIC);
     wbuf_u16(out, MODEL_BLOB_VERSION);
-    wbuf_u16(out, 0);
+    unsigned flags = any_optional(g) ? FLAG_OPTIONAL_INPUTS : 0;
+    wbuf_u16(out, (uint16_t)flags);
     put_str8(out, g->name);
     put_uvar(out, g->max_batch_size);
     put_uvar(out, (uint64_t)g->ninputs);
@@ -72,7 +83,13 @@ int model_blob_encode(const struct graph *g, struct wbuf *out)
     put_uvar(out, (uint64_t)g->nparams);
     put_uvar(out, (uint64_t)g->nbatches);
     put_uvar(out, (uint64_t)g->nnodes);
-    for (int i = 0; i < g->ninputs; i++) put_io(out, &g->inputs[i], 0);
+    for (int i = 0; i < g->ninputs; i++) {
+        put_io(out, &g->inputs[i], 0);
+        if (flags & FLAG_OPTIONAL_INPUTS) {
+            put_uvar(out, (uint64_t)g->inputs[i].optional);
+            put_var(out, g->inputs[i].fill);
+        }
+    }
     for (int i = 0; i < g->noutputs; i++) put_io(out, &g->outputs[i], 1);
     for (int i = 0; i < g->nparams; i++) {
         const struct graph_param *p = &g->params[i];
@@ -255,7 +272,8 @@ int model_blob_decode(struct graph *g, const void *data, size_t len, char *err, 
         return finish(g, &r, err, errlen);
     }
 #endif
-    if (load_le16(bytes + 6) != 0) {
+    unsigned flags = load_le16(bytes + 6);
+    if (flags & ~FLAG_OPTIONAL_INPUTS) {
         bad(&r, PPS_ECORRUPT, "flags");
         return finish(g, &r, err, errlen);
     }
@@ -290,6 +308,10 @@ int model_blob_decode(struct graph *g, const void *data, size_t len, char *err, 
     for (int i = 0; i < g->ninputs && !r.err; i++) {
         get_io(&r, &g->inputs[i], 0, "input");
         g->inputs[i].value = i;
+        if (flags & FLAG_OPTIONAL_INPUTS) {
+            g->inputs[i].optional = (int)get_count(&r, "input optional flag", 0, 1);
+            g->inputs[i].fill = get_var(&r, "input fill value");
+        }
     }
     for (int i = 0; i < g->noutputs && !r.err; i++) get_io(&r, &g->outputs[i], 1, "output");
     for (int i = 0; i < g->nparams && !r.err; i++) {

@@ -160,6 +160,11 @@ void zoo_fill_param(const struct zoo_model *m, int32_t pid, float *dst)
             for (int64_t c = 0; c < s; c++) dst[r * s + c] = c <= r ? 0.0f : in->a;
         return;
     }
+    case ZOO_INIT_MASK_TABLE:
+        PPS_ASSERT(p->ndims == 2 && p->dims[0] == 2 && p->dims[1] == 1);
+        dst[0] = in->a;
+        dst[1] = 0.0f;
+        return;
     case ZOO_INIT_UNIFORM:
     case ZOO_INIT_RANGE:
         break;

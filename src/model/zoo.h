@@ -29,6 +29,7 @@ enum zoo_init_kind {
     ZOO_INIT_RANGE = 2,   /* uniform in [a, b) */
     ZOO_INIT_CONST = 3,   /* every element a */
     ZOO_INIT_CAUSAL = 4,  /* [S, S] additive mask: 0 where col <= row, a elsewhere */
+    ZOO_INIT_MASK_TABLE = 5, /* [2, 1] additive attention-mask table: row 0 (mask 0) a, row 1 0 */
 };
 
 struct zoo_init {

@@ -1,14 +1,23 @@
 /* zoo_bert: BERT-base encoder (HuggingFace BertModel without the pooler):
  * 12 layers, hidden 768, 12 heads of 64, intermediate 3072, exact (erf)
  * GELU, LayerNorm eps 1e-12, vocabulary 30522, 512 positions, 2 token
- * types. Input int64 token ids [N, S]; output the last hidden state
- * float32 [N, S, 768]. No attention mask: every token attends to every
- * token (no padding).
+ * types. Inputs int64 [N, S]: input_ids; attention_mask (optional, 1 =
+ * attend, 0 = padding; all ones when omitted); token_type_ids (optional,
+ * 0 or 1; all zeros when omitted). Output the last hidden state float32
+ * [N, S, 768].
  *
- * Token type ids are all zero and position ids are 0..S-1, so instead of
- * extra int64 inputs the graph takes row 0 of the token-type table and rows
- * 0..S-1 of the position table with Slice nodes whose data operand is the
- * parameter, and adds them (broadcast over the batch).
+ * Position ids are 0..S-1, so the graph takes rows 0..S-1 of the position
+ * table with a Slice whose data operand is the parameter and adds them
+ * (broadcast over the batch). Token types are a Gather of their table.
+ *
+ * The attention mask is applied as HuggingFace's BERT does: every layer
+ * adds (1 - mask) * finfo(float32).min to the scaled scores of each key
+ * column before the softmax. The graph has no cast, so the 0/1 mask ids
+ * Gather rows of the constant table "const.attention_mask_table" [2, 1] =
+ * {-FLT_MAX, 0} ([N, S, 1], reshaped to [N, 1, 1, S] once, broadcast over
+ * heads and query rows); the Gather also refuses mask values other than 0
+ * and 1. With the mask all ones the layer adds exactly 0 and the token type
+ * rows are row 0, so outputs are bit for bit those of a maskless graph.
  *
  * Ops: Gather (data = the embedding table parameter, indices = the ids
  * activation), Slice (of a parameter, and with attributes starts/ends/axes/
@@ -18,6 +27,7 @@
  *
  * Names are HuggingFace's BertModel state_dict keys
  * ("encoder.layer.0.attention.self.query.weight", [out, in] like nn.Linear). */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -47,6 +57,10 @@ void zoo_build_bert_base(struct zoo_model *m, int seq)
 {
     int64_t in_dims[2] = {-1, seq};
     int32_t ids = graph_add_input(&m->g, "input_ids", GRAPH_I64, 2, in_dims);
+    int32_t amask = graph_add_input(&m->g, "attention_mask", GRAPH_I64, 2, in_dims);
+    graph_set_input_optional(&m->g, amask, 1);
+    int32_t types = graph_add_input(&m->g, "token_type_ids", GRAPH_I64, 2, in_dims);
+    graph_set_input_optional(&m->g, types, 0);
     int64_t d[2];
 
     d[0] = 30522; d[1] = HIDDEN;
@@ -58,9 +72,16 @@ void zoo_build_bert_base(struct zoo_model *m, int seq)
     x = zl_add(m, x, pos, "embeddings.add_position");
     d[0] = 2;
     int32_t tte = zl_param(m, "embeddings.token_type_embeddings.weight", 2, d, ZOO_INIT_UNIFORM, 0, WSTD);
-    int32_t tt = zl_slice(m, -1, tte, "embeddings.token_type_embeddings", 0, 1, 0); /* [1, 768] */
+    int32_t tt = zl_embedding(m, types, tte, "embeddings.token_type_embeddings"); /* [N, S, 768] */
     x = zl_add(m, x, tt, "embeddings.add_token_type");
     x = zl_layernorm(m, x, "embeddings.LayerNorm", HIDDEN, EPS);
+
+    /* Additive mask [N, 1, 1, S]: -FLT_MAX on padding keys, 0 elsewhere. */
+    d[0] = 2; d[1] = 1;
+    int32_t mtab = zl_param(m, "const.attention_mask_table", 2, d, ZOO_INIT_MASK_TABLE, -FLT_MAX, 0);
+    int32_t madd = zl_embedding(m, amask, mtab, "attention_mask.table"); /* [N, S, 1] */
+    int64_t mshape[4] = {0, 1, 1, -1};
+    madd = zl_reshape(m, madd, "attention_mask.reshape", 4, mshape);
 
     int32_t scale = -1;
     for (int l = 0; l < LAYERS; l++) {
@@ -85,6 +106,8 @@ void zoo_build_bert_base(struct zoo_model *m, int seq)
         }
         snprintf(n, sizeof n, "%sattention.self.scale", p);
         s = zl_binary_param(m, GRAPH_OP_MUL, s, scale, n);
+        snprintf(n, sizeof n, "%sattention.self.mask", p);
+        s = zl_add(m, s, madd, n);
         snprintf(n, sizeof n, "%sattention.self.softmax", p);
         s = zl_softmax(m, s, n, -1);
         snprintf(n, sizeof n, "%sattention.self.context", p);

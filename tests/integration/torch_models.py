@@ -134,7 +134,7 @@ def parse_metadata(blob):
         raise ValueError("METADATA checksum mismatch")
     r = _Reader(blob)
     magic, version, flags = r.fixed("<I"), r.fixed("<H"), r.fixed("<H")
-    if magic != BLOB_MAGIC or version != 1 or flags != 0:
+    if magic != BLOB_MAGIC or version != 1 or flags & ~1:
         raise ValueError("not a version-1 METADATA blob")
     m = {"name": r.str8(), "max_batch_size": r.uvar()}
     nin, nout, nparams, nbatches, nnodes = (r.uvar() for _ in range(5))
@@ -146,9 +146,12 @@ def parse_metadata(blob):
             d["value"] = r.var()
         return d
 
-    m["inputs"] = [io(False) for _ in range(nin)]
-    for i, d in enumerate(m["inputs"]):
+    m["inputs"] = []
+    for i in range(nin):
+        d = io(False)
         d["value"] = i
+        d["optional"], d["fill"] = (r.uvar(), r.var()) if flags & 1 else (0, 0)
+        m["inputs"].append(d)
     m["outputs"] = [io(True) for _ in range(nout)]
     m["params"] = []
     for _ in range(nparams):
@@ -210,7 +213,7 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
 
-    def forward(self, x):
+    def forward(self, x, mask_add=None):
         n, s, h = x.shape
 
         def split(t):
@@ -218,6 +221,8 @@ class BertSelfAttention(nn.Module):
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if mask_add is not None:
+            scores = scores + mask_add
         probs = torch.softmax(scores, dim=-1)
         return torch.matmul(probs, v).transpose(1, 2).reshape(n, s, h)
 
@@ -238,8 +243,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention()
         self.output = BertSelfOutput()
 
-    def forward(self, x):
-        return self.output(self.self(x), x)
+    def forward(self, x, mask_add=None):
+        return self.output(self.self(x, mask_add), x)
 
 
 class BertIntermediate(nn.Module):
@@ -268,8 +273,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate()
         self.output = BertOutput()
 
-    def forward(self, x):
-        h = self.attention(x)
+    def forward(self, x, mask_add=None):
+        h = self.attention(x, mask_add)
         return self.output(self.intermediate(h), h)
 
 
@@ -281,11 +286,13 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(types, hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
 
-    def forward(self, ids):
+    def forward(self, ids, token_type_ids=None):
         s = ids.shape[1]
         pos = torch.arange(s, device=ids.device)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(ids)
         x = self.word_embeddings(ids) + self.position_embeddings(pos)
-        x = x + self.token_type_embeddings(torch.zeros_like(ids))
+        x = x + self.token_type_embeddings(token_type_ids)
         return self.LayerNorm(x)
 
 
@@ -294,24 +301,31 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer() for _ in range(layers)])
 
-    def forward(self, x):
+    def forward(self, x, mask_add=None):
         for layer in self.layer:
-            x = layer(x)
+            x = layer(x, mask_add)
         return x
 
 
 class BertBase(nn.Module):
-    """HuggingFace BertModel (no pooler, no attention mask): ids [N, S] ->
-    last hidden state [N, S, 768]. Same state_dict names as HF's BertModel
-    minus the pooler and the position_ids buffer."""
+    """HuggingFace BertModel (no pooler): ids [N, S] and the optional
+    attention_mask (1 attend, 0 padding) and token_type_ids -> last hidden
+    state [N, S, 768]. The mask is applied as HF's get_extended_attention_mask
+    does: (1 - mask[:, None, None, :]) * finfo(float32).min added to the
+    scaled scores. Same state_dict names as HF's BertModel minus the pooler
+    and the position_ids buffer."""
 
     def __init__(self):
         super().__init__()
         self.embeddings = BertEmbeddings()
         self.encoder = BertEncoder()
 
-    def forward(self, ids):
-        return self.encoder(self.embeddings(ids))
+    def forward(self, ids, attention_mask=None, token_type_ids=None):
+        mask_add = None
+        if attention_mask is not None:
+            m = attention_mask[:, None, None, :].to(torch.float32)
+            mask_add = (1.0 - m) * torch.finfo(torch.float32).min
+        return self.encoder(self.embeddings(ids, token_type_ids), mask_add)
 
 
 class GPT2Attention(nn.Module):
@@ -540,8 +554,14 @@ def run_node(n, ops):
 
 def run_graph(meta, params, inputs, keep=False):
     """Interpret the graph on torch tensors. inputs: list of tensors for the
-    model inputs. Returns the outputs (and all values if keep)."""
-    values = list(inputs)
+    model inputs; optional inputs left out (trailing, or None) hold their
+    fill value. Returns the outputs (and all values if keep)."""
+    values = list(inputs) + [None] * (len(meta["inputs"]) - len(inputs))
+    for i, spec in enumerate(meta["inputs"]):
+        if values[i] is None:
+            assert spec["optional"], "input %s is required" % spec["name"]
+            shape = [values[0].shape[0]] + spec["dims"][1:]
+            values[i] = torch.full(shape, spec["fill"], dtype=torch.int64)
     plist = [params[p["name"]] for p in meta["params"]]
     for n in meta["nodes"]:
         ops = [values[i] for i in n["inputs"]] + [plist[i] for i in n["params"]]

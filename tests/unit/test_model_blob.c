@@ -36,6 +36,8 @@ static void assert_graphs_equal(const struct graph *a, const struct graph *b)
         assert_int_equal(a->inputs[i].dtype, b->inputs[i].dtype);
         assert_int_equal(a->inputs[i].ndims, b->inputs[i].ndims);
         assert_memory_equal(a->inputs[i].dims, b->inputs[i].dims, sizeof(int64_t) * (size_t)a->inputs[i].ndims);
+        assert_int_equal(a->inputs[i].optional, b->inputs[i].optional);
+        assert_true(a->inputs[i].fill == b->inputs[i].fill);
     }
     for (int i = 0; i < a->noutputs; i++) {
         assert_string_equal(a->outputs[i].name, b->outputs[i].name);
@@ -155,6 +157,21 @@ static void test_header_errors(void **state)
     reseal(copy, wb.len);
     assert_int_equal(model_blob_decode(&g, copy, wb.len, err, sizeof err), PPS_EUNSUPPORTED);
     assert_non_null(strstr(err, "version"));
+
+    /* bert_base has optional inputs: flag bit 0; other bits are refused,
+     * and so is a blob whose inputs break graph_validate's rules for them. */
+    assert_int_equal(copy[6] = wb.data[6], 1);
+    memcpy(copy, wb.data, wb.len);
+    copy[6] |= 2;
+    reseal(copy, wb.len);
+    assert_int_equal(model_blob_decode(&g, copy, wb.len, err, sizeof err), PPS_ECORRUPT);
+    assert_non_null(strstr(err, "flags"));
+    m.g.inputs[2].optional = 0; /* a required input after an optional one... */
+    struct wbuf wb3;
+    wbuf_init(&wb3);
+    assert_int_equal(model_blob_encode(&m.g, &wb3), PPS_EINVAL); /* ...is not encoded */
+    wbuf_free(&wb3);
+    m.g.inputs[2].optional = 1;
 
     memcpy(copy, wb.data, wb.len);
     copy[0] ^= 1; /* magic */

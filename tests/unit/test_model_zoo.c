@@ -57,7 +57,7 @@ static const struct expect expected[] = {
     {"resnet152", 777, 60344232, 4, 3},
     {"inception_v3", 472, 23869000, 4, 3},
     {"densenet201", 1006, 20242984, 4, 3},
-    {"bert_base", 197 + 1, 108891648, 2, ZOO_DEFAULT_SEQ},
+    {"bert_base", 197 + 2, 108891648, 2, ZOO_DEFAULT_SEQ},
     {"gpt2", 148 + 2, 124439808, 2, ZOO_DEFAULT_SEQ},
 };
 
@@ -84,6 +84,24 @@ static void test_architectures(void **state)
         assert_int_equal(m.g.inputs[0].dims[0], -1);
         assert_int_equal(m.g.inputs[0].dims[1], e->in1);
         assert_int_equal(m.g.noutputs, 1);
+        if (strcmp(e->name, "bert_base") == 0) {
+            /* input_ids, then the optional attention_mask (default all
+             * ones) and token_type_ids (default zeros), same shape. */
+            assert_int_equal(m.g.ninputs, 3);
+            assert_int_equal(graph_required_inputs(&m.g), 1);
+            assert_string_equal(m.g.inputs[1].name, "attention_mask");
+            assert_int_equal(m.g.inputs[1].fill, 1);
+            assert_string_equal(m.g.inputs[2].name, "token_type_ids");
+            assert_int_equal(m.g.inputs[2].fill, 0);
+            for (int k = 1; k < 3; k++) {
+                assert_int_equal(m.g.inputs[k].optional, 1);
+                assert_int_equal(m.g.inputs[k].dtype, GRAPH_I64);
+                assert_int_equal(m.g.inputs[k].ndims, 2);
+                assert_int_equal(m.g.inputs[k].dims[1], e->in1);
+            }
+        } else {
+            assert_int_equal(m.g.ninputs, 1);
+        }
 
         /* Nodes that bring a parameter no earlier node used: with limit 0
          * each starts a batch (GPT-2's lm_head reuses wte and shared

@@ -1001,11 +1001,11 @@ static void test_gather_layernorm_softmax(void **state)
     graph_set_int(&t.g, "axis", 1);
     graph_add_output(&t.g, "y", v);
     tm_batch(&t, BATCHING_DEFAULT_MAX);
-    int64_t in[10] = {0, 3, 10, -1, 5, 7, 7, 2, 9, 1};
+    int64_t in[10] = {0, 3, 10, 4, 5, 7, 7, 2, 9, 1};
     uint64_t ny = (uint64_t)(N * T * E);
     float *emb = malloc(ny * 4), *ln = malloc(ny * 4), *ref = malloc(ny * 4);
     for (int64_t i = 0; i < N * T; i++) {
-        int64_t id = in[i] < 0 ? in[i] + V : in[i];
+        int64_t id = in[i];
         for (int64_t e = 0; e < E; e++)
             emb[i * E + e] = tm_data(&t, "tab")[id * E + e] + tm_data(&t, "pos")[(i % T) * E + e];
     }
@@ -1020,11 +1020,89 @@ static void test_gather_layernorm_softmax(void **state)
     in[4] = 11; /* out of range */
     out = tm_run_opts(&t, N, ins, &nout, 0, FEED_ALL_FIRST, PPS_ERANGE);
     free(out);
+    in[4] = 5;
+    in[3] = -1; /* negative: refused by the kernel too (the ids reach it through transposes) */
+    out = tm_run_opts(&t, N, ins, &nout, 0, FEED_ALL_FIRST, PPS_ERANGE);
+    free(out);
     free(emb); free(ln); free(ref);
     tm_free(&t);
 }
 
 /* Unary ops and Where (GPT-2's causal mask pattern). */
+/* Int64 inputs that index a table: a negative or too large id is refused
+ * before anything runs, naming the input and the position; an optional
+ * input left out holds its fill value; graph_validate's rules for optional
+ * inputs. */
+static void test_index_inputs(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "ids");
+    const int64_t V = 7, E = 3, T = 4, N = 2;
+    int64_t idd[2] = {-1, T};
+    int32_t ids = graph_add_input(&t.g, "ids", GRAPH_I64, 2, idd);
+    int32_t types = graph_add_input(&t.g, "types", GRAPH_I64, 2, idd);
+    graph_set_input_optional(&t.g, types, 1);
+    int64_t td[2] = {V, E}, yd[2] = {2, E};
+    int32_t tab = tm_param(&t, "tab", 2, td, -1, 1);
+    int32_t ttab = tm_param(&t, "ttab", 2, yd, -1, 1);
+    int32_t a = graph_add_node(&t.g, GRAPH_OP_GATHER, "emb", 1, &ids, 1, &tab);
+    int32_t b = graph_add_node(&t.g, GRAPH_OP_GATHER, "types", 1, &types, 1, &ttab);
+    int32_t ab[2] = {a, b};
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_ADD, "add", 2, ab, 0, NULL);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+
+    struct exec_model *m;
+    char err[256] = "";
+    assert_int_equal(exec_model_create(&m, &t.g, NULL, err, sizeof err), 0);
+    for (int i = 0; i < t.g.nbatches; i++)
+        assert_int_equal(exec_batch_arrived(m, i, t.batches[i], t.g.batches[i].nbytes), 0);
+    int64_t in[8] = {0, 1, 2, 3, 4, 5, 6, 0}, ty[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    uint64_t nb[2] = {sizeof in, sizeof ty};
+    float y1[N * T * E], y2[N * T * E];
+    void *o1[1] = {y1}, *o2[1] = {y2};
+    const void *given[2] = {in, ty}, *omitted[2] = {in, NULL};
+    assert_int_equal(exec_run(m, N, given, nb, o1, NULL, err, sizeof err), 0);
+    assert_int_equal(exec_run(m, N, omitted, nb, o2, NULL, err, sizeof err), 0);
+    assert_memory_equal(y1, y2, sizeof y1); /* left out = all fill (1) */
+    for (int64_t i = 0; i < N * T; i++)
+        for (int64_t e = 0; e < E; e++) {
+            float r = tm_data(&t, "tab")[in[i] * E + e] + tm_data(&t, "ttab")[1 * E + e];
+            assert_true(fabsf(y1[i * E + e] - r) < 1e-6f);
+        }
+    /* A negative id: refused with its position, not wrapped to row V-1. */
+    in[6] = -1;
+    assert_int_equal(exec_run(m, N, given, nb, o1, NULL, err, sizeof err), PPS_ERANGE);
+    assert_non_null(strstr(err, "input 'ids' at [1, 2] is -1, outside [0, 7)"));
+    in[6] = V;
+    assert_int_equal(exec_run(m, N, given, nb, o1, NULL, err, sizeof err), PPS_ERANGE);
+    assert_non_null(strstr(err, "at [1, 2] is 7"));
+    in[6] = 6;
+    ty[7] = 2;
+    assert_int_equal(exec_run(m, N, given, nb, o1, NULL, err, sizeof err), PPS_ERANGE);
+    assert_non_null(strstr(err, "input 'types' at [1, 3] is 2, outside [0, 2)"));
+    /* The required input cannot be left out. */
+    const void *none[2] = {NULL, ty};
+    assert_int_equal(exec_run(m, N, none, nb, o1, NULL, err, sizeof err), PPS_EINVAL);
+    exec_model_destroy(m);
+
+    /* Optional inputs: int64, after the required ones, never input 0; a
+     * fill value outside the table is refused when the model is created. */
+    assert_int_equal(graph_required_inputs(&t.g), 1);
+    assert_int_equal(graph_validate(&t.g, err, sizeof err), 0);
+    t.g.inputs[1].fill = 2;
+    assert_int_equal(exec_model_create(&m, &t.g, NULL, err, sizeof err), PPS_ESHAPE);
+    t.g.inputs[1].fill = 1;
+    t.g.inputs[0].optional = 1;
+    assert_int_not_equal(graph_validate(&t.g, err, sizeof err), 0);
+    t.g.inputs[0].optional = 0;
+    t.g.inputs[1].dtype = GRAPH_F32;
+    assert_int_not_equal(graph_validate(&t.g, err, sizeof err), 0);
+    t.g.inputs[1].dtype = GRAPH_I64;
+    tm_free(&t);
+}
+
 static void test_unary_where(void **state)
 {
     (void)state;
@@ -1638,6 +1716,7 @@ int main(void)
         cmocka_unit_test(test_shape_ops),
         cmocka_unit_test(test_gather_layernorm_softmax),
         cmocka_unit_test(test_unary_where),
+        cmocka_unit_test(test_index_inputs),
         cmocka_unit_test(test_attention_views),
         cmocka_unit_test(test_views_leading_ones),
         cmocka_unit_test(test_pipelined_bit_identical),

@@ -184,13 +184,13 @@ int cpuk_gather(const void *data, const struct cpuk_shape *ds, size_t esize, con
     for (int i = 0; i < axis; i++) outer *= ds->dims[i];
     for (int i = axis + 1; i < ds->ndims; i++) inner *= ds->dims[i];
     for (uint64_t k = 0; k < nidx; k++)
-        if (idx[k] < -dim || idx[k] >= dim) return PPS_ERANGE;
+        if (idx[k] < 0 || idx[k] >= dim) return PPS_ERANGE;
     size_t row = (size_t)inner * esize;
     int64_t total = outer * (int64_t)nidx;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < total; t++) {
         int64_t o = t / (int64_t)nidx, k = t % (int64_t)nidx;
-        int64_t i = idx[k] < 0 ? idx[k] + dim : idx[k];
+        int64_t i = idx[k];
         memcpy((char *)out + (size_t)t * row, (const char *)data + ((size_t)(o * dim + i)) * row, row);
     }
     return 0;

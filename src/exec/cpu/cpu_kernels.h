@@ -33,8 +33,9 @@ void cpuk_where(const void *cond, enum graph_dtype cond_type, const struct cpuk_
                 const struct cpuk_shape *zs, float *y, const struct cpuk_shape *ys);
 void cpuk_unary(enum cpuk_unop op, const float *x, float *y, uint64_t n);
 
-/* ONNX Gather along axis. Negative indices count from the end; an index
- * out of range returns PPS_ERANGE (nothing is read out of bounds). */
+/* ONNX Gather along axis, with indices in [0, dim) as an embedding lookup
+ * takes them: a negative index (ONNX would count it from the end) or one
+ * past the end returns PPS_ERANGE (nothing is read out of bounds). */
 int cpuk_gather(const void *data, const struct cpuk_shape *ds, size_t esize, const int64_t *idx,
                 uint64_t nidx, int axis, void *out);
 /* out[i] = x[start + i*step] per axis; count = output dims. */
