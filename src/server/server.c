@@ -432,10 +432,16 @@ static void dims_text(char *out, size_t cap, int ndims, const int64_t *dims)
 static int check_inputs(struct serve_ctx *x, const struct graph *g, int max_batch, int64_t *batch)
 {
     const struct infer_request *rq = &x->r->req;
-    if (rq->ninputs != g->ninputs)
-        return fail_req(x, PPS_ESHAPE, "%s takes %d input tensor(s), the request has %d", g->name,
-                        g->ninputs, rq->ninputs);
-    for (int i = 0; i < g->ninputs; i++) {
+    /* Trailing optional inputs (graph_io) may be left out. */
+    int nreq = graph_required_inputs(g);
+    if (rq->ninputs < nreq || rq->ninputs > g->ninputs) {
+        if (nreq == g->ninputs)
+            return fail_req(x, PPS_ESHAPE, "%s takes %d input tensor(s), the request has %d",
+                            g->name, g->ninputs, rq->ninputs);
+        return fail_req(x, PPS_ESHAPE, "%s takes %d to %d input tensors, the request has %d",
+                        g->name, nreq, g->ninputs, rq->ninputs);
+    }
+    for (int i = 0; i < rq->ninputs; i++) {
         const struct graph_io *s = &g->inputs[i];
         const struct infer_tensor *t = &rq->inputs[i];
         int ok = t->dtype == (uint8_t)s->dtype && t->ndims == s->ndims;
@@ -579,8 +585,8 @@ static int run_model(struct server *srv, struct serve_ctx *x, struct smodel *sm,
         outs[i].nbytes = t.nbytes;
         offs[i] = infer_reserve_tensor(resp, &outs[i]);
     }
-    const void *inputs[INFER_MAX_TENSORS];
-    uint64_t in_bytes[INFER_MAX_TENSORS];
+    const void *inputs[INFER_MAX_TENSORS] = {NULL}; /* left out: NULL, the input's default */
+    uint64_t in_bytes[INFER_MAX_TENSORS] = {0};
     void *outputs[INFER_MAX_TENSORS];
     for (int i = 0; i < x->r->req.ninputs; i++) {
         inputs[i] = x->r->req.inputs[i].data;
