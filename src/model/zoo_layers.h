@@ -68,5 +68,6 @@ void zoo_build_inception_v3(struct zoo_model *m);
 void zoo_build_densenet201(struct zoo_model *m);
 void zoo_build_bert_base(struct zoo_model *m, int seq);
 void zoo_build_gpt2(struct zoo_model *m, int seq);
+void zoo_build_tiny_mlp(struct zoo_model *m);
 
 #endif

@@ -27,7 +27,7 @@ from pipeps_testlib import BIN  # noqa: E402
 
 torch.set_num_threads(2)
 GEN = os.path.join(BIN, "generate_file")
-MODELS = ["resnet152", "inception_v3", "densenet201", "bert_base", "gpt2"]
+MODELS = ["resnet152", "inception_v3", "densenet201", "bert_base", "gpt2", "tiny_mlp"]
 DEFAULT_MAX = 32768000
 
 

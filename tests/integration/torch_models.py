@@ -393,6 +393,18 @@ class GPT2(nn.Module):
         return F.linear(self.ln_f(x), self.wte.weight)
 
 
+class TinyMLP(nn.Module):
+    """zoo_tiny.c: Linear 64->256, ReLU, Linear 256->10."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 256)
+        self.fc2 = nn.Linear(256, 10)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
 def build_torch(model):
     """The PyTorch model for a zoo model name (eval mode, random weights)."""
     import torchvision
@@ -408,6 +420,8 @@ def build_torch(model):
         m = BertBase()
     elif base == "gpt2":
         m = GPT2()
+    elif base == "tiny_mlp":
+        m = TinyMLP()
     else:
         raise KeyError(model)
     return m.eval()

@@ -19,9 +19,10 @@ static void test_registry_and_names(void **state)
 {
     (void)state;
     char base[GRAPH_NAME_MAX + 1], known[256];
-    assert_int_equal(zoo_count(), 5);
+    assert_int_equal(zoo_count(), 6);
     assert_string_equal(zoo_name(0), "resnet152");
-    assert_null(zoo_name(5));
+    assert_string_equal(zoo_name(5), "tiny_mlp");
+    assert_null(zoo_name(6));
     assert_int_equal(zoo_base_name("resnet152", base, sizeof base), 0);
     assert_string_equal(base, "resnet152");
     assert_int_equal(zoo_base_name("gpt2-alter-00000042", base, sizeof base), 0);
@@ -32,7 +33,7 @@ static void test_registry_and_names(void **state)
     assert_true(zoo_is_transformer("bert_base"));
     assert_false(zoo_is_transformer("densenet201"));
     zoo_known_list(known, sizeof known);
-    assert_string_equal(known, "resnet152, inception_v3, densenet201, bert_base, gpt2");
+    assert_string_equal(known, "resnet152, inception_v3, densenet201, bert_base, gpt2, tiny_mlp");
 
     struct zoo_model m;
     char err[512];
