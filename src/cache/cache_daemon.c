@@ -22,6 +22,7 @@
 #include "common/buf.h"
 #include "common/err.h"
 #include "common/frame.h"
+#include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
 
@@ -44,6 +45,9 @@
 #define MAX_SUBS_PER_CONN 256
 #define MAX_OUTPUT_BYTES (16u << 20) /* a peer that reads nothing is dropped */
 #define LB_BACKOFF_MIN_MS 100
+/* How long a model that would fit waits for an interrupted fetch to let go
+ * of its blocks (it normally takes milliseconds, see fetch_job_cancel). */
+#define ZOMBIE_WAIT_S 2.0
 
 struct cache_daemon;
 
@@ -71,6 +75,7 @@ struct conn {
     int is_lb;
     int closing;               /* flush, then die */
     int dead;                  /* freed by the reaper; nothing more is sent */
+    int timer_armed;           /* read timeout on: a frame is partly received */
     struct sub *subs;
     int nsubs;
     struct conn *prev, *next;
@@ -90,6 +95,7 @@ struct model_state {
     uint8_t *metadata;
     uint64_t metadata_len;
     int waiting;               /* for blocks an interrupted fetch still holds */
+    double wait_since;         /* when it first waited (0: never) */
     struct model_state *wnext;
 };
 
@@ -126,7 +132,7 @@ struct cache_daemon {
     /* counters */
     uint64_t hits, misses, cache_in, cache_out;
     uint64_t bytes_fetched, fetches_started, fetches_ok, fetches_failed;
-    uint64_t evictions_lru, evictions_cmd, bad_requests;
+    uint64_t evictions_lru, evictions_cmd, bad_requests, conns_refused, stalled_drops;
     int active_fetches;
     double busy_since, busy_total;
 };
@@ -578,16 +584,31 @@ static void place_and_fetch(struct cache_daemon *d, struct cache_model *m)
     for (uint32_t i = 0; i < nb; i++)
         lens[i] = keys[i]->size;
 
-    int rc = cache_store_place(&d->store, m, ms->metadata_len, nb, lens, evict_cb, d);
-    if (rc == PPS_ENOSPACE && zombies_hold_blocks(d)) {
-        /* a cancelled or failed fetch frees its blocks once its threads
-         * let go (milliseconds): wait for that rather than fail */
-        log_info("model %s: waiting for the blocks of an interrupted fetch", m->name);
+    /* A cancelled or failed fetch frees its blocks once its threads let go
+     * (milliseconds, fetch_job_cancel). Placing this model before that
+     * would put it after those blocks and leave a hole in the pool when
+     * they come free; without room it would fail. So wait for them: until
+     * they are free when there is no room, at most ZOMBIE_WAIT_S when the
+     * model would fit anyway. */
+    int rc = 0;
+    double now = now_s();
+    if (zombies_hold_blocks(d) && (!ms->wait_since || now - ms->wait_since < ZOMBIE_WAIT_S))
+        rc = PPS_EBUSY;
+    else
+        rc = cache_store_place(&d->store, m, ms->metadata_len, nb, lens, evict_cb, d);
+    if (rc == PPS_EBUSY || (rc == PPS_ENOSPACE && zombies_hold_blocks(d))) {
+        if (!ms->wait_since) {
+            ms->wait_since = now;
+            log_info("model %s: waiting for the blocks of an interrupted fetch", m->name);
+        }
         struct model_state **pp = &d->waiting;
         while (*pp)
             pp = &(*pp)->wnext;
         *pp = ms;
         ms->waiting = 1;
+        struct timeval tv = {.tv_sec = (time_t)ZOMBIE_WAIT_S,
+                             .tv_usec = (suseconds_t)((ZOMBIE_WAIT_S - (time_t)ZOMBIE_WAIT_S) * 1e6)};
+        event_add(d->room_ev, &tv); /* released blocks activate it sooner */
         free(keys);
         free(lens);
         return;
@@ -769,6 +790,8 @@ static void stat_text(struct cache_daemon *d, struct wbuf *wb)
         "evictions_lru %" PRIu64 "\n"
         "evictions_cmd %" PRIu64 "\n"
         "bad_requests %" PRIu64 "\n"
+        "connections_refused %" PRIu64 "\n"
+        "stalled_drops %" PRIu64 "\n"
         "lb_connected %d\n"
         "lb_registrations %" PRIu64 "\n"
         "prefault_seconds %.6f\n",
@@ -779,7 +802,7 @@ static void stat_text(struct cache_daemon *d, struct wbuf *wb)
         d->fetches_started, d->fetches_ok, d->fetches_failed, d->bytes_fetched, busy,
         busy > 0 ? (double)d->bytes_fetched / busy : 0.0, fs.storage_conns, fs.reconnects,
         d->evictions_lru + d->evictions_cmd, d->evictions_lru, d->evictions_cmd,
-        d->bad_requests, d->lb.registered, d->lb.registrations, d->pool.prefault_seconds);
+        d->bad_requests, d->conns_refused, d->stalled_drops, d->lb.registered, d->lb.registrations, d->pool.prefault_seconds);
     wbuf_put(wb, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
 }
 
@@ -1004,6 +1027,10 @@ static void read_cb(struct bufferevent *bev, void *arg)
     }
     if (c->closing && !c->dead && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
         conn_kill(c);
+    /* Between frames a peer may be silent forever; inside one, --io-timeout. */
+    if (!c->dead && !c->closing)
+        inbound_ev_arm(bev, evbuffer_get_length(in) > 0, c->d->cfg.io_timeout_ms,
+                       &c->timer_armed);
 }
 
 static void write_cb(struct bufferevent *bev, void *arg)
@@ -1026,7 +1053,12 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
             lb_register(c->d);
         return;
     }
-    if (c->is_lb && !c->d->lb.register_sent) {
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)) {
+        c->d->stalled_drops++;
+        log_warn("%s: stalled %d s in the middle of a frame (%zu bytes buffered); dropped",
+                 c->peer, c->d->cfg.io_timeout_ms / 1000,
+                 evbuffer_get_length(bufferevent_get_input(bev)));
+    } else if (c->is_lb && !c->d->lb.register_sent) {
         if (!c->d->lb.down_logged)
             log_info("load balancer at %s:%u not reachable yet; retrying with backoff",
                      c->d->cfg.lb_addr, c->d->cfg.lb_port);
@@ -1115,8 +1147,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
         snprintf(peer, sizeof peer, "%s:%u", ip, ntohs(in->sin_port));
     }
     if (d->nconns >= d->cfg.max_conns) {
-        log_warn("%s: refused, %d connections already", peer, d->nconns);
-        evutil_closesocket(fd);
+        log_warn("%s: refused: %d connections already (--max-conns)", peer, d->nconns);
+        d->conns_refused++;
+        inbound_refuse(fd, d->cfg.max_conns);
         return;
     }
     net_set_nodelay(fd);
@@ -1297,9 +1330,9 @@ int cache_daemon_run(const struct cache_config *cfg)
         return rc;
     }
     int lfd = -1;
-    if ((rc = net_listen(cfg->server_addr, cfg->server_port, &lfd)) != 0) {
-        log_error("cannot listen on %s:%u: %s", cfg->server_addr, cfg->server_port,
-                  pps_strerror(rc));
+    char err[200];
+    if ((rc = net_listen_msg(cfg->server_addr, cfg->server_port, &lfd, err, sizeof err)) != 0) {
+        log_error("%s", err);
         free(d);
         return rc;
     }
@@ -1327,14 +1360,16 @@ int cache_daemon_run(const struct cache_config *cfg)
                               .depth = cfg->depth,
                               .throttle_bps = cfg->throttle_bps,
                               .retries = cfg->retries,
-                              .io_timeout_ms = cfg->io_timeout_ms};
+                              .progress_timeout_ms = cfg->progress_timeout_ms};
     snprintf(fc.meta_addr, sizeof fc.meta_addr, "%s", cfg->meta_addr);
     if ((rc = fetch_create(&d->fetch, &fc)) != 0) {
+        log_error("cannot start the fetcher: %s", pps_strerror(rc));
         close(lfd);
         goto out;
     }
     d->base = event_base_new();
     if (!d->base) {
+        log_error("cannot set up the event loop: out of memory");
         close(lfd);
         rc = PPS_ENOMEM;
         goto out;
@@ -1352,6 +1387,7 @@ int cache_daemon_run(const struct cache_config *cfg)
         !d->sigint_ev) {
         if (!d->listener)
             close(lfd);
+        log_error("cannot set up the event loop: out of memory");
         rc = PPS_ENOMEM;
         goto out;
     }

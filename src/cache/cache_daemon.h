@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#define CACHE_DEFAULT_PROGRESS_TIMEOUT_S 5
+
 struct cache_config {
     char server_addr[64];
     uint16_t server_port;
@@ -23,7 +25,8 @@ struct cache_config {
     int fetch_threads;         /* connections (threads) per storage */
     int depth;                 /* requests in flight per storage connection */
     int retries;               /* resends after a broken storage connection */
-    int io_timeout_ms;
+    int io_timeout_ms;         /* a server stalled this long inside a frame is dropped */
+    int progress_timeout_ms;   /* a storage silent this long with a request due has stalled */
     uint64_t throttle_bps;     /* 0 = unlimited */
     int lb_backoff_max_ms;     /* cap of the reconnect backoff to the load balancer */
     int max_conns;             /* server connections */

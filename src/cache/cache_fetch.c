@@ -38,6 +38,7 @@ struct fetch_req {
     uint64_t len;
     uint8_t *dst;
     int attempts;
+    int stalls;                 /* attempts that ended in a progress timeout */
     char addr[64];
     uint16_t port;
     char key[LOCATION_NAME_MAX + 1];
@@ -55,12 +56,60 @@ struct fetch_job {
     uint64_t nreqs;
 };
 
+/* A FIFO of requests. */
+struct req_list {
+    struct fetch_req *head, *tail;
+    int n;
+};
+
+static void list_push(struct req_list *q, struct fetch_req *r)
+{
+    r->next = NULL;
+    if (q->tail)
+        q->tail->next = r;
+    else
+        q->head = r;
+    q->tail = r;
+    q->n++;
+}
+
+static void list_push_front_all(struct req_list *q, struct req_list *front)
+{
+    if (!front->head)
+        return;
+    front->tail->next = q->head;
+    if (!q->tail)
+        q->tail = front->tail;
+    q->head = front->head;
+    q->n += front->n;
+    front->head = front->tail = NULL;
+    front->n = 0;
+}
+
+static struct fetch_req *list_pop(struct req_list *q)
+{
+    struct fetch_req *r = q->head;
+    if (r) {
+        q->head = r->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->n--;
+        r->next = NULL;
+    }
+    return r;
+}
+
 struct link_conn {
     struct storage_link *link;
     pthread_t thread;
     int started;
     int fd;                     /* socket while connected, -1 otherwise (under f->mu) */
-    struct fetch_req *head, *tail; /* its queue (under f->mu) */
+    struct req_list queue;      /* to send (under f->mu) */
+    /* Sent on this connection, responses due in this order. Changed by its
+     * thread under f->mu, so fetch_job_cancel can see which connections
+     * hold a dead job's requests. */
+    struct req_list inflight;
+    int interrupted;            /* fetch_job_cancel shut the socket down (under f->mu) */
 };
 
 struct storage_link {
@@ -236,7 +285,9 @@ static void resolve_one(struct fetcher *f, struct meta_client **mc, const struct
     uint64_t len = 0;
     int rc = meta_get_retry(f, mc, key, &val, &len);
     if (rc == PPS_ENOTFOUND) {
-        set_msg(ev.message, sizeof ev.message, "model %s is not deployed (no %s)", r->model, key);
+        /* the daemon says which model ("model X: ..."): name it only once */
+        set_msg(ev.message, sizeof ev.message, "not deployed (the metadata storage has no %s)",
+                key);
         goto fail;
     }
     if (rc) {
@@ -263,8 +314,7 @@ static void resolve_one(struct fetcher *f, struct meta_client **mc, const struct
     rc = meta_get_retry(f, mc, ev.loc.metadata_key, &ev.metadata, &ev.metadata_len);
     if (rc) {
         set_msg(ev.message, sizeof ev.message,
-                 "cannot read the description %s of model %s: %s", ev.loc.metadata_key, r->model,
-                 pps_strerror(rc));
+                 "cannot read its description %s: %s", ev.loc.metadata_key, pps_strerror(rc));
         rc = PPS_EFETCH;
         goto fail;
     }
@@ -490,12 +540,7 @@ void fetch_job_submit(struct fetch_job *job)
          * storage pull each batch together, each with its own pipeline */
         struct link_conn *lc = &l->conns[r->piece % (uint32_t)l->nconns];
         r->link = l;
-        r->next = NULL;
-        if (lc->tail)
-            lc->tail->next = r;
-        else
-            lc->head = r;
-        lc->tail = r;
+        list_push(&lc->queue, r);
         r = next;
     }
     for (struct storage_link *l = f->links; l; l = l->next)
@@ -503,7 +548,54 @@ void fetch_job_submit(struct fetch_job *job)
     pthread_mutex_unlock(&f->mu);
 }
 
-void fetch_job_cancel(struct fetch_job *job) { atomic_store(&job->canceled, 1); }
+/* Move r's of `job` (every dead job's if job is NULL) from q to out. */
+static void list_take_job(struct req_list *q, const struct fetch_job *job, struct req_list *out)
+{
+    struct req_list keep = {0};
+    struct fetch_req *r;
+    while ((r = list_pop(q)) != NULL) {
+        if (job ? r->job == job : job_dead(r->job))
+            list_push(out, r);
+        else
+            list_push(&keep, r);
+    }
+    *q = keep;
+}
+
+static void retire_skipped(struct fetcher *f, struct req_list *q)
+{
+    struct fetch_req *r;
+    while ((r = list_pop(q)) != NULL)
+        retire(f, r, 0, 1, NULL);
+}
+
+/* Let go of the job at once, so its owner gets FINISHED (and may reuse the
+ * memory) in milliseconds rather than after transfers or timeouts: its
+ * queued requests are retired here, and a connection with one of its
+ * requests in flight is shut down (its thread resends the other jobs'
+ * requests on a new one, charging them nothing). */
+void fetch_job_cancel(struct fetch_job *job)
+{
+    struct fetcher *f = job->f;
+    struct req_list dead = {0};
+    atomic_store(&job->canceled, 1);
+    pthread_mutex_lock(&f->mu);
+    for (struct storage_link *l = f->links; l; l = l->next)
+        for (int i = 0; i < l->nconns; i++) {
+            struct link_conn *lc = &l->conns[i];
+            list_take_job(&lc->queue, job, &dead);
+            for (struct fetch_req *r = lc->inflight.head; r; r = r->next)
+                if (r->job == job) {
+                    if (lc->fd >= 0 && !lc->interrupted) {
+                        lc->interrupted = 1;
+                        shutdown(lc->fd, SHUT_RDWR);
+                    }
+                    break;
+                }
+        }
+    pthread_mutex_unlock(&f->mu);
+    retire_skipped(f, &dead);
+}
 
 void fetch_job_free(struct fetch_job *job)
 {
@@ -555,8 +647,8 @@ static int conn_open(struct fetcher *f, struct link_conn *lc, struct storage_cli
         return rc;
     }
     int fd = storage_client_fd(*sc);
-    if (f->cfg.io_timeout_ms > 0)
-        net_set_timeout(fd, f->cfg.io_timeout_ms);
+    if (f->cfg.progress_timeout_ms > 0)
+        net_set_timeout(fd, f->cfg.progress_timeout_ms);
     atomic_fetch_add(&f->storage_conns, 1);
     pthread_mutex_lock(&f->mu);
     lc->fd = fd;
@@ -567,56 +659,61 @@ static int conn_open(struct fetcher *f, struct link_conn *lc, struct storage_cli
     return 0;
 }
 
-/* Simple FIFO of requests owned by one connection thread. */
-struct req_list {
-    struct fetch_req *head, *tail;
-    int n;
-};
-
-static void list_push(struct req_list *q, struct fetch_req *r)
+static void fail_message(char *buf, size_t len, const struct fetcher *f,
+                         const struct fetch_req *r, int rc, const char *detail)
 {
-    r->next = NULL;
-    if (q->tail)
-        q->tail->next = r;
-    else
-        q->head = r;
-    q->tail = r;
-    q->n++;
-}
-
-static void list_push_front_all(struct req_list *q, struct req_list *front)
-{
-    if (!front->head)
-        return;
-    front->tail->next = q->head;
-    if (!q->tail)
-        q->tail = front->tail;
-    q->head = front->head;
-    q->n += front->n;
-    front->head = front->tail = NULL;
-    front->n = 0;
-}
-
-static struct fetch_req *list_pop(struct req_list *q)
-{
-    struct fetch_req *r = q->head;
-    if (r) {
-        q->head = r->next;
-        if (!q->head)
-            q->tail = NULL;
-        q->n--;
-        r->next = NULL;
+    char why[64];
+    if (rc == PPS_ETIMEOUT) { /* the client's detail would only say "timed out" again */
+        set_msg(why, sizeof why, "no progress for %.3g s", f->cfg.progress_timeout_ms / 1e3);
+        detail = "";
+    } else {
+        set_msg(why, sizeof why, "%s", pps_strerror(rc));
     }
-    return r;
-}
-
-static void fail_message(char *buf, size_t len, const struct fetch_req *r, int rc,
-                         const char *detail)
-{
     set_msg(buf, len, "storage %s:%u, key %s [%llu, +%llu): %s%s%s (after %d attempts)",
             r->addr, r->port, r->key, (unsigned long long)r->offset,
-            (unsigned long long)r->len, pps_strerror(rc), detail[0] ? ": " : "", detail,
-            r->attempts);
+            (unsigned long long)r->len, why, detail[0] ? ": " : "", detail, r->attempts);
+}
+
+/* After a failed transfer (rc) on lc: the requests in flight go back to
+ * the front of the queue; the oldest live request is charged an attempt
+ * unless fetch_job_cancel interrupted the connection, and fails when it has
+ * no attempts left, after an error status from the storage, or after a
+ * second stall (a storage that stops on a fresh connection too is frozen,
+ * and more waiting would only hold the fetch). Returns 1 when the failure
+ * counts (back off before reconnecting). */
+static int requeue_after_failure(struct fetcher *f, struct link_conn *lc, int rc,
+                                 const char *detail)
+{
+    struct storage_link *l = lc->link;
+    struct req_list dead = {0}, failed = {0};
+    char msg[384];
+    pthread_mutex_lock(&f->mu);
+    int interrupted = lc->interrupted;
+    lc->interrupted = 0;
+    struct req_list back = lc->inflight;
+    memset(&lc->inflight, 0, sizeof lc->inflight);
+    list_push_front_all(&lc->queue, &back);
+    list_take_job(&lc->queue, NULL, &dead);
+    struct fetch_req *head = lc->queue.head;
+    int counts = !interrupted && rc != PPS_ECANCELED && head;
+    if (counts) {
+        head->attempts++;
+        head->stalls += rc == PPS_ETIMEOUT;
+        if (!is_transport_error(rc) || head->attempts > f->cfg.retries || head->stalls > 1)
+            list_push(&failed, list_pop(&lc->queue));
+    }
+    pthread_mutex_unlock(&f->mu);
+    retire_skipped(f, &dead);
+    if (failed.head) {
+        fail_message(msg, sizeof msg, f, failed.head, rc, detail);
+        log_warn("fetch failed: %s", msg);
+        retire(f, failed.head, PPS_EFETCH, 0, msg);
+    } else if (counts) {
+        log_warn("storage %s:%u: %s; reconnecting (attempt %d of %d)", l->addr, l->port,
+                 rc == PPS_ETIMEOUT ? "no progress (--progress-timeout)" : pps_strerror(rc),
+                 head->attempts + 1, head->stalls ? 2 : f->cfg.retries + 1);
+    }
+    return counts;
 }
 
 static void *link_thread(void *arg)
@@ -625,95 +722,89 @@ static void *link_thread(void *arg)
     struct storage_link *l = lc->link;
     struct fetcher *f = l->f;
     struct storage_client *sc = NULL;
-    struct req_list pending = {0};  /* taken from the link, not yet sent */
-    struct req_list inflight = {0}; /* sent, responses due in this order */
-    int failures = 0;               /* consecutive broken connections */
-    char msg[384];
+    int failures = 0; /* consecutive broken connections */
 
     for (;;) {
         pthread_mutex_lock(&f->mu);
-        while (!f->stop && !inflight.n && !pending.n && !lc->head)
+        while (!f->stop && !lc->inflight.n && !lc->queue.n)
             pthread_cond_wait(&l->cv, &f->mu);
         if (f->stop) {
             pthread_mutex_unlock(&f->mu);
             break;
         }
-        while (inflight.n + pending.n < f->cfg.depth && lc->head) {
-            struct fetch_req *r = lc->head;
-            lc->head = r->next;
-            if (!lc->head)
-                lc->tail = NULL;
-            list_push(&pending, r);
-        }
         pthread_mutex_unlock(&f->mu);
 
+        /* No request is in flight while connecting, so a cancelled job
+         * never waits for a connect. */
+        int rc = sc ? 0 : conn_open(f, lc, &sc);
+
         /* send what fits in the pipeline */
-        int rc = 0;
-        struct fetch_req *r;
-        while (!rc && (r = list_pop(&pending)) != NULL) {
+        struct req_list dead = {0};
+        pthread_mutex_lock(&f->mu);
+        while (!rc && lc->inflight.n < f->cfg.depth && lc->queue.n) {
+            struct fetch_req *r = list_pop(&lc->queue);
             if (job_dead(r->job)) {
-                retire(f, r, 0, 1, NULL);
+                list_push(&dead, r);
                 continue;
             }
-            if (!sc && (rc = conn_open(f, lc, &sc)) != 0) {
-                list_push(&inflight, r); /* so the failure is charged to it below */
-                break;
-            }
-            list_push(&inflight, r);
+            list_push(&lc->inflight, r);
+            pthread_mutex_unlock(&f->mu);
             rc = storage_get_send(sc, r->key, r->offset, r->len);
+            pthread_mutex_lock(&f->mu);
         }
-        struct fetch_req *head = inflight.head;
+        struct fetch_req *head = lc->inflight.head;
+        pthread_mutex_unlock(&f->mu);
+        retire_skipped(f, &dead);
+
         if (!rc && head) {
-            /* receive the oldest response straight into the pool */
-            throttle_wait(f, head->len);
-            uint64_t got = 0;
-            rc = storage_get_recv(sc, head->dst, head->len, &got);
-            if (!rc && got != head->len)
-                rc = PPS_ETRUNCATED;
-            if (!rc) {
-                list_pop(&inflight);
-                atomic_fetch_add(&f->bytes_received, got);
-                atomic_fetch_add(&f->requests, 1);
-                failures = 0;
-                retire(f, head, 0, 0, NULL);
-                continue;
+            if (job_dead(head->job)) {
+                /* its bytes must not land: drop the connection instead */
+                rc = PPS_ECANCELED;
+            } else {
+                /* receive the oldest response straight into the pool */
+                throttle_wait(f, head->len);
+                uint64_t got = 0;
+                rc = storage_get_recv(sc, head->dst, head->len, &got);
+                if (!rc && got != head->len)
+                    rc = PPS_ETRUNCATED;
+                if (!rc) {
+                    pthread_mutex_lock(&f->mu);
+                    list_pop(&lc->inflight);
+                    pthread_mutex_unlock(&f->mu);
+                    atomic_fetch_add(&f->bytes_received, got);
+                    atomic_fetch_add(&f->requests, 1);
+                    failures = 0;
+                    retire(f, head, 0, 0, NULL);
+                    continue;
+                }
             }
         }
         if (!rc)
             continue;
         /* Something failed: the stream is out of step, so reconnect and
-         * resend everything unanswered, charging one attempt to the oldest
-         * request. An error status from the storage is not worth a retry. */
+         * resend everything unanswered. */
         if (f->stop)
             break;
         char detail[160] = "";
         if (sc)
             set_msg(detail, sizeof detail, "%s", storage_client_error(sc));
         conn_close(f, lc, &sc);
-        head = inflight.head;
-        head->attempts++;
-        if (!is_transport_error(rc) || head->attempts > f->cfg.retries) {
-            list_pop(&inflight);
-            fail_message(msg, sizeof msg, head, rc, detail);
-            log_warn("fetch failed: %s", msg);
-            retire(f, head, PPS_EFETCH, 0, msg);
-        } else {
-            log_warn("storage %s:%u: %s; reconnecting (attempt %d of %d)", l->addr, l->port,
-                     pps_strerror(rc), head->attempts + 1, f->cfg.retries + 1);
-        }
-        list_push_front_all(&pending, &inflight);
-        failures++;
         atomic_fetch_add(&f->reconnects, 1);
+        if (!requeue_after_failure(f, lc, rc, detail))
+            continue;
+        failures++;
         double backoff = 0.05 * (double)(1u << (failures < 5 ? failures - 1 : 4));
         if (sleep_until(f, mono_now() + backoff))
             break;
     }
     /* stopping: drop what this thread still holds (jobs never finish now) */
     conn_close(f, lc, &sc);
+    pthread_mutex_lock(&f->mu);
+    struct req_list mine = lc->inflight;
+    memset(&lc->inflight, 0, sizeof lc->inflight);
+    pthread_mutex_unlock(&f->mu);
     struct fetch_req *r;
-    while ((r = list_pop(&inflight)) != NULL)
-        free(r);
-    while ((r = list_pop(&pending)) != NULL)
+    while ((r = list_pop(&mine)) != NULL)
         free(r);
     return NULL;
 }
@@ -776,12 +867,9 @@ void fetch_destroy(struct fetcher *f)
         struct storage_link *l = f->links;
         f->links = l->next;
         for (int i = 0; i < l->nconns; i++) {
-            struct fetch_req *r = l->conns[i].head;
-            while (r) {
-                struct fetch_req *next = r->next;
+            struct fetch_req *r;
+            while ((r = list_pop(&l->conns[i].queue)) != NULL)
                 free(r);
-                r = next;
-            }
         }
         pthread_cond_destroy(&l->cv);
         free(l->conns);

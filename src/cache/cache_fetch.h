@@ -39,7 +39,8 @@ struct fetch_config {
     int depth;               /* requests in flight per connection, >= 1 */
     uint64_t throttle_bps;   /* total receive rate limit, bytes/s; 0 = none */
     int retries;             /* resends of a request after a broken connection */
-    int io_timeout_ms;       /* a storage silent this long counts as broken; 0 = never */
+    int progress_timeout_ms; /* a storage silent this long while a response is due has
+                              * stalled (0 = never); a stalled request is resent once */
 };
 
 enum fetch_event_kind {

@@ -5,6 +5,7 @@
 #include "cache/cache_daemon.h"
 #include "common/args.h"
 #include "common/err.h"
+#include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
 
@@ -28,9 +29,14 @@ static void usage(FILE *out)
             "  --depth N             requests in flight per storage connection (default 2)\n"
             "  --throttle RATE       limit the total fetch rate, bytes/s (K/M/G; default: none)\n"
             "  --retries N           resends after a broken storage connection (default 3)\n"
-            "  --io-timeout MS       a storage silent this long is broken (default 30000)\n"
+            "  --progress-timeout S  a storage that sends nothing for S seconds while a request\n"
+            "                        is due has stalled: reconnect once, then fail the fetch\n"
+            "                        (default 5; connecting has its own 10 s limit)\n"
             "  --lb-backoff-max MS   cap of the load-balancer reconnect backoff (default 5000)\n"
-            "  --max-conns N         server connections accepted (default 1024)\n");
+            "  --io-timeout S        drop a peer that stalls S seconds inside a request; idle\n"
+            "                        connections are kept (default 120)\n"
+            "  --max-conns N         server connections served at once; more are refused with\n"
+            "                        PPS_EBUSY (default 1024)\n");
 }
 
 int cache_main(int argc, char **argv)
@@ -38,7 +44,7 @@ int cache_main(int argc, char **argv)
     struct args_option opts[] = {
         {"fetch-threads", 1, NULL}, {"depth", 1, NULL},          {"throttle", 1, NULL},
         {"retries", 1, NULL},       {"io-timeout", 1, NULL},     {"lb-backoff-max", 1, NULL},
-        {"max-conns", 1, NULL},
+        {"max-conns", 1, NULL},     {"progress-timeout", 1, NULL},
     };
     struct args a;
     int help = 0;
@@ -53,9 +59,10 @@ int cache_main(int argc, char **argv)
     struct cache_config cfg = {.fetch_threads = 1,
                                .depth = 2,
                                .retries = 3,
-                               .io_timeout_ms = 30000,
+                               .io_timeout_ms = INBOUND_DEFAULT_IO_TIMEOUT_S * 1000,
+                               .progress_timeout_ms = CACHE_DEFAULT_PROGRESS_TIMEOUT_S * 1000,
                                .lb_backoff_max_ms = 5000,
-                               .max_conns = 1024};
+                               .max_conns = INBOUND_DEFAULT_MAX_CONNS};
     const char *const *p = a.positional;
     int bad = 0;
 #define BAD(...) (fprintf(stderr, "cache: " __VA_ARGS__), fputc('\n', stderr), bad = 1)
@@ -88,12 +95,21 @@ int cache_main(int argc, char **argv)
         BAD("bad --throttle '%s'", opts[2].value);
     if (opts[3].value && args_parse_int(opts[3].value, 0, 100, &cfg.retries))
         BAD("bad --retries '%s' (0..100)", opts[3].value);
-    if (opts[4].value && args_parse_int(opts[4].value, 0, 3600000, &cfg.io_timeout_ms))
-        BAD("bad --io-timeout '%s'", opts[4].value);
     if (opts[5].value && args_parse_int(opts[5].value, 100, 3600000, &cfg.lb_backoff_max_ms))
         BAD("bad --lb-backoff-max '%s' (100..3600000)", opts[5].value);
-    if (opts[6].value && args_parse_int(opts[6].value, 1, 1000000, &cfg.max_conns))
-        BAD("bad --max-conns '%s'", opts[6].value);
+    struct inbound_limits lim = {.io_timeout_ms = cfg.io_timeout_ms, .max_conns = cfg.max_conns};
+    char err[160];
+    if (inbound_parse(&lim, opts[4].value, opts[6].value, NULL, err, sizeof err))
+        BAD("%s", err);
+    cfg.io_timeout_ms = lim.io_timeout_ms;
+    cfg.max_conns = lim.max_conns;
+    int progress_s;
+    if (opts[7].value) {
+        if (args_parse_int(opts[7].value, 1, 3600, &progress_s))
+            BAD("bad --progress-timeout '%s' (seconds, 1..3600)", opts[7].value);
+        else
+            cfg.progress_timeout_ms = progress_s * 1000;
+    }
 #undef BAD
     if (bad)
         return 2;
@@ -104,10 +120,6 @@ int cache_main(int argc, char **argv)
         cfg.shm_size = rounded;
     }
     net_ignore_sigpipe();
-    int rc = cache_daemon_run(&cfg);
-    if (rc) {
-        log_error("cache: %s", pps_strerror(rc));
-        return 1;
-    }
-    return 0;
+    /* cache_daemon_run logs why it could not start, once */
+    return cache_daemon_run(&cfg) ? 1 : 0;
 }

@@ -741,3 +741,20 @@ def check_half_frame_stallers(port, max_conns):
     assert ping(idle, 2) == (0, b"ping")
     idle.close()
     extra.close()
+
+
+def run_on_used_port(make_args, timeout=60):
+    """Start a daemon on a port another socket listens on; it must fail.
+    make_args(port) -> argv. Returns (exit status, stdout + stderr)."""
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    hold.listen(1)
+    port = hold.getsockname()[1]
+    env = dict(os.environ)
+    env.setdefault("PIPEPS_LOG", "info")
+    try:
+        p = subprocess.run([str(a) for a in make_args(port)], capture_output=True, text=True,
+                           timeout=timeout, env=env)
+    finally:
+        hold.close()
+    return p.returncode, p.stdout + p.stderr

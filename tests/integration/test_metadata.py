@@ -14,7 +14,8 @@ import pytest
 
 from pipeps_testlib import (E, MSG, MetaConn, Conn, binary, free_port, header, pack_str,
                             parse_stat, recv_exact, start_metadata, FLAG_RESPONSE, HEADER,
-                            check_half_frame_stallers, sanitizer_build, wait_closed)
+                            check_half_frame_stallers, run_on_used_port, sanitizer_build,
+                            wait_closed)
 
 META_MAX_KEY = 1024
 META_MAX_VALUE = 64 << 20
@@ -686,3 +687,14 @@ def test_partial_puts_are_bounded_and_their_memory_returned(tmp_path):
         c.close()
     finally:
         stop_clean(d)
+
+
+def test_port_in_use_is_said_once_and_creates_no_directory(tmp_path):
+    """Regression: a port in use read "resource busy" over several lines, and
+    the data directory was created before the bind failed."""
+    data = tmp_path / "never-created"
+    rc, out = run_on_used_port(lambda port: [binary("metadata_storage"), port, "--dir", data])
+    assert rc != 0
+    assert out.count("address already in use") == 1, out
+    assert "resource busy" not in out, out
+    assert not data.exists()

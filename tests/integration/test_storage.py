@@ -19,7 +19,8 @@ import time
 import pytest
 
 from pipeps_testlib import (E, MSG, U64_MAX, Conn, binary, free_port, header, pack_str, parse_stat,
-                            recv_exact, start_storage, store_get, store_put, store_stat)
+                            recv_exact, start_storage, store_get, store_put, store_stat,
+                            check_half_frame_stallers, run_on_used_port)
 
 
 class Storage:
@@ -762,3 +763,25 @@ def test_sendfile_send_path(storages):
     r = subprocess.run([binary("storage"), str(free_port()), "--send-path", "carrier-pigeon"],
                        capture_output=True, timeout=30)
     assert r.returncode == 2 and b"--send-path" in r.stderr
+
+
+# ---------------------------------------------------------------- peer limits
+
+def test_half_frame_stallers_are_dropped_and_new_clients_served(storages):
+    """Peers that send half a frame header and go quiet are dropped after
+    --io-timeout, so they cannot keep --max-conns full; idle connections
+    are kept; one over the limit is told PPS_EBUSY."""
+    s = storages(extra=["--max-conns", "5", "--io-timeout", "3"])
+    check_half_frame_stallers(s.port, 5)
+    assert "stalled" in s.log_text()
+
+
+def test_port_in_use_is_said_once_and_creates_no_directory(tmp_path):
+    """Regression: a port in use read "resource busy", after the data
+    directory had been created."""
+    data = tmp_path / "never-created"
+    rc, out = run_on_used_port(lambda port: [binary("storage"), port, "--dir", data])
+    assert rc != 0
+    assert out.count("address already in use") == 1, out
+    assert "resource busy" not in out, out
+    assert not data.exists()
