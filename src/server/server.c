@@ -31,6 +31,7 @@
 #include "common/args.h"
 #include "common/err.h"
 #include "common/frame.h"
+#include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "exec/exec_mem.h"
@@ -122,8 +123,10 @@ struct server {
     struct cache_link *cache;
     struct lb_link *lb;
     const char *busy_model;      /* the model the worker serves now (for STAT) */
+    struct inbound_budget budget; /* INFER payloads being received */
     /* counters, guarded by lock */
     uint64_t requests, ok, errors, bad_requests;
+    uint64_t conns_refused, stalled_drops, partial_refused;
     uint64_t served_resident, served_cache, served_storage;
     uint64_t evictions;
     double started;
@@ -153,7 +156,9 @@ void server_config_default(struct server_config *cfg)
     cfg->mode = INFER_MODE_PIPELINED;
     cfg->max_request = 256u << 20;
     cfg->max_batch = 256;
-    cfg->max_conns = 256;
+    cfg->max_conns = INBOUND_DEFAULT_MAX_CONNS;
+    cfg->io_timeout_ms = INBOUND_DEFAULT_IO_TIMEOUT_S * 1000;
+    cfg->max_partial = INBOUND_DEFAULT_MAX_PARTIAL;
     cfg->max_queue = 1024;
     cfg->stall_ms = 60000;
     cfg->lb_backoff_max_ms = 5000;
@@ -468,6 +473,15 @@ static int check_inputs(struct serve_ctx *x, const struct graph *g, int max_batc
     return 0;
 }
 
+/* Does msg already say which model ("model NAME: ..." from the cache)?
+ * Then it is passed on without naming the model again. */
+static int names_model(const char *msg, const char *name)
+{
+    size_t n = strlen(name);
+    return strncmp(msg, "model ", 6) == 0 && strncmp(msg + 6, name, n) == 0 &&
+           (msg[6 + n] == ':' || msg[6 + n] == ' ');
+}
+
 /* Subscribe and wait for the model's METADATA; build the executor model. */
 static int load_model(struct server *srv, struct serve_ctx *x, struct smodel **out)
 {
@@ -484,7 +498,9 @@ static int load_model(struct server *srv, struct serve_ctx *x, struct smodel **o
             continue;
         }
         if (rc) {
-            if (rc == PPS_ENOTFOUND)
+            if (rc == PPS_ENOTFOUND && names_model(sm->fail_msg, name))
+                fail_req(x, rc, "%s", sm->fail_msg); /* the cache's words name it once */
+            else if (rc == PPS_ENOTFOUND)
                 fail_req(x, rc, "unknown model %s (%s)", name, sm->fail_msg);
             else if (rc == PPS_ETIMEOUT)
                 fail_req(x, PPS_EFETCH, "the cache sent no metadata for %s in %d s", name,
@@ -876,7 +892,10 @@ static void handle_model_info(struct server *srv, struct sconn *c, uint64_t rid,
         smodel_free(srv, sm);
         if (rc) {
             char msg[900];
-            snprintf(msg, sizeof msg, "%s: %s", name, err);
+            if (names_model(err, name))
+                snprintf(msg, sizeof msg, "%s", err);
+            else
+                snprintf(msg, sizeof msg, "%s: %s", name, err);
             conn_error(c, MSG_MODEL_INFO, rid, rc, msg);
             return;
         }
@@ -914,6 +933,10 @@ static void stat_text(struct server *srv, struct wbuf *wb)
     LINE("queued %d\n", srv->nqueued);
     LINE("busy %s\n", srv->busy_model ? srv->busy_model : "-");
     LINE("connections %d\n", srv->nconns);
+    LINE("connections_refused %" PRIu64 "\n", srv->conns_refused);
+    LINE("stalled_drops %" PRIu64 "\n", srv->stalled_drops);
+    LINE("partial_bytes %" PRIu64 "\n", inbound_budget_used(&srv->budget));
+    LINE("partial_refused %" PRIu64 "\n", srv->partial_refused);
     LINE("memory_capacity %" PRIu64 "\n", srv->res.capacity);
     LINE("memory_used %" PRIu64 "\n", srv->res.used);
     LINE("resident_models %d\n", srv->res.count);
@@ -958,15 +981,29 @@ static void lb_register_payload(struct wbuf *wb, void *arg)
 
 /* ---- connection reader ------------------------------------------------------ */
 
+/* Receive a payload into its own (aligned) buffer. One over 64 KiB is
+ * charged to the --max-partial budget while it arrives; PPS_EBUSY (nothing
+ * read) when it does not fit. */
 static int read_payload(struct sconn *c, const struct frame_header *h, uint8_t **out)
 {
+    struct server *srv = c->srv;
+    uint64_t charged = h->payload_len > INFER_MAX_CONTROL ? h->payload_len : 0;
+    if (charged && inbound_budget_take(&srv->budget, charged))
+        return PPS_EBUSY;
     uint8_t *p = NULL;
     size_t n = h->payload_len ? (size_t)h->payload_len : 1;
-    if (posix_memalign((void **)&p, INFER_TENSOR_ALIGN, (n + 63) / 64 * 64))
+    if (posix_memalign((void **)&p, INFER_TENSOR_ALIGN, (n + 63) / 64 * 64)) {
+        if (charged)
+            inbound_budget_give(&srv->budget, charged);
         return PPS_ENOMEM;
+    }
     int rc = net_read_full(c->fd, p, h->payload_len);
+    if (charged)
+        inbound_budget_give(&srv->budget, charged);
     if (rc) {
         free(p);
+        if (charged)
+            inbound_trim(); /* a large partial payload: give its pages back */
         return rc;
     }
     *out = p;
@@ -984,9 +1021,23 @@ static void count_bad(struct server *srv)
 static int handle_frame(struct server *srv, struct sconn *c)
 {
     struct frame_header h;
-    int rc = frame_recv_header(c->fd, &h, srv->cfg.max_request);
-    if (rc == PPS_ECLOSED)
+    uint8_t raw[FRAME_HEADER_SIZE];
+    size_t got = 0;
+    int rc = inbound_recv_header(c->fd, raw, &got);
+    if (rc == PPS_ETIMEOUT) {
+        pthread_mutex_lock(&srv->lock);
+        srv->stalled_drops++;
+        pthread_mutex_unlock(&srv->lock);
+        log_warn("%s: stalled %d s after %zu bytes of a frame header; dropped", c->peer,
+                 srv->cfg.io_timeout_ms / 1000, got);
         return rc;
+    }
+    if (rc) {
+        if (got)
+            log_warn("%s: disconnected after %zu bytes of a frame header", c->peer, got);
+        return rc;
+    }
+    rc = frame_decode_header(raw, &h, srv->cfg.max_request);
     if (rc) {
         count_bad(srv);
         log_warn("%s: bad frame header (%s); closing the connection", c->peer, pps_strerror(rc));
@@ -1008,10 +1059,34 @@ static int handle_frame(struct server *srv, struct sconn *c)
         return PPS_ETOOBIG;
     }
     uint8_t *p = NULL;
-    if ((rc = read_payload(c, &h, &p)) != 0) {
-        if (rc != PPS_ENOMEM)
+    if ((rc = read_payload(c, &h, &p)) == PPS_EBUSY) {
+        /* skip it; the stream stays in step */
+        pthread_mutex_lock(&srv->lock);
+        srv->partial_refused++;
+        pthread_mutex_unlock(&srv->lock);
+        char msg[160];
+        snprintf(msg, sizeof msg,
+                 "%" PRIu64 " bytes of requests are being received already (--max-partial %" PRIu64
+                 "); try again later", inbound_budget_used(&srv->budget), srv->budget.limit);
+        log_warn("%s: %s payload of %" PRIu64 " bytes refused: %s", c->peer,
+                 frame_type_name(h.type), h.payload_len, msg);
+        if ((rc = net_discard(c->fd, h.payload_len)) != 0)
+            return rc;
+        conn_error(c, h.type, h.request_id, PPS_EBUSY, msg);
+        return 0;
+    }
+    if (rc) {
+        if (rc == PPS_ETIMEOUT) {
+            pthread_mutex_lock(&srv->lock);
+            srv->stalled_drops++;
+            pthread_mutex_unlock(&srv->lock);
+            log_warn("%s: stalled %d s in the middle of a %s payload of %" PRIu64 " bytes; dropped",
+                     c->peer, srv->cfg.io_timeout_ms / 1000, frame_type_name(h.type),
+                     h.payload_len);
+        } else if (rc != PPS_ENOMEM) {
             log_warn("%s: disconnected in the middle of a %s frame", c->peer,
                      frame_type_name(h.type));
+        }
         return rc;
     }
     switch (h.type) {
@@ -1111,12 +1186,16 @@ static void accept_one(struct server *srv)
     int full = srv->nconns >= srv->cfg.max_conns;
     pthread_mutex_unlock(&srv->lock);
     if (full) {
-        log_warn("%s: refused, %d connections already", peer, srv->cfg.max_conns);
-        close(fd);
+        log_warn("%s: refused: %d connections already (--max-conns)", peer, srv->cfg.max_conns);
+        pthread_mutex_lock(&srv->lock);
+        srv->conns_refused++;
+        pthread_mutex_unlock(&srv->lock);
+        inbound_refuse(fd, srv->cfg.max_conns);
         return;
     }
     net_set_nodelay(fd);
     net_set_bufsize(fd, 4 << 20);
+    inbound_set_recv_timeout(fd, srv->cfg.io_timeout_ms);
     struct sconn *c = pps_xcalloc(1, sizeof *c);
     c->srv = srv;
     c->fd = fd;
@@ -1161,12 +1240,13 @@ int server_run(const struct server_config *cfg)
     pthread_cond_init(&srv->work_cond, NULL);
     pthread_cond_init(&srv->conns_cond, NULL);
     resident_init(&srv->res, cfg->memory);
+    inbound_budget_init(&srv->budget, cfg->max_partial);
     net_ignore_sigpipe();
 
-    int rc = net_listen(cfg->client_addr, cfg->client_port, &srv->listen_fd);
+    char err[200];
+    int rc = net_listen_msg(cfg->client_addr, cfg->client_port, &srv->listen_fd, err, sizeof err);
     if (rc) {
-        log_error("cannot listen on %s:%u: %s", cfg->client_addr, cfg->client_port,
-                  pps_strerror(rc));
+        log_error("%s", err);
         free(srv);
         return rc;
     }

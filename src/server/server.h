@@ -36,7 +36,9 @@ struct server_config {
     int mode;                  /* enum infer_mode */
     uint64_t max_request;      /* bytes of an INFER payload */
     int max_batch;             /* largest batch size accepted */
-    int max_conns;
+    int max_conns;             /* connections served at once (--max-conns) */
+    int io_timeout_ms;         /* a peer stalled this long inside a frame is dropped */
+    uint64_t max_partial;      /* bytes of INFER payloads being received at once */
     int max_queue;             /* INFER requests waiting; more get PPS_EBUSY */
     int stall_ms;              /* a fetch with no progress this long fails */
     int lb_backoff_max_ms;

@@ -2,6 +2,7 @@
  * seed's positional arguments and the options, then run the daemon. */
 #include "common/args.h"
 #include "common/err.h"
+#include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "server/server.h"
@@ -17,6 +18,7 @@ static void usage(FILE *out)
             "              [--threads T] [--memory BYTES] [--mode pipelined|stop-and-start]\n"
             "              [--max-request BYTES] [--max-batch N] [--max-queue N]\n"
             "              [--stall-timeout SECONDS] [--prep-threads N] [--reserve BYTES]\n"
+            "              [--io-timeout SECONDS] [--max-conns N] [--max-partial BYTES]\n"
             "  Serves INFER requests on CLIENT_ADDR:CLIENT_PORT (also its identity for the load\n"
             "  balancer), loads models through the cache at CACHE_ADDR:CACHE_PORT and registers\n"
             "  with the load balancer at LB_ADDR:LB_PORT (LB_PORT 0: none), retrying until it is up.\n"
@@ -30,7 +32,13 @@ static void usage(FILE *out)
             "  --stall-timeout  a model fetch with no progress this long fails (default 60)\n"
             "  --prep-threads   threads preparing weights as batches arrive (default: --threads)\n"
             "  --reserve        executor memory faulted in at start, reused by cold models\n"
-            "                   (default 512M; 0: none)\n");
+            "                   (default 512M; 0: none)\n"
+            "  --io-timeout     drop a peer that stalls this many seconds inside a request;\n"
+            "                   idle connections are kept (default 120)\n"
+            "  --max-conns      connections served at once; more are refused with PPS_EBUSY\n"
+            "                   (default 1024)\n"
+            "  --max-partial    bytes of INFER payloads being received at once; one beyond\n"
+            "                   it is refused with PPS_EBUSY (default 1G)\n");
 }
 
 int server_main(int argc, char **argv)
@@ -39,6 +47,7 @@ int server_main(int argc, char **argv)
         {"threads", 1, NULL},     {"memory", 1, NULL},    {"mode", 1, NULL},
         {"max-request", 1, NULL}, {"max-batch", 1, NULL}, {"max-queue", 1, NULL},
         {"stall-timeout", 1, NULL}, {"prep-threads", 1, NULL}, {"reserve", 1, NULL},
+        {"io-timeout", 1, NULL},  {"max-conns", 1, NULL}, {"max-partial", 1, NULL},
     };
     struct args a;
     int help = 0;
@@ -101,6 +110,15 @@ int server_main(int argc, char **argv)
         bad = fprintf(stderr, "server: bad --prep-threads '%s' (1..256)\n", opts[7].value);
     if (opts[8].value && args_parse_size(opts[8].value, &cfg.reserve))
         bad = fprintf(stderr, "server: bad --reserve '%s'\n", opts[8].value);
+    struct inbound_limits lim = {.io_timeout_ms = cfg.io_timeout_ms,
+                                 .max_conns = cfg.max_conns,
+                                 .max_partial = cfg.max_partial};
+    char err[160];
+    if (inbound_parse(&lim, opts[9].value, opts[10].value, opts[11].value, err, sizeof err))
+        bad = fprintf(stderr, "server: %s\n", err);
+    cfg.io_timeout_ms = lim.io_timeout_ms;
+    cfg.max_conns = lim.max_conns;
+    cfg.max_partial = lim.max_partial;
     if (bad)
         return 2;
     int rc = server_run(&cfg);

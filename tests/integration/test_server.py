@@ -555,3 +555,84 @@ def test_misbehaving_cache_gives_errors_not_hangs(tier, behaviour):
     finally:
         srv.stop()
         fake.close()
+
+
+# ---------------------------------------------------------------- peer limits
+
+def test_half_frame_stallers_are_dropped_and_new_clients_served(tmp_path):
+    """Regression: 256 peers sending half a frame header and going quiet
+    locked every client out ("refused, 256 connections already"). A stall
+    inside a frame is now dropped after --io-timeout; idle connections are
+    kept; one over --max-conns is told PPS_EBUSY."""
+    s = T.start_server(T.free_port(), 0, tmp_path / "server.log",
+                       extra=["--max-conns", 5, "--io-timeout", 3, "--reserve", 0])
+    try:
+        T.check_half_frame_stallers(s.port, 5)
+        text = s.log_text()
+        assert "stalled" in text and "--max-conns" in text
+    finally:
+        s.stop()
+
+
+def test_partial_infer_payloads_are_bounded(tmp_path):
+    """Large INFER payloads being received are charged to --max-partial: one
+    that does not fit is refused with PPS_EBUSY (its bytes skipped, the
+    connection kept), and a stalled one is dropped after --io-timeout."""
+    s = T.start_server(T.free_port(), 0, tmp_path / "server.log",
+                       extra=["--max-partial", "8M", "--io-timeout", 3, "--reserve", 0])
+    try:
+        staller = socket.create_connection(("127.0.0.1", s.port), timeout=60)
+        staller.sendall(T.header(T.MSG["INFER"], 6 << 20, 5) + b"\0" * (1 << 20))
+        assert T.wait_connections(s.port, 2) == 2
+        c = T.Conn(s.port, timeout=60)
+        deadline = time.time() + 30
+        while True:  # until the server has charged the staller's payload
+            st = T.parse_stat(c.call(T.MSG["STAT"])[1])
+            if st["partial_bytes"] or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        assert st["partial_bytes"] == 6 << 20
+        status, body = c.call(T.MSG["INFER"], b"\0" * (4 << 20))
+        assert status == T.E["BUSY"] and b"--max-partial" in body
+        assert c.call(T.MSG["PING"], b"still in step") == (0, b"still in step")
+        T.wait_closed(staller)
+        st = T.parse_stat(c.call(T.MSG["STAT"])[1])
+        assert st["partial_bytes"] == 0 and st["stalled_drops"] == 1 and st["partial_refused"] == 1
+        c.close()
+    finally:
+        s.stop()
+
+
+def test_unknown_model_error_names_it_once(tmp_path):
+    """Regression: "nosuch_model: model nosuch_model: model nosuch_model is
+    not deployed ..." -- every layer named the model again."""
+    meta = T.start_metadata(tmp_path / "meta", tmp_path / "meta.log")
+    lb = T.FakeLB()
+    cache = T.start_cache(meta.port, lb.port, shm_name(), 8 << 20, 1 << 20, tmp_path / "cache.log")
+    s = T.start_server(cache.port, 0, tmp_path / "server.log", extra=["--reserve", 0])
+    try:
+        c = T.ServerConn(s.port, timeout=60)
+        status, msg, _ = c.infer("nosuch_model", [np.zeros((1, 4), np.float32)])
+        assert status == T.E["NOTFOUND"], msg
+        status, body = c.call(T.MSG["MODEL_INFO"], T.pack_str("nosuch_model"))
+        assert status == T.E["NOTFOUND"], body
+        for text in (msg if isinstance(msg, str) else msg.decode(), body.decode()):
+            assert "not deployed" in text, text
+            assert text.count("model nosuch_model") == 1, text
+            assert "nosuch_model: model" not in text and "(model nosuch_model" not in text, text
+        c.close()
+    finally:
+        s.stop()
+        cache.stop()
+        lb.stop()
+        meta.stop()
+
+
+def test_port_in_use_is_said_once():
+    """Regression: a port in use read "resource busy"."""
+    rc, out = T.run_on_used_port(lambda port: [
+        T.binary("server"), "127.0.0.1", port, "127.0.0.1", T.free_port(), "127.0.0.1", 0,
+        "--reserve", 0])
+    assert rc != 0
+    assert out.count("address already in use") == 1, out
+    assert "resource busy" not in out, out
