@@ -435,7 +435,7 @@ static int check_index_input(const struct exec_model *m, int idx, const int64_t 
         for (int d = 0; d < t->ndims && len < sizeof pos; d++)
             len += (size_t)snprintf(pos + len, sizeof pos - len, "%s%lld", d ? ", " : "",
                                     (long long)at[d]);
-        return pps_fail(err, errlen, PPS_ERANGE, "input '%s' at [%s] is %lld, outside [0, %lld)",
+        return pps_fail(err, errlen, PPS_ERANGE, "input '%s' at [%s] is %lld, out of range [0, %lld)",
                         m->g.inputs[idx].name, pos, (long long)v[k], (long long)rows);
     }
     return 0;

@@ -129,7 +129,7 @@ def test_gpt2_shapes(tmp_path, seq):
             ids = tm.make_input(k.metadata(model), 2, seed=5).numpy()
             ids[1, 5] = -1
             rc, _, err = run(path, model, [ids], tmp_path, "neg")
-            assert rc != 0 and "input 'input_ids' at [1, 5] is -1, outside [0, 50257)" in err, err
+            assert rc != 0 and "input 'input_ids' at [1, 5] is -1, out of range [0, 50257)" in err, err
     finally:
         k.close()
         os.unlink(path)
@@ -221,21 +221,21 @@ def test_bert_bad_inputs_refused(kv):
     bad = ids.copy()
     bad[1, 16] = -1
     rc, _, err = run(path, model, [bad], tmp, "neg")
-    assert rc != 0 and "input 'input_ids' at [1, 16] is -1, outside [0, 30522)" in err, err
+    assert rc != 0 and "input 'input_ids' at [1, 16] is -1, out of range [0, 30522)" in err, err
     bad[1, 16] = 30522
     rc, _, err = run(path, model, [bad], tmp, "big")
     assert rc != 0 and "input 'input_ids' at [1, 16] is 30522" in err, err
     mask = np.ones_like(ids)
     mask[0, 3] = 2
     rc, _, err = run(path, model, [ids, mask], tmp, "mask")
-    assert rc != 0 and "input 'attention_mask' at [0, 3] is 2, outside [0, 2)" in err, err
+    assert rc != 0 and "input 'attention_mask' at [0, 3] is 2, out of range [0, 2)" in err, err
     mask[0, 3] = -1
     rc, _, err = run(path, model, [ids, mask], tmp, "mask")
     assert rc != 0 and "input 'attention_mask' at [0, 3] is -1" in err, err
     types = np.zeros_like(ids)
     types[1, 0] = 2
     rc, _, err = run(path, model, [ids, None, types], tmp, "types")
-    assert rc != 0 and "input 'token_type_ids' at [1, 0] is 2, outside [0, 2)" in err, err
+    assert rc != 0 and "input 'token_type_ids' at [1, 0] is 2, out of range [0, 2)" in err, err
     # A mask of another batch size or length is refused too.
     rc, _, err = run(path, model, [ids, np.ones((3, 17), dtype=np.int64)], tmp, "mask3")
     assert rc != 0 and "batch size" in err, err

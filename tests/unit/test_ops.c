@@ -1074,14 +1074,14 @@ static void test_index_inputs(void **state)
     /* A negative id: refused with its position, not wrapped to row V-1. */
     in[6] = -1;
     assert_int_equal(exec_run(m, N, given, nb, o1, NULL, err, sizeof err), PPS_ERANGE);
-    assert_non_null(strstr(err, "input 'ids' at [1, 2] is -1, outside [0, 7)"));
+    assert_non_null(strstr(err, "input 'ids' at [1, 2] is -1, out of range [0, 7)"));
     in[6] = V;
     assert_int_equal(exec_run(m, N, given, nb, o1, NULL, err, sizeof err), PPS_ERANGE);
     assert_non_null(strstr(err, "at [1, 2] is 7"));
     in[6] = 6;
     ty[7] = 2;
     assert_int_equal(exec_run(m, N, given, nb, o1, NULL, err, sizeof err), PPS_ERANGE);
-    assert_non_null(strstr(err, "input 'types' at [1, 3] is 2, outside [0, 2)"));
+    assert_non_null(strstr(err, "input 'types' at [1, 3] is 2, out of range [0, 2)"));
     /* The required input cannot be left out. */
     const void *none[2] = {NULL, ty};
     assert_int_equal(exec_run(m, N, none, nb, o1, NULL, err, sizeof err), PPS_EINVAL);
