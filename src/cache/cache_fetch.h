@@ -18,7 +18,13 @@
  *   is copied through a user-space buffer.
  * - A broken connection is reopened (with backoff) and the unfinished
  *   requests are resent, up to `retries` times per request; then the job
- *   fails. An error status from the storage fails it at once.
+ *   fails. A storage silent for progress_timeout_ms while a response is due
+ *   has stalled: that request is resent once, a second stall fails it. An
+ *   error status from the storage fails it at once.
+ * - fetch_job_cancel lets go of a job at once: its queued requests are
+ *   retired and connections with its requests in flight are shut down, so
+ *   FINISHED (and the reuse of its memory) does not wait for transfers or
+ *   timeouts.
  *
  * Results come back as events on a queue whose eventfd the loop watches:
  * RESOLVED (per resolve), BATCH (a batch's last byte landed), FAILED (once

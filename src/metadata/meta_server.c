@@ -24,7 +24,11 @@
  * a length over the type's limit is answered with an error, logged with the
  * peer's address, and that connection is closed once the answer is out. A
  * well-framed request with a bad payload gets an error answer and the
- * connection stays usable (the byte stream is still in step). */
+ * connection stays usable (the byte stream is still in step). Peer limits
+ * (common/inbound.h): the read timeout is armed only while a frame is
+ * partly here; a META_PUT value over PUT_STREAM_MIN goes into its own
+ * buffer as it arrives, charged to --max-partial, so stalled half-sent
+ * values neither pile up nor stay in the heap once dropped. */
 #include "metadata/meta_server.h"
 #include "common/args.h"
 #include "common/buf.h"
