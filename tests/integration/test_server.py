@@ -218,6 +218,53 @@ def test_infer_client_tool(tier, serving):
     assert p.returncode != 0 and "no_such_model" in p.stderr
 
 
+def test_bert_optional_inputs(tier, serving):
+    """bert_base's trailing optional inputs may be left out of INFER (the
+    defaults, mask all ones and token types 0, give the same bits); a
+    padding mask and token types give what `pipeps run --input2 --input3`
+    gives; more inputs than the model has, mask values other than 0/1 and
+    negative token ids are refused."""
+    cache, a, b, c = serving
+    ids = make_input("bert_base", seed=11, batch=2)
+    ref = tier.reference("bert_base", ids, "s11b2")
+    ones, zeros = np.ones_like(ids), np.zeros_like(ids)
+    mask, types = ones.copy(), zeros.copy()
+    mask[1, SEQ // 2:] = 0
+    types[:, SEQ // 3:] = 1
+    for i, arr in enumerate((ids, mask, types)):
+        np.save(tier.tmp / ("opt-in%d.npy" % i), arr)
+    run([T.binary("pipeps"), "run", tier.kv, "bert_base", "--input", tier.tmp / "opt-in0.npy",
+         "--input2", tier.tmp / "opt-in1.npy", "--input3", tier.tmp / "opt-in2.npy",
+         "--output", tier.tmp / "opt-out.npy", "--repeat", "0"])
+    want = np.load(tier.tmp / "opt-out.npy")
+    assert not np.array_equal(want, ref)
+
+    def text(m):
+        return m if isinstance(m, str) else m.decode()
+
+    conn = T.ServerConn(a.port, timeout=600)
+    try:
+        for arrays in ([ids], [ids, ones], [ids, ones, zeros]):
+            status, msg, outs = conn.infer("bert_base", arrays)
+            assert status == 0, msg
+            assert np.array_equal(outs[0], ref), len(arrays)
+        status, msg, outs = conn.infer("bert_base", [ids, mask, types])
+        assert status == 0, msg
+        assert np.array_equal(outs[0], want)
+        status, msg, _ = conn.infer("bert_base", [ids, ones, zeros, zeros])
+        assert status == T.E["SHAPE"] and "1 to 3 input tensors" in text(msg), msg
+        bad = ones.copy()
+        bad[0, 1] = 2
+        status, msg, _ = conn.infer("bert_base", [ids, bad])
+        assert status == T.E["RANGE"] and "'attention_mask' at [0, 1] is 2" in text(msg), msg
+        neg = ids.copy()
+        neg[1, 2] = -1
+        status, msg, _ = conn.infer("bert_base", [neg])
+        assert status == T.E["RANGE"] and "'input_ids' at [1, 2] is -1" in text(msg), msg
+    finally:
+        conn.close()
+
+
 def test_bad_requests_get_errors_and_server_keeps_serving(tier, serving):
     cache, a, b, c = serving
     conn = T.ServerConn(a.port, timeout=300)
