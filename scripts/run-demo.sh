@@ -5,13 +5,13 @@
 #   2. generate_file: build the five seed models and write kv.bin,
 #   3. start metadata_storage and two storages, deploy_file kv.bin over them
 #      (large models sliced over both storages),
-#   4. start one cache (shared-memory pool) and one server,
-#   5. client workload: per model, a cold request (parameters only in remote
-#      storage: fetched and executed pipelined), then warm requests (resident),
-#      each with its latency breakdown,
-#   6. print the cache's counters and stop everything.
-# There is no load balancer yet: the client talks to the server directly, and
-# the cache's registration with LB_PORT simply keeps retrying in the background.
+#   4. start the load balancer and two serving "machines" (127.0.0.2 and
+#      127.0.0.3), each a cache (shared-memory pool) and a server that
+#      register with the balancer,
+#   5. client workload through the balancer: per model, a cold request
+#      (parameters only in remote storage: fetched and executed pipelined),
+#      then warm requests, each with its latency breakdown and where it ran,
+#   6. print the balancer's and the caches' counters and stop everything.
 # Usage: scripts/run-demo.sh [--models "resnet152 bert_base"] [--repeat N] [--batch N] [--keep]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,19 +94,45 @@ printf 'address, port\n127.0.0.1, %s\n127.0.0.1, %s\n127.0.0.1, %s\n' "$meta_por
 cat "$work/model_distribution_list.txt"
 "$BIN/deploy_file" "$work/storage_list.txt" "$work/model_distribution_list.txt" "$work/kv.bin"
 
-step "serving machine: cache (3 GiB shared-memory pool) + server"
-cache_port=$(free_port); server_port=$(free_port); lb_port=$(free_port)
-start cache "$cache_port" "$BIN/cache" 127.0.0.1 "$cache_port" 127.0.0.1 "$meta_port" \
-  127.0.0.1 "$lb_port" "$shm_name" 3G 1M
-start server "$server_port" "$BIN/server" 127.0.0.1 "$server_port" 127.0.0.1 "$cache_port" \
-  127.0.0.1 0 --threads "$(nproc)" --memory 3G
+step "load balancer (basic policy) + two machines, each a cache (1536 MiB pool) and a server"
+lb_client=$(free_port); lb_server=$(free_port); lb_cache=$(free_port)
+start load_balancer "$lb_client" "$BIN/load_balancer" basic 127.0.0.1 "$lb_client" 127.0.0.1 "$lb_server" \
+  127.0.0.1 "$lb_cache" 127.0.0.1 "$meta_port"
+machines="127.0.0.2 127.0.0.3"
+cache_port=$(free_port); server_port=$(free_port)
+for host in $machines; do
+  "$BIN/cache" "$host" "$cache_port" 127.0.0.1 "$meta_port" 127.0.0.1 "$lb_cache" "$shm_name-$host" 1536M 1M \
+    >"$work/cache-$host.log" 2>&1 &
+  pids+=($!)
+done
+for host in $machines; do
+  for _ in $(seq 1 600); do
+    "$PY" -c "import socket; socket.create_connection(('$host',$cache_port),0.2)" 2>/dev/null && break
+    sleep 0.1
+  done
+  "$BIN/server" "$host" "$server_port" "$host" "$cache_port" 127.0.0.1 "$lb_server" --threads "$(nproc)" \
+    --memory 3G >"$work/server-$host.log" 2>&1 &
+  pids+=($!)
+  echo "machine $host: cache on $host:$cache_port, server on $host:$server_port (logs in $work)"
+done
+for _ in $(seq 1 600); do
+  ready=$("$BIN/pipeps" stat lb "127.0.0.1:$lb_client" | grep -c '^server .* ready 1' || true)
+  caches=$("$BIN/pipeps" stat lb "127.0.0.1:$lb_client" | grep -c '^cache .* connected 1' || true)
+  [ "$ready" -ge 2 ] && [ "$caches" -ge 2 ] && break
+  sleep 0.1
+done
+echo "registered with the balancer: $ready servers, $caches caches"
 
-step "client workload: per model, 1 cold request (from remote storage) + $repeat warm ones, batch $batch"
+step "client workload through the balancer: per model, 1 cold request + $repeat warm ones, batch $batch"
 for m in $models; do
   echo "-- $m"
-  "$BIN/pipeps" infer "127.0.0.1:$server_port" "$m" --batch "$batch" --repeat $((repeat + 1))
+  "$BIN/pipeps" infer "127.0.0.1:$lb_client" "$m" --batch "$batch" --repeat $((repeat + 1))
 done
 
-step "cache counters"
-"$BIN/pipeps" stat cache "127.0.0.1:$cache_port"
+step "load balancer counters"
+"$BIN/pipeps" stat lb "127.0.0.1:$lb_client" | grep -Ev '^(decisions_|latency|queue_ms)' || true
+for host in $machines; do
+  step "cache counters ($host)"
+  "$BIN/pipeps" stat cache "$host:$cache_port" | grep -E '^(used_bytes|models|hits|misses|cache_in|bytes_fetched|fetch_throughput)'
+done
 step "done"
