@@ -1,9 +1,10 @@
 /* infer_client: see infer_client.h.
  *
  * Without --input the client asks the server for the model's input spec
- * (MODEL_INFO) and generates a deterministic input: float32 inputs uniform
- * in [-1, 1), int64 inputs (token ids) uniform in [0, 1000), from a
- * SplitMix64 stream seeded by --seed and the input index. One connection
+ * (MODEL_INFO) and generates a deterministic first input: float32 uniform
+ * in [-1, 1), int64 (token ids) uniform in [0, 1000), from a SplitMix64
+ * stream seeded by --seed and the input index; later inputs (optional ones,
+ * such as bert_base's attention mask) are left out. One connection
  * carries every repetition, so --repeat measures the server, not TCP
  * set-up. */
 #include "server/infer_client.h"
@@ -193,10 +194,9 @@ int infer_main(int argc, char **argv)
             fprintf(stderr, "infer: %s: %s\n", model, err);
             goto out;
         }
-        if (mi.ninputs != 1) {
-            fprintf(stderr, "infer: %s takes %d inputs; give them with --input\n", model, mi.ninputs);
-            goto out;
-        }
+        /* Only the first input is generated: a model's later inputs are
+         * optional ones (bert_base's attention_mask, token_type_ids) that
+         * the server fills with their defaults when left out. */
         struct infer_tensor *t = &req.inputs[0];
         t->dtype = mi.inputs[0].dtype;
         t->ndims = mi.inputs[0].ndims;

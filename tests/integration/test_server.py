@@ -213,6 +213,10 @@ def test_infer_client_tool(tier, serving):
     p = run([T.binary("pipeps"), "infer", "127.0.0.1:%d" % a.port, "gpt2", "--batch", "2",
              "--output", tier.tmp / "gen-out.npy"])
     assert np.load(tier.tmp / "gen-out.npy").shape[:2] == (2, SEQ)
+    # bert_base: only input_ids is generated; the optional inputs are left out.
+    p = run([T.binary("pipeps"), "infer", "127.0.0.1:%d" % a.port, "bert_base",
+             "--output", tier.tmp / "gen-bert.npy"])
+    assert np.load(tier.tmp / "gen-bert.npy").shape == (1, SEQ, 768)
     p = subprocess.run([T.binary("pipeps"), "infer", "127.0.0.1:%d" % a.port, "no_such_model"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "no_such_model" in p.stderr
