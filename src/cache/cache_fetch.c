@@ -696,10 +696,12 @@ static int requeue_after_failure(struct fetcher *f, struct link_conn *lc, int rc
     list_take_job(&lc->queue, NULL, &dead);
     struct fetch_req *head = lc->queue.head;
     int counts = !interrupted && rc != PPS_ECANCELED && head;
+    int attempts = 0, stalls = 0; /* copied: once unlocked, a cancel may retire head */
     if (counts) {
-        head->attempts++;
+        attempts = ++head->attempts;
         head->stalls += rc == PPS_ETIMEOUT;
-        if (!is_transport_error(rc) || head->attempts > f->cfg.retries || head->stalls > 1)
+        stalls = head->stalls;
+        if (!is_transport_error(rc) || attempts > f->cfg.retries || stalls > 1)
             list_push(&failed, list_pop(&lc->queue));
     }
     pthread_mutex_unlock(&f->mu);
@@ -711,7 +713,7 @@ static int requeue_after_failure(struct fetcher *f, struct link_conn *lc, int rc
     } else if (counts) {
         log_warn("storage %s:%u: %s; reconnecting (attempt %d of %d)", l->addr, l->port,
                  rc == PPS_ETIMEOUT ? "no progress (--progress-timeout)" : pps_strerror(rc),
-                 head->attempts + 1, head->stalls ? 2 : f->cfg.retries + 1);
+                 attempts + 1, stalls ? 2 : f->cfg.retries + 1);
     }
     return counts;
 }
