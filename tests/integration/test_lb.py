@@ -529,3 +529,16 @@ def test_other_policies_serve_correctly(cluster, small_machines, policy):
     if policy == "round_robin":
         assert len(used) == 2, used
     assert cluster.stat_value("decisions_" + policy) == len(jobs)
+
+
+def test_balancer_stops_cleanly(cluster, small_machines):
+    """SIGTERM: a clean exit (0), no sanitizer report, every request that was
+    answered before counted."""
+    status, timing, outs = infer(cluster.lb_ports[0], "densenet201", make_input("densenet201"))
+    assert status == 0, timing
+    rc = cluster.lb.stop()
+    text = open(cluster.lb.log_path, errors="replace").read()
+    assert rc == 0, text[-3000:]
+    assert "Sanitizer" not in text and "runtime error" not in text, text[-3000:]
+    assert "stopped:" in text
+    cluster.lb = None
