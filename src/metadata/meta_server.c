@@ -1230,7 +1230,8 @@ static void usage(FILE *out)
             "  --max-conns N       connections served at once; more are refused with\n"
             "                      PPS_EBUSY (default %d)\n"
             "  --max-partial SIZE  bytes of large PUT values being received at once; a PUT\n"
-            "                      beyond it is refused with PPS_EBUSY (default 256M)\n",
+            "                      beyond it is refused with PPS_EBUSY (default 256M, at\n"
+            "                      least 64M)\n",
             NET_DEFAULT_ADDR, META_DEFAULT_DIR, INBOUND_DEFAULT_IO_TIMEOUT_S,
             INBOUND_DEFAULT_MAX_CONNS);
 }
@@ -1280,6 +1281,10 @@ int metadata_storage_main(int argc, char **argv)
     if (inbound_parse(&opt.lim, options[4].value, options[5].value, options[6].value, err,
                       sizeof err)) {
         fprintf(stderr, "metadata_storage: %s\n", err);
+        return 2;
+    }
+    if (opt.lim.max_partial < META_MAX_VALUE) { /* or a large value could never be stored */
+        fprintf(stderr, "metadata_storage: --max-partial must be at least 64M, the largest value\n");
         return 2;
     }
     if (options[1].value && args_parse_size(options[1].value, &opt.compact_min)) {

@@ -38,7 +38,8 @@ static void usage(FILE *out)
             "  --max-conns      connections served at once; more are refused with PPS_EBUSY\n"
             "                   (default 1024)\n"
             "  --max-partial    bytes of INFER payloads being received at once; one beyond\n"
-            "                   it is refused with PPS_EBUSY (default 1G)\n");
+            "                   it is refused with PPS_EBUSY (default 1G, at least\n"
+            "                   --max-request)\n");
 }
 
 int server_main(int argc, char **argv)
@@ -119,6 +120,8 @@ int server_main(int argc, char **argv)
     cfg.io_timeout_ms = lim.io_timeout_ms;
     cfg.max_conns = lim.max_conns;
     cfg.max_partial = lim.max_partial;
+    if (cfg.max_partial < cfg.max_request) /* or such a request could never be served */
+        bad = fprintf(stderr, "server: --max-partial must be at least --max-request\n");
     if (bad)
         return 2;
     int rc = server_run(&cfg);

@@ -630,7 +630,8 @@ def test_partial_infer_payloads_are_bounded(tmp_path):
     that does not fit is refused with PPS_EBUSY (its bytes skipped, the
     connection kept), and a stalled one is dropped after --io-timeout."""
     s = T.start_server(T.free_port(), 0, tmp_path / "server.log",
-                       extra=["--max-partial", "8M", "--io-timeout", 3, "--reserve", 0])
+                       extra=["--max-partial", "8M", "--max-request", "8M", "--io-timeout", 3,
+                              "--reserve", 0])
     try:
         staller = socket.create_connection(("127.0.0.1", s.port), timeout=60)
         staller.sendall(T.header(T.MSG["INFER"], 6 << 20, 5) + b"\0" * (1 << 20))
