@@ -84,6 +84,8 @@ int model_cli_main(int argc, char **argv)
     for (int i = 0; i < g->ninputs; i++) {
         printf("  input  %-20s %-8s ", g->inputs[i].name, graph_dtype_name(g->inputs[i].dtype));
         print_dims(g->inputs[i].ndims, g->inputs[i].dims);
+        if (g->inputs[i].optional)
+            printf(" optional, default %lld", (long long)g->inputs[i].fill);
         putchar('\n');
     }
     for (int i = 0; i < g->noutputs; i++) {
