@@ -2179,11 +2179,12 @@ static inline void *resolve(const struct carg *a, const struct cpu_node *nd,
         if (nd->in_remap[a->idx]) return (char *)scratch + nd->in_remap[a->idx] - 1 + a->off;
         return (char *)in[a->idx] + a->off;
     case B_IN_RAW: return (char *)in[a->idx] + a->off;
-    case B_OUT: return out;
+    /* off (a detached view offset, or a scratch slot) applies to every bind. */
+    case B_OUT: return (char *)out + a->off;
     case B_SCRATCH: return (char *)scratch + a->off;
-    case B_WEIGHTS: return cs->weights;
-    case B_BIAS: return cs->bias;
-    case B_PARAM: return (void *)cs->param[a->idx];
+    case B_WEIGHTS: return (char *)cs->weights + a->off;
+    case B_BIAS: return (char *)cs->bias + a->off;
+    case B_PARAM: return (char *)(void *)cs->param[a->idx] + a->off;
     }
     return NULL;
 }
