@@ -217,6 +217,8 @@ static void send_error(struct lconn *c, uint16_t type, uint64_t rid, int status,
     send_frame(c, type, FRAME_FLAG_RESPONSE, status, rid, msg, strlen(msg));
 }
 
+static void kill_conn(struct lconn *c);
+
 /* Answer, then close once the answer is out (the stream cannot be trusted). */
 static void reject_and_close(struct lconn *c, uint16_t type, uint64_t rid, int status, const char *why)
 {
@@ -226,7 +228,7 @@ static void reject_and_close(struct lconn *c, uint16_t type, uint64_t rid, int s
     c->closing = 1;
     bufferevent_disable(c->bev, EV_READ);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        c->dead = 1;
+        kill_conn(c);
 }
 
 /* ---- requests ------------------------------------------------------------ */
