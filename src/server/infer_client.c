@@ -100,6 +100,57 @@ static void generate(const struct infer_tensor *t, uint64_t seed, int idx, void 
     }
 }
 
+int infer_build_request(int fd, const char *model, int batch, uint64_t seed, const char *npy_path,
+                        struct infer_request *req, void **owned, char *err, size_t errlen)
+{
+    memset(req, 0, sizeof *req);
+    *owned = NULL;
+    snprintf(req->model, sizeof req->model, "%s", model);
+    struct infer_tensor *t = &req->inputs[0];
+    req->ninputs = 1;
+    if (npy_path) {
+        struct npy_array in;
+        char why[512];
+        int rc = npy_read_file(npy_path, &in, why, sizeof why);
+        if (rc)
+            return pps_fail(err, errlen, rc, "%s", why);
+        if (in.ndims < 1) {
+            npy_free(&in);
+            return pps_fail(err, errlen, PPS_ESHAPE, "%s: the input needs a batch dimension", npy_path);
+        }
+        t->dtype = (uint8_t)in.dtype;
+        t->ndims = in.ndims;
+        memcpy(t->dims, in.dims, sizeof t->dims);
+        t->nbytes = in.nbytes;
+        t->data = in.data;
+        *owned = in.data; /* npy_free would only free this */
+        return 0;
+    }
+    struct infer_model_info mi;
+    char why[512];
+    int rc = infer_model_info(fd, model, &mi, why, sizeof why);
+    if (rc)
+        return pps_fail(err, errlen, rc, "%s: %s", model, why);
+    if (mi.ninputs < 1)
+        return pps_fail(err, errlen, PPS_EPROTO, "%s: the model has no inputs", model);
+    /* Only the first input is generated: a model's later inputs are
+     * optional ones (bert_base's attention_mask, token_type_ids) that the
+     * server fills with their defaults when left out. */
+    t->dtype = mi.inputs[0].dtype;
+    t->ndims = mi.inputs[0].ndims;
+    for (int d = 0; d < t->ndims; d++)
+        t->dims[d] = d == 0 ? batch : mi.inputs[0].dims[d];
+    if (infer_tensor_bytes(t->dtype, t->ndims, t->dims, UINT64_C(1) << 34, &t->nbytes))
+        return pps_fail(err, errlen, PPS_ESHAPE, "%s: unusable input spec", model);
+    void *gen = malloc(t->nbytes ? t->nbytes : 1);
+    if (!gen)
+        return pps_fail(err, errlen, PPS_ENOMEM, "out of memory for %s's input", model);
+    generate(t, seed, 0, gen);
+    t->data = gen;
+    *owned = gen;
+    return 0;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -166,54 +217,13 @@ int infer_main(int argc, char **argv)
     net_set_bufsize(fd, 4 << 20);
 
     struct infer_request req;
-    memset(&req, 0, sizeof req);
-    snprintf(req.model, sizeof req.model, "%s", model);
-    struct npy_array in;
-    memset(&in, 0, sizeof in);
-    void *gen = NULL;
+    void *owned = NULL;
     char err[1024];
     int status = 1;
-    if (opts[O_INPUT].value) {
-        if ((rc = npy_read_file(opts[O_INPUT].value, &in, err, sizeof err))) {
-            fprintf(stderr, "infer: %s\n", err);
-            goto out;
-        }
-        if (in.ndims < 1) {
-            fprintf(stderr, "infer: %s: the input needs a batch dimension\n", opts[O_INPUT].value);
-            goto out;
-        }
-        req.ninputs = 1;
-        req.inputs[0].dtype = (uint8_t)in.dtype;
-        req.inputs[0].ndims = in.ndims;
-        memcpy(req.inputs[0].dims, in.dims, sizeof in.dims);
-        req.inputs[0].nbytes = in.nbytes;
-        req.inputs[0].data = in.data;
-    } else {
-        struct infer_model_info mi;
-        if ((rc = infer_model_info(fd, model, &mi, err, sizeof err))) {
-            fprintf(stderr, "infer: %s: %s\n", model, err);
-            goto out;
-        }
-        /* Only the first input is generated: a model's later inputs are
-         * optional ones (bert_base's attention_mask, token_type_ids) that
-         * the server fills with their defaults when left out. */
-        struct infer_tensor *t = &req.inputs[0];
-        t->dtype = mi.inputs[0].dtype;
-        t->ndims = mi.inputs[0].ndims;
-        for (int d = 0; d < t->ndims; d++)
-            t->dims[d] = d == 0 ? batch : mi.inputs[0].dims[d];
-        if (infer_tensor_bytes(t->dtype, t->ndims, t->dims, UINT64_C(1) << 34, &t->nbytes)) {
-            fprintf(stderr, "infer: %s: unusable input spec\n", model);
-            goto out;
-        }
-        gen = malloc(t->nbytes);
-        if (!gen) {
-            fprintf(stderr, "infer: out of memory\n");
-            goto out;
-        }
-        generate(t, (uint64_t)seed, 0, gen);
-        t->data = gen;
-        req.ninputs = 1;
+    if ((rc = infer_build_request(fd, model, batch, (uint64_t)seed, opts[O_INPUT].value, &req, &owned, err,
+                                  sizeof err))) {
+        fprintf(stderr, "infer: %s\n", err);
+        goto out;
     }
 
     double *lat = calloc((size_t)repeat, sizeof *lat);
@@ -270,8 +280,7 @@ int infer_main(int argc, char **argv)
     free(lat);
     free(srv_total);
 out:
-    free(gen);
-    npy_free(&in);
+    free(owned);
     close(fd);
     return status;
 }

@@ -18,6 +18,14 @@ int infer_call(int fd, const struct infer_request *req, uint8_t **payload, struc
 /* MODEL_INFO round trip. */
 int infer_model_info(int fd, const char *model, struct infer_model_info *mi, char *err, size_t errlen);
 
+/* The INFER request for model that `pipeps infer` and the clients send:
+ * its first input read from npy_path (batch = the file's first dimension),
+ * or, without one, generated from the model's spec (MODEL_INFO on fd) with
+ * the given batch: float32 uniform in [-1, 1), int64 ids in [0, 1000),
+ * deterministic in seed. *owned is the input's memory (the caller frees). */
+int infer_build_request(int fd, const char *model, int batch, uint64_t seed, const char *npy_path,
+                        struct infer_request *req, void **owned, char *err, size_t errlen);
+
 int infer_main(int argc, char **argv);
 
 #endif
