@@ -29,6 +29,8 @@
  *  - Constant operands (a scalar scale, a causal mask) are parameters: they
  *    travel in a batch like weights.
  *  - Gelu is the exact (erf) GELU; attribute "approximate" = 1 selects tanh.
+ *  - Gather's indices must be in [0, dim) (an embedding lookup, as in
+ *    PyTorch): a negative index is an error, not a count from the end.
  */
 #ifndef PIPEPS_GRAPH_H
 #define PIPEPS_GRAPH_H

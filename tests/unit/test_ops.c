@@ -3,9 +3,11 @@
  * operator definitions, double accumulation), including odd shapes:
  * asymmetric padding, stride, dilation, groups and depthwise, non-square
  * kernels and inputs, ceil_mode pooling, numpy broadcasting. Also checks
- * fusion (fused == unfused == reference), the pipelined gates (batches
- * arriving late and out of order give bit-identical output), and errors
- * (bad input size, out-of-range token id, failed parameter fetch). */
+ * fusion (fused == unfused == reference), views (slices, transposes,
+ * reshapes and views of views) whose leading dimensions are all 1, the
+ * pipelined gates (batches arriving late and out of order give
+ * bit-identical output), and errors (bad input size, out-of-range or
+ * negative token id, failed parameter fetch), optional inputs left out. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
