@@ -1,6 +1,7 @@
 /* cache_tool: see cache_tool.h. */
 #include "cache/cache_tool.h"
 #include "cache/cache_client.h"
+#include "cache/cache_proto.h"
 #include "common/args.h"
 #include "common/err.h"
 #include "common/net.h"
@@ -15,8 +16,10 @@
 
 struct get_state {
     const char *dump_dir;
+    const char *model;
     double t0;
     int rc;
+    int reported;   /* the failure is already printed (an ERROR event, a dump error) */
 };
 
 static double now_ms(void)
@@ -37,6 +40,8 @@ static int write_file(const char *dir, const char *name, const uint8_t *data, ui
     }
     size_t w = len ? fwrite(data, 1, (size_t)len, f) : 0;
     int bad = fclose(f) != 0 || w != len;
+    if (bad)
+        fprintf(stderr, "cache-get: writing %s failed\n", path);
     return bad ? PPS_EIO : 0;
 }
 
@@ -66,9 +71,16 @@ static int on_event(const struct cache_event *ev, void *arg)
         break;
     case CACHE_EV_ERROR:
         printf("error %.3f ms status %s message %s\n", t, pps_errname(ev->status), ev->message);
+        if (ev->message[0]) /* the cache's message names the model */
+            fprintf(stderr, "cache-get: %s (%s)\n", ev->message, pps_errname(ev->status));
+        else
+            fprintf(stderr, "cache-get: %s: %s\n", st->model, pps_strerror(ev->status));
+        st->reported = 1;
         break;
     }
     fflush(stdout);
+    if (st->rc)
+        st->reported = 1;
     return st->rc;
 }
 
@@ -96,9 +108,17 @@ int cache_get_main(int argc, char **argv)
         fprintf(stderr, "cache-get: bad --hold '%s'\n", opts[1].value);
         return 2;
     }
-    struct get_state st = {.dump_dir = opts[0].value};
-    if (st.dump_dir)
-        mkdir(st.dump_dir, 0755);
+    struct get_state st = {.dump_dir = opts[0].value, .model = a.positional[1]};
+    if (!cache_proto_valid_model_name(a.positional[1])) {
+        /* the client library refuses to send it: say why, as the cache would */
+        fprintf(stderr, "cache-get: bad model name '%s' (1..255 printable ASCII bytes, no spaces): %s\n",
+                a.positional[1], pps_strerror(PPS_EINVAL));
+        return 1;
+    }
+    if (st.dump_dir && mkdir(st.dump_dir, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "cache-get: cannot create %s: %s\n", st.dump_dir, strerror(errno));
+        return 1;
+    }
     struct cache_client *cc;
     double t_conn = now_ms();
     int rc = cache_client_connect(&cc, host, port);
@@ -114,6 +134,8 @@ int cache_get_main(int argc, char **argv)
     st.t0 = now_ms();
     uint64_t sub = 0;
     rc = cache_client_fetch(cc, a.positional[1], on_event, &st, &sub);
+    if (rc && !st.reported)
+        fprintf(stderr, "cache-get: %s: %s\n", a.positional[1], pps_strerror(rc));
     if (rc == 0) {
         if (hold_ms > 0)
             usleep((useconds_t)hold_ms * 1000);

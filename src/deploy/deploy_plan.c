@@ -186,6 +186,15 @@ int deploy_parse_storage_list(const char *text, size_t len, const char *name,
                               "%s:%d: more than %d storages", name, lineno, DEPLOY_MAX_STORAGES);
                 goto out;
             }
+            if (strcmp(out->meta.addr, ep.addr) == 0 && out->meta.port == ep.port) {
+                /* one daemon cannot be both: the storage PUTs would reach the
+                 * metadata storage and fail on its smaller value limit */
+                rc = pps_fail(err, errlen, PPS_EINVAL,
+                              "%s:%d: %s:%u is the metadata storage (line %d); a storage must be "
+                              "a storage daemon at another address or port",
+                              name, lineno, ep.addr, ep.port, out->meta.line);
+                goto out;
+            }
             for (uint32_t i = 0; i < out->nstorages; i++)
                 if (strcmp(out->storages[i].addr, ep.addr) == 0 && out->storages[i].port == ep.port) {
                     rc = pps_fail(err, errlen, PPS_EINVAL,

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -27,7 +28,8 @@ static void usage(FILE *out)
             "Read MODEL back through its location record in the metadata storage and\n"
             "print each key's size and XXH3-64.\n"
             "  --out DIR   also write each value to DIR/<key> and the model\n"
-            "              description to DIR/<model>-METADATA\n");
+            "              description to DIR/<model>-METADATA (DIR is created\n"
+            "              if it does not exist)\n");
 }
 
 /* A key becomes a file name: refuse anything that could leave DIR. */
@@ -176,6 +178,11 @@ int fetch_main(int argc, char **argv)
         if (!safe_file_name(key)) {
             fprintf(stderr, "fetch: model name %s cannot be a file name\n", model);
             rc = PPS_EINVAL;
+            goto out;
+        }
+        if (mkdir(out_dir, 0755) != 0 && errno != EEXIST) {
+            rc = pps_from_errno(errno);
+            fprintf(stderr, "fetch: cannot create %s: %s\n", out_dir, strerror(errno));
             goto out;
         }
         rc = write_file(out_dir, key, desc, desc_len);

@@ -30,6 +30,52 @@ static char *trim(char *s)
     return s;
 }
 
+/* One data line (trimmed, not blank, not a comment) into e. Checks only
+ * what the line itself says; duplicates are the caller's. */
+static int parse_entry(char *s, const char *path, int lineno, struct generate_entry *e, char *err,
+                       size_t errlen)
+{
+    memset(e, 0, sizeof *e);
+    char *comma = strchr(s, ',');
+    char *seq_field = NULL;
+    if (comma) {
+        *comma = '\0';
+        seq_field = comma + 1;
+        if (strchr(seq_field, ','))
+            return pps_fail(err, errlen, PPS_EINVAL, "%s:%d: expected 'model_name[, seq_len]'", path, lineno);
+    }
+    char *name = trim(s);
+    if (strlen(name) > GRAPH_NAME_MAX || strlen(name) == 0)
+        return pps_fail(err, errlen, PPS_EINVAL, "%s:%d: model name empty or longer than %d bytes", path,
+                        lineno, GRAPH_NAME_MAX);
+    /* the name becomes kv.bin keys ("<name>-BATCH-0"): check it here, where
+     * the line is known, not when the writer refuses the key */
+    if (!kvbin_name_ok(name))
+        return pps_fail(err, errlen, PPS_EINVAL,
+                        "%s:%d: bad model name '%s' (printable ASCII without spaces)", path, lineno, name);
+    strcpy(e->name, name);
+    char base[GRAPH_NAME_MAX + 1];
+    int brc = zoo_base_name(e->name, base, sizeof base);
+    if (brc) {
+        char known[256];
+        zoo_known_list(known, sizeof known);
+        return pps_fail(err, errlen, brc == PPS_ENOTFOUND ? PPS_ENOTFOUND : PPS_EINVAL,
+                        "%s:%d: unknown model '%s' (known: %s, optionally followed by -alter-<suffix>)", path,
+                        lineno, e->name, known);
+    }
+    if (seq_field) {
+        char *sl = trim(seq_field);
+        if (!zoo_is_transformer(base))
+            return pps_fail(err, errlen, PPS_EINVAL, "%s:%d: %s takes no sequence length", path, lineno,
+                            e->name);
+        if (args_parse_int(sl, 1, 1 << 20, &e->opt.seq_len) != 0)
+            return pps_fail(err, errlen, PPS_EINVAL, "%s:%d: bad sequence length '%s'", path, lineno, sl);
+    }
+    return 0;
+}
+
+#define LIST_LINE_MAX 1024
+
 int generate_read_list(const char *path, struct generate_entry **out, int *count, char *err,
                        size_t errlen)
 {
@@ -41,68 +87,45 @@ int generate_read_list(const char *path, struct generate_entry **out, int *count
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return rc;
     }
-    char line[1024];
+    char *line = NULL;
+    size_t linecap = 0;
+    ssize_t n;
     int lineno = 0, cap = 0, rc = 0;
     struct generate_entry *v = NULL;
-    while (fgets(line, sizeof line, f)) {
+    while ((n = getline(&line, &linecap, f)) >= 0) {
         lineno++;
-        if (!strchr(line, '\n') && !feof(f)) {
-            snprintf(err, errlen, "%s:%d: line too long", path, lineno);
-            rc = PPS_EINVAL;
+        /* getline counts the bytes, so a NUL cannot pass for a line end */
+        if (memchr(line, '\0', (size_t)n)) {
+            rc = pps_fail(err, errlen, PPS_EINVAL, "%s:%d: NUL byte in a text file", path, lineno);
             break;
         }
-        if (lineno == 1) continue; /* the header line */
+        if (n > LIST_LINE_MAX) {
+            rc = pps_fail(err, errlen, PPS_EINVAL, "%s:%d: line too long (over %d bytes)", path, lineno,
+                          LIST_LINE_MAX);
+            break;
+        }
         char *s = trim(line);
         if (*s == '\0' || *s == '#') continue;
-        char *comma = strchr(s, ',');
-        char *seq_field = NULL;
-        if (comma) {
-            *comma = '\0';
-            seq_field = comma + 1;
-            if (strchr(seq_field, ',')) {
-                snprintf(err, errlen, "%s:%d: expected 'model_name[, seq_len]'", path, lineno);
-                rc = PPS_EINVAL;
-                break;
-            }
-        }
         struct generate_entry e;
-        memset(&e, 0, sizeof e);
-        char *name = trim(s);
-        if (strlen(name) > GRAPH_NAME_MAX || strlen(name) == 0) {
-            snprintf(err, errlen, "%s:%d: model name empty or longer than %d bytes", path, lineno,
-                     GRAPH_NAME_MAX);
-            rc = PPS_EINVAL;
-            break;
-        }
-        strcpy(e.name, name);
-        char base[GRAPH_NAME_MAX + 1];
-        int brc = zoo_base_name(e.name, base, sizeof base);
-        if (brc) {
-            char known[256];
-            zoo_known_list(known, sizeof known);
-            snprintf(err, errlen, "%s:%d: unknown model '%s' (known: %s, optionally followed by -alter-<suffix>)",
-                     path, lineno, e.name, known);
-            rc = brc == PPS_ENOTFOUND ? PPS_ENOTFOUND : PPS_EINVAL;
-            break;
-        }
-        if (seq_field) {
-            char *sl = trim(seq_field);
-            if (!zoo_is_transformer(base)) {
-                snprintf(err, errlen, "%s:%d: %s takes no sequence length", path, lineno, e.name);
-                rc = PPS_EINVAL;
+        if (lineno == 1) {
+            /* the header; one that reads as a model means it was forgotten and
+             * that model would silently be left out (deploy_file's lists
+             * refuse the same) */
+            char scratch[8];
+            if (parse_entry(s, path, lineno, &e, scratch, sizeof scratch) == 0) {
+                rc = pps_fail(err, errlen, PPS_EINVAL,
+                              "%s:1: the first line is a header (e.g. \"model_name[, seq_len]\") but this one "
+                              "is data; add a header line above it",
+                              path);
                 break;
             }
-            if (args_parse_int(sl, 1, 1 << 20, &e.opt.seq_len) != 0) {
-                snprintf(err, errlen, "%s:%d: bad sequence length '%s'", path, lineno, sl);
-                rc = PPS_EINVAL;
-                break;
-            }
+            continue;
         }
-        for (int i = 0; i < *count; i++)
-            if (strcmp(v[i].name, e.name) == 0) {
-                snprintf(err, errlen, "%s:%d: model '%s' listed twice", path, lineno, e.name);
-                rc = PPS_EINVAL;
-            }
+        rc = parse_entry(s, path, lineno, &e, err, errlen);
+        if (rc) break;
+        for (int i = 0; i < *count && !rc; i++)
+            if (strcmp(v[i].name, e.name) == 0)
+                rc = pps_fail(err, errlen, PPS_EINVAL, "%s:%d: model '%s' listed twice", path, lineno, e.name);
         if (rc) break;
         if (*count == cap) {
             cap = cap ? cap * 2 : 16;
@@ -110,6 +133,7 @@ int generate_read_list(const char *path, struct generate_entry **out, int *count
         }
         v[(*count)++] = e;
     }
+    free(line);
     if (!rc && ferror(f)) {
         snprintf(err, errlen, "%s: read error", path);
         rc = PPS_EIO;

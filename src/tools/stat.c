@@ -20,6 +20,32 @@ static const struct {
     {"server", MSG_STAT},  {"lb", MSG_STAT},            {"any", MSG_STAT},
 };
 
+/* One request and its answer. Unlike frame_call, a daemon's refusal of the
+ * connection itself (a well-formed ERROR frame with request id 0, e.g.
+ * PPS_EBUSY over --max-conns, sent before our request was read) is taken as
+ * the answer, and is still read if sending failed because the daemon had
+ * already closed. */
+static int stat_call(int fd, uint16_t type, uint8_t **resp, uint64_t *len)
+{
+    struct frame_header h = {.type = type, .request_id = 1};
+    int send_rc = frame_send(fd, &h, NULL, 0);
+    struct frame_header r;
+    int rc = frame_recv(fd, &r, resp, FRAME_MAX_CONTROL);
+    if (rc)
+        return send_rc ? send_rc : rc;
+    int answer = (r.flags & FRAME_FLAG_RESPONSE) && r.request_id == h.request_id &&
+                 (r.type == type || r.type == MSG_ERROR);
+    int refusal = (r.flags & FRAME_FLAG_RESPONSE) && r.request_id == 0 && r.type == MSG_ERROR &&
+                  r.status < 0;
+    if (!answer && !refusal) {
+        free(*resp);
+        *resp = NULL;
+        return PPS_EPROTO;
+    }
+    *len = r.payload_len;
+    return r.status < 0 ? r.status : 0;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: pipeps stat KIND ADDR:PORT\n"
@@ -63,7 +89,7 @@ int stat_main(int argc, char **argv)
     net_set_timeout(fd, 10000);
     uint8_t *resp = NULL;
     uint64_t len = 0;
-    rc = frame_call(fd, type, NULL, 0, &resp, &len, FRAME_MAX_CONTROL);
+    rc = stat_call(fd, type, &resp, &len);
     close(fd);
     if (rc) {
         fprintf(stderr, "pipeps stat: %s:%u: %s%s%.*s\n", host, port, pps_strerror(rc),
