@@ -130,7 +130,7 @@ int infer_build_request(int fd, const char *model, int batch, uint64_t seed, con
     char why[512];
     int rc = infer_model_info(fd, model, &mi, why, sizeof why);
     if (rc)
-        return pps_fail(err, errlen, rc, "%s: %s", model, why);
+        return pps_fail(err, errlen, rc, "%s", why);
     if (mi.ninputs < 1)
         return pps_fail(err, errlen, PPS_EPROTO, "%s: the model has no inputs", model);
     /* Only the first input is generated: a model's later inputs are

@@ -20,7 +20,11 @@
     X("run", run_main, "run a model from kv.bin on the CPU executor (latency, output .npy)") \
     X("server", server_main, "the inference server (pipelined model loading)") \
     X("infer", infer_main, "send inference requests to a server, print timings") \
-    X("load_balancer", load_balancer_main, "the cluster's front door: places requests on servers, steers caches")
+    X("load_balancer", load_balancer_main, "the cluster's front door: places requests on servers, steers caches") \
+    X("client_one", client_one_main, "replay a request list, one request at a time (closed loop)") \
+    X("client", client_main, "replay a request list on its schedule (open loop)") \
+    X("client_concurrent", client_concurrent_main, "replay a request list with N closed loops") \
+    X("workload", workload_main, "write a request list: loop or Zipf popularity, uniform or Poisson arrivals")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
@@ -35,6 +39,8 @@ int version_main(int argc, char **argv);
 #include "server/infer_client.h"
 #include "server/server.h"
 #include "lb/lb_main.h"
+#include "client/client.h"
+#include "client/workload.h"
 
 int stat_main(int argc, char **argv);
 #include "cache/cache_main.h"
