@@ -40,6 +40,7 @@
 #include "model/model_blob.h"
 #include "server/cache_link.h"
 #include "server/lb_link.h"
+#include "server/model_info.h"
 #include "server/resident.h"
 #include "server/server_proto.h"
 
@@ -832,28 +833,6 @@ static void *worker_thread(void *arg)
 
 /* ---- MODEL_INFO and STAT (on the connection's thread) ----------------------- */
 
-static void fill_spec(struct infer_io_spec *s, const struct graph_io *io)
-{
-    snprintf(s->name, sizeof s->name, "%s", io->name);
-    s->dtype = (uint8_t)io->dtype;
-    s->ndims = io->ndims;
-    for (int d = 0; d < io->ndims; d++)
-        s->dims[d] = io->dims[d];
-}
-
-static void fill_info(struct infer_model_info *mi, const struct graph *g)
-{
-    memset(mi, 0, sizeof *mi);
-    mi->ninputs = g->ninputs < INFER_MAX_TENSORS ? g->ninputs : INFER_MAX_TENSORS;
-    mi->noutputs = g->noutputs < INFER_MAX_TENSORS ? g->noutputs : INFER_MAX_TENSORS;
-    for (int i = 0; i < mi->ninputs; i++)
-        fill_spec(&mi->inputs[i], &g->inputs[i]);
-    for (int i = 0; i < mi->noutputs; i++)
-        fill_spec(&mi->outputs[i], &g->outputs[i]);
-    mi->nbatches = (uint32_t)g->nbatches;
-    mi->param_bytes = graph_total_padded(g);
-}
-
 static void handle_model_info(struct server *srv, struct sconn *c, uint64_t rid, const uint8_t *p,
                               size_t n)
 {
@@ -868,7 +847,7 @@ static void handle_model_info(struct server *srv, struct sconn *c, uint64_t rid,
     struct resident_entry *e = resident_find(&srv->res, name);
     if (e) {
         /* The executor model is not freed while resident and we hold the lock. */
-        fill_info(&mi, exec_model_graph(((struct smodel *)e->owner)->em));
+        model_info_from_graph(&mi, exec_model_graph(((struct smodel *)e->owner)->em));
         mi.resident = 1;
         found = 1;
     }
@@ -884,7 +863,7 @@ static void handle_model_info(struct server *srv, struct sconn *c, uint64_t rid,
         struct graph g;
         char err[600] = "";
         if (!rc && (rc = model_blob_decode(&g, sm->meta, sm->meta_len, err, sizeof err)) == 0) {
-            fill_info(&mi, &g);
+            model_info_from_graph(&mi, &g);
             graph_free(&g);
         } else if (!err[0]) {
             snprintf(err, sizeof err, "%s", sm->fail_msg[0] ? sm->fail_msg : pps_strerror(rc));
