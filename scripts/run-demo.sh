@@ -8,9 +8,10 @@
 #   4. start the load balancer and two serving "machines" (127.0.0.2 and
 #      127.0.0.3), each a cache (shared-memory pool) and a server that
 #      register with the balancer,
-#   5. client workload through the balancer: per model, a cold request
-#      (parameters only in remote storage: fetched and executed pipelined),
-#      then warm requests, each with its latency breakdown and where it ran,
+#   5. client workload through the balancer (client_one and a request list):
+#      per model, a cold request (parameters only in remote storage: fetched
+#      and executed pipelined), then warm requests, each with its latency
+#      breakdown and where it ran, and a summary with the cold/warm split,
 #   6. print the balancer's and the caches' counters and stop everything.
 # Usage: scripts/run-demo.sh [--models "resnet152 bert_base"] [--repeat N] [--batch N] [--keep]
 set -euo pipefail
@@ -123,11 +124,14 @@ for _ in $(seq 1 600); do
 done
 echo "registered with the balancer: $ready servers, $caches caches"
 
-step "client workload through the balancer: per model, 1 cold request + $repeat warm ones, batch $batch"
-for m in $models; do
-  echo "-- $m"
-  "$BIN/pipeps" infer "127.0.0.1:$lb_client" "$m" --batch "$batch" --repeat $((repeat + 1))
-done
+step "client workload through the balancer: per model, 1 cold request + $repeat warm ones, batch $batch (client_one)"
+{
+  echo "model_name, batch_size, send_interval"
+  for m in $models; do
+    for _ in $(seq 0 "$repeat"); do echo "$m, $batch, 0.000000"; done
+  done
+} > "$work/request_list.txt"
+"$BIN/client_one" "$work/request_list.txt" 127.0.0.1 "$lb_client" --csv "$work/requests.csv"
 
 step "load balancer counters"
 "$BIN/pipeps" stat lb "127.0.0.1:$lb_client" | grep -Ev '^(decisions_|latency|queue_ms)' || true

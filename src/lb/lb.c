@@ -24,6 +24,10 @@
 #include "common/frame.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "formats/location.h"
+#include "model/graph.h"
+#include "model/model_blob.h"
+#include "server/model_info.h"
 #include "server/server_proto.h"
 
 #include <arpa/inet.h>
@@ -56,7 +60,7 @@ enum conn_kind { CONN_CLIENT, CONN_SERVER_REG, CONN_SERVER_FWD, CONN_CACHE, CONN
 
 static const char *const kind_names[] = {"client", "server", "server link", "cache", "metadata storage"};
 
-enum req_state { REQ_SIZE_WAIT, REQ_QUEUED, REQ_INFLIGHT };
+enum req_state { REQ_SIZE_WAIT, REQ_QUEUED, REQ_INFLIGHT, REQ_INFO_WAIT };
 
 struct lb;
 
@@ -84,9 +88,14 @@ struct cache_op {
     struct cache_op *next;
 };
 
-/* A size lookup awaiting the metadata storage's answer (answered in order). */
+/* A lookup awaiting the metadata storage's answer (answered in order):
+ * a model's size, or the two steps to its description (location record,
+ * then METADATA blob) for MODEL_INFO. */
+enum meta_kind { META_SIZE, META_LOCATION, META_BLOB };
+
 struct meta_op {
     uint64_t rid;
+    int kind;                      /* enum meta_kind */
     struct lb_model *model;
     struct meta_op *next;
 };
@@ -438,15 +447,14 @@ static void schedule(struct lb *lb)
 
 static void meta_connect(struct lb *lb);
 
-static void meta_send(struct lb *lb, struct lb_model *m)
+static void meta_get(struct lb *lb, struct lb_model *m, int kind, const char *key)
 {
     struct wbuf wb;
     wbuf_init(&wb);
-    char key[LB_NAME_MAX + 8];
-    snprintf(key, sizeof key, "%s-SIZE", m->name);
     wbuf_str(&wb, key);
     struct meta_op *op = pps_xcalloc(1, sizeof *op);
     op->rid = ++lb->next_rid;
+    op->kind = kind;
     op->model = m;
     if (lb->mtail)
         lb->mtail->next = op;
@@ -455,7 +463,15 @@ static void meta_send(struct lb *lb, struct lb_model *m)
     lb->mtail = op;
     send_frame(lb->meta, MSG_META_GET, 0, 0, op->rid, wb.data, wb.len);
     wbuf_free(&wb);
-    lb->size_lookups++;
+    if (kind == META_SIZE)
+        lb->size_lookups++;
+}
+
+static void meta_send(struct lb *lb, struct lb_model *m)
+{
+    char key[LB_NAME_MAX + 8];
+    snprintf(key, sizeof key, "%s-SIZE", m->name);
+    meta_get(lb, m, META_SIZE, key);
 }
 
 static void size_lookup(struct lb *lb, struct lb_model *m)
@@ -477,6 +493,22 @@ static void size_lookup(struct lb *lb, struct lb_model *m)
         meta_connect(lb);
 }
 
+/* Whether a request or a lookup still points at m (then it must not be
+ * forgotten). */
+static int model_in_use(const struct lb *lb, const struct lb_model *m)
+{
+    for (const struct lreq *r = lb->qhead; r; r = r->next)
+        if (r->model == m)
+            return 1;
+    for (const struct meta_op *op = lb->mhead; op; op = op->next)
+        if (op->model == m)
+            return 1;
+    for (int i = 0; i < lb->nmwant; i++)
+        if (lb->mwant[i] == m)
+            return 1;
+    return 0;
+}
+
 /* The size of m is now known, absent, or could not be read: release the
  * requests waiting for it. */
 static void size_resolved(struct lb *lb, struct lb_model *m, int status, const char *why)
@@ -494,10 +526,79 @@ static void size_resolved(struct lb *lb, struct lb_model *m, int status, const c
             lb->unknown_models++;
         req_fail(lb, r, status, "%s", why);
     }
-    if (m->size_state == LB_SIZE_ABSENT)
+    if (m->size_state == LB_SIZE_ABSENT && !model_in_use(lb, m))
         lb_place_forget_model(&lb->pl, m);
-    else
+    else if (m->size_state != LB_SIZE_ABSENT)
         schedule(lb);
+}
+
+/* ---- MODEL_INFO from the metadata storage --------------------------------- */
+
+/* Answer the MODEL_INFO requests waiting for m: its description, or an error. */
+static void info_resolved(struct lb *lb, struct lb_model *m, int status, const char *why)
+{
+    for (struct lreq *r = lb->qhead, *next; r; r = next) {
+        next = r->next;
+        if (r->model != m || r->state != REQ_INFO_WAIT)
+            continue;
+        q_unlink(lb, r);
+        if (status) {
+            req_fail(lb, r, status, "%s", why);
+            continue;
+        }
+        if (r->client)
+            send_frame(r->client, MSG_MODEL_INFO, FRAME_FLAG_RESPONSE, 0, r->client_rid, m->info, m->info_len);
+        req_free(r);
+    }
+    if (status)
+        m->info_state = LB_SIZE_UNKNOWN;
+}
+
+static void on_info_answer(struct lb *lb, struct lb_model *m, int kind, const struct frame_header *h,
+                           const uint8_t *p)
+{
+    char why[600];
+    if (h->status == PPS_ENOTFOUND) {
+        snprintf(why, sizeof why, "unknown model '%s' (no %s in the metadata storage)", m->name,
+                 kind == META_LOCATION ? "location record" : "METADATA record");
+        info_resolved(lb, m, PPS_ENOTFOUND, why);
+        return;
+    }
+    if (h->status < 0) {
+        snprintf(why, sizeof why, "reading %s's description from the metadata storage: %s", m->name,
+                 pps_strerror(h->status));
+        info_resolved(lb, m, PPS_ECONNECT, why);
+        return;
+    }
+    if (kind == META_LOCATION) {
+        struct location_record rec;
+        if (location_decode(p, h->payload_len, &rec)) {
+            snprintf(why, sizeof why, "model '%s': malformed location record", m->name);
+            info_resolved(lb, m, PPS_ECORRUPT, why);
+            return;
+        }
+        meta_get(lb, m, META_BLOB, rec.metadata_key);
+        location_free(&rec);
+        return;
+    }
+    struct graph g;
+    char err[256];
+    if (model_blob_decode(&g, p, h->payload_len, err, sizeof err)) {
+        snprintf(why, sizeof why, "model '%s': malformed METADATA: %s", m->name, err);
+        info_resolved(lb, m, PPS_ECORRUPT, why);
+        return;
+    }
+    struct infer_model_info mi;
+    model_info_from_graph(&mi, &g);
+    graph_free(&g);
+    struct wbuf wb;
+    wbuf_init(&wb);
+    infer_encode_model_info(&wb, &mi);
+    free(m->info);
+    m->info = wb.data; /* kept: the description of a deployed model */
+    m->info_len = wb.len;
+    m->info_state = LB_SIZE_KNOWN;
+    info_resolved(lb, m, 0, NULL);
 }
 
 static void on_meta_answer(struct lb *lb, const struct frame_header *h, const uint8_t *p)
@@ -511,7 +612,12 @@ static void on_meta_answer(struct lb *lb, const struct frame_header *h, const ui
     if (!lb->mhead)
         lb->mtail = NULL;
     struct lb_model *m = op->model;
+    int kind = op->kind;
     free(op);
+    if (kind != META_SIZE) {
+        on_info_answer(lb, m, kind, h, p);
+        return;
+    }
     char why[600];
     int status = 0;
     if (h->status == PPS_ENOTFOUND) {
@@ -556,9 +662,16 @@ static void meta_lost(struct lb *lb, const char *why)
     lb->meta = NULL;
     struct lb_model **want = NULL;
     int nwant = 0;
+    char msg[300];
+    snprintf(msg, sizeof msg, "metadata storage %s:%u unreachable (%s)", lb->cfg.meta_addr, lb->cfg.meta_port, why);
     while (lb->mhead) {
         struct meta_op *op = lb->mhead;
         lb->mhead = op->next;
+        if (op->kind != META_SIZE) {
+            info_resolved(lb, op->model, PPS_ECONNECT, msg);
+            free(op);
+            continue;
+        }
         want = realloc(want, (size_t)(nwant + 1) * sizeof *want);
         if (!want)
             abort();
@@ -573,8 +686,6 @@ static void meta_lost(struct lb *lb, const char *why)
         want[nwant++] = lb->mwant[i];
     }
     lb->nmwant = 0;
-    char msg[300];
-    snprintf(msg, sizeof msg, "metadata storage %s:%u unreachable (%s)", lb->cfg.meta_addr, lb->cfg.meta_port, why);
     for (int i = 0; i < nwant; i++) {
         want[i]->size_state = LB_SIZE_UNKNOWN;
         size_resolved(lb, want[i], PPS_ECONNECT, msg);
@@ -1015,17 +1126,6 @@ static int payload_model(struct evbuffer *b, char name[LB_NAME_MAX + 1])
     return wire_name_valid(name, LB_NAME_MAX) ? 0 : PPS_EINVAL;
 }
 
-static struct lb_server *least_outstanding(struct lb *lb)
-{
-    struct lb_server *best = NULL;
-    for (int i = 0; i < lb->pl.nservers; i++) {
-        struct lb_server *s = lb->pl.servers[i];
-        if (s->ready && (!best || s->outstanding < best->outstanding))
-            best = s;
-    }
-    return best;
-}
-
 static void on_client_request(struct lconn *c, const struct frame_header *h, struct evbuffer *payload)
 {
     struct lb *lb = c->lb;
@@ -1054,14 +1154,28 @@ static void on_client_request(struct lconn *c, const struct frame_header *h, str
         return;
     }
     if (h->type == MSG_MODEL_INFO) {
+        /* Answered from the model's METADATA blob in the metadata storage:
+         * asking a server would make its cache fetch the whole model. */
         lb->model_infos++;
-        struct lb_server *s = least_outstanding(lb);
-        if (!s) {
-            req_fail(lb, r, PPS_ECONNECT, "no server registered");
+        struct lb_model *m = lb_place_model(&lb->pl, name);
+        r->model = m;
+        if (m->info_state == LB_SIZE_KNOWN) {
+            send_frame(c, MSG_MODEL_INFO, FRAME_FLAG_RESPONSE, 0, h->request_id, m->info, m->info_len);
+            req_free(r);
             return;
         }
-        struct lb_choice ch = {.server = s};
-        forward(lb, r, &ch);
+        if (!lb->meta_up) {
+            req_fail(lb, r, PPS_ECONNECT, "metadata storage %s:%u unreachable", lb->cfg.meta_addr, lb->cfg.meta_port);
+            return;
+        }
+        r->state = REQ_INFO_WAIT;
+        q_append(lb, r, 0);
+        if (m->info_state != LB_SIZE_ASKING) {
+            char key[LB_NAME_MAX + 16];
+            location_key_name(name, key, sizeof key);
+            m->info_state = LB_SIZE_ASKING;
+            meta_get(lb, m, META_LOCATION, key);
+        }
         return;
     }
     lb->requests++;

@@ -56,6 +56,7 @@ void lb_place_free(struct lb_place *pl)
     for (size_t b = 0; b < pl->nbuckets; b++)
         for (struct lb_model *m = pl->buckets[b], *next; m; m = next) {
             next = m->hnext;
+            free(m->info);
             free(m);
         }
     free(pl->servers);
@@ -136,6 +137,7 @@ int lb_place_forget_model(struct lb_place *pl, struct lb_model *model)
     if (!*pp)
         return PPS_ENOTFOUND;
     *pp = model->hnext;
+    free(model->info);
     free(model);
     pl->nmodels--;
     return 0;

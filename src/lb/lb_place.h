@@ -64,6 +64,10 @@ struct lb_model {
     double t_resident, t_cache, t_storage;
     uint64_t requests, ok, errors;
     uint64_t by_source[3];     /* answers served resident / from cache / from storage */
+    /* MODEL_INFO answer built from the METADATA blob (the daemon's cache) */
+    int info_state;            /* enum lb_size_state: unknown, asking, known */
+    void *info;                /* encoded MODEL_INFO payload, malloc'd */
+    size_t info_len;
     struct lb_model *hnext;
 };
 

@@ -218,6 +218,54 @@ def machines(cluster):
     return caches, servers
 
 
+def decode_model_info(body):
+    """MODEL_INFO answer -> ([(name, dtype, dims)], [(name, dtype, dims)], nbatches, param_bytes)."""
+    pos = 0
+
+    def specs():
+        nonlocal pos
+        (n,) = struct.unpack_from("<I", body, pos)
+        pos += 4
+        out = []
+        for _ in range(n):
+            (k,) = struct.unpack_from("<I", body, pos)
+            name = body[pos + 4:pos + 4 + k].decode()
+            pos += 4 + k
+            dtype, ndims = struct.unpack_from("<BB", body, pos)
+            pos += 2
+            dims = list(struct.unpack_from("<%dq" % ndims, body, pos))
+            pos += 8 * ndims
+            out.append((name, dtype, dims))
+        return out
+
+    ins, outs = specs(), specs()
+    nbatches, param_bytes = struct.unpack_from("<IQ", body, pos)
+    return ins, outs, nbatches, param_bytes
+
+
+def test_model_info_comes_from_the_metadata_not_a_cache(cluster, machines):
+    """MODEL_INFO through the balancer describes the model from its METADATA
+    blob without making any cache fetch it; unknown models get NOTFOUND."""
+    caches, _ = machines
+    before = [T.CacheConn(c.port, host=c.host).stat()["fetches_started"] for c in caches]
+    c = T.Conn(cluster.lb_ports[0])
+    try:
+        status, body = c.call(T.MSG["MODEL_INFO"], T.pack_str("gpt2"))
+        assert status == 0, body
+        ins, outs, nbatches, param_bytes = decode_model_info(body)
+        assert ins[0][0] == "input_ids" and ins[0][1] == 2 and ins[0][2] == [-1, SEQ], ins
+        assert outs[0][2] == [-1, SEQ, 50257], outs
+        assert nbatches > 0 and param_bytes > 400e6
+        status, body = c.call(T.MSG["MODEL_INFO"], T.pack_str("gpt2"))  # cached now
+        assert status == 0 and decode_model_info(body)[0] == ins
+        status, body = c.call(T.MSG["MODEL_INFO"], T.pack_str("nosuch_model"))
+        assert status == T.E["NOTFOUND"], body
+    finally:
+        c.close()
+    after = [T.CacheConn(c.port, host=c.host).stat()["fetches_started"] for c in caches]
+    assert after == before
+
+
 def test_five_models_through_the_balancer_equal_pipeps_run(cluster, machines):
     """Every model through the balancer, cold then warm: outputs equal
     `pipeps run` bit for bit, and the balancer's block says where it ran."""
