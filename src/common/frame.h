@@ -48,6 +48,7 @@
     X(STORE_GET,     0x0202)                                                  \
     X(STORE_DELETE,  0x0203)                                                  \
     X(STORE_STAT,    0x0204)                                                  \
+    X(STORE_LIST,    0x0205)                                                  \
     X(CACHE_HELLO,   0x0301)                                                  \
     X(CACHE_SUBSCRIBE, 0x0302)                                                \
     X(CACHE_META,    0x0303)                                                  \

@@ -14,6 +14,14 @@
  *      then "<model>-LOCATION". The location record is the commit point.
  *   4. clean up: delete the previous generation's slices and description.
  *
+ * A LOCATION put that fails without an answer (the connection broke after
+ * the request went out) has an unknown outcome: the record may be durable.
+ * deploy_file then reconnects (for --retry-for seconds) and reads the record
+ * back: if it names the new generation the model is published, otherwise it
+ * is not; if the metadata storage stays unreachable, nothing of that model
+ * is deleted (either generation may be the live one) and the user is told
+ * to run `pipeps gc` once it is back.
+ *
  * The one thing easy to get wrong: the generation must grow for every
  * model, even if the clock did not (two deploys in one millisecond, a clock
  * set back), or a redeploy would overwrite values a published record still
@@ -54,6 +62,7 @@ struct model_job {
     int have_old;
     int publish_tried;              /* its SIZE may have been overwritten */
     int published;
+    int unknown;                    /* LOCATION sent, outcome never learnt */
 };
 
 struct push {
@@ -94,6 +103,7 @@ struct deploy_run {
     _Atomic int stop;               /* a worker failed: the others stop */
     _Atomic uint32_t running;
     int tty;
+    int retry_for_s;                /* --retry-for: reconnecting to the metadata storage */
 };
 
 static uint64_t now_ms(void)
@@ -527,8 +537,74 @@ static void remove_pushed(struct deploy_run *r)
 
 /* ------------------------------------------------------------ phase 3, 4 */
 
-static int publish(struct deploy_run *r, struct model_job *j)
+/* Reopen the metadata storage connection after a transport failure,
+ * trying for --retry-for seconds (backing off from 100 ms to 2 s). */
+static int meta_reconnect(struct deploy_run *r)
 {
+    if (r->meta) {
+        meta_client_close(r->meta);
+        r->meta = NULL;
+    }
+    double deadline = mono_s() + r->retry_for_s;
+    useconds_t delay = 100000;
+    for (;;) {
+        int rc = meta_client_connect(&r->meta, r->sl.meta.addr, r->sl.meta.port);
+        if (!rc)
+            return 0;
+        r->meta = NULL;
+        double left = deadline - mono_s();
+        if (left <= 0)
+            return rc;
+        usleep(left * 1e6 < delay ? (useconds_t)(left * 1e6) + 1 : delay);
+        delay = delay * 2 > 2000000 ? 2000000 : delay * 2;
+    }
+}
+
+enum location_outcome { LOC_PUBLISHED, LOC_NOT_PUBLISHED, LOC_UNKNOWN };
+
+/* The LOCATION put of j failed: learn from the metadata storage whether the
+ * record was written anyway. A failure with an answer from the storage is
+ * read back on the same connection; a broken connection is reopened. */
+static enum location_outcome confirm_location(struct deploy_run *r, struct model_job *j)
+{
+    char key[KVBIN_NAME_MAX + 16];
+    location_key_name(j->dist->model, key, sizeof key);
+    double deadline = mono_s() + r->retry_for_s;
+    int rc = PPS_ECLOSED;
+    for (int attempt = 0;; attempt++) {
+        if (attempt > 0)
+            usleep(200000);
+        if (!r->meta || meta_client_broken(r->meta)) {
+            if (meta_reconnect(r) != 0)
+                return LOC_UNKNOWN; /* it tried for --retry-for seconds */
+        }
+        uint8_t *val = NULL;
+        uint64_t len = 0;
+        rc = meta_get(r->meta, key, &val, &len);
+        if (rc == PPS_ENOTFOUND)
+            return LOC_NOT_PUBLISHED;
+        if (rc == 0) {
+            struct location_record rec;
+            int ours = location_decode(val, len, &rec) == 0;
+            if (ours) {
+                ours = rec.generation == r->generation && strcmp(rec.metadata_key, j->loc.metadata_key) == 0;
+                location_free(&rec);
+            }
+            free(val);
+            return ours ? LOC_PUBLISHED : LOC_NOT_PUBLISHED;
+        }
+        if (mono_s() > deadline)
+            break;
+    }
+    log_debug("reading %s back: %s", key, pps_strerror(rc));
+    return LOC_UNKNOWN;
+}
+
+/* 0, or the failed put's error; *at_location says it was the LOCATION put
+ * (the commit point, whose failure may hide a success). */
+static int publish(struct deploy_run *r, struct model_job *j, int *at_location)
+{
+    *at_location = 0;
     const char *name = j->dist->model;
     char key[KVBIN_NAME_MAX + 16], size_text[24];
     int rc = meta_put(r->meta, j->loc.metadata_key, j->meta_rec->data, j->meta_rec->len);
@@ -552,8 +628,10 @@ static int publish(struct deploy_run *r, struct model_job *j)
         rc = PPS_ETOOBIG;
     } else {
         rc = meta_put(r->meta, key, wb.data, wb.len);
-        if (rc)
+        if (rc) {
             errorf("model %s: put %s on the metadata storage: %s", name, key, pps_strerror(rc));
+            *at_location = 1;
+        }
     }
     wbuf_free(&wb);
     return rc;
@@ -586,12 +664,15 @@ static void remove_old(struct deploy_run *r, struct model_job *j, struct conn_ca
     if (!j->have_old)
         return;
     unsigned failed = delete_record_values(cc, &j->old);
-    int rc = meta_delete(r->meta, j->old.metadata_key);
+    if (r->meta && meta_client_broken(r->meta))
+        meta_reconnect(r);
+    int rc = r->meta ? meta_delete(r->meta, j->old.metadata_key) : PPS_ECONNECT;
     if (rc && rc != PPS_ENOTFOUND)
         failed++;
     if (failed)
         fprintf(stderr, "deploy_file: warning: %s: %u value%s of the previous generation %" PRIu64
-                " could not be deleted\n", j->dist->model, failed, failed == 1 ? "" : "s", j->old.generation);
+                " could not be deleted (`pipeps gc %s` will)\n", j->dist->model, failed, failed == 1 ? "" : "s",
+                j->old.generation, r->storage_list_path);
 }
 
 static void print_published(const struct deploy_run *r, const struct model_job *j)
@@ -606,25 +687,74 @@ static void print_published(const struct deploy_run *r, const struct model_job *
     fflush(stdout);
 }
 
+/* The metadata storage could not tell whether j's LOCATION was written:
+ * keep both generations, say how to settle it. */
+static void report_unknown(const struct deploy_run *r, const struct model_job *j)
+{
+    char gens[64] = "";
+    if (j->have_old)
+        snprintf(gens, sizeof gens, " and the previous generation %" PRIu64, j->old.generation);
+    fprintf(stderr,
+            "deploy_file: model %s: OUTCOME UNKNOWN: the metadata storage %s:%u did not acknowledge %s-LOCATION "
+            "and could not be reached for %d s to read it back; it may name the new generation %" PRIu64
+            " or not. Nothing of %s was deleted (generation %" PRIu64 "%s are kept). Once the metadata storage "
+            "is back, `pipeps fetch %s:%u %s` shows the published generation and `pipeps gc %s` deletes "
+            "the other.\n",
+            j->dist->model, r->sl.meta.addr, r->sl.meta.port, j->dist->model, r->retry_for_s, r->generation,
+            j->dist->model, r->generation, gens, r->sl.meta.addr, r->sl.meta.port, j->dist->model,
+            r->storage_list_path);
+}
+
 static int publish_all(struct deploy_run *r)
 {
     struct conn_cache *cc = pps_xcalloc(1, sizeof *cc);
-    int rc = 0;
-    uint32_t i;
-    for (i = 0; i < r->njobs && !rc; i++) {
-        r->jobs[i].publish_tried = 1;
-        rc = publish(r, &r->jobs[i]);
+    int rc = 0, meta_lost = 0;
+    for (uint32_t i = 0; i < r->njobs && !rc; i++) {
+        struct model_job *j = &r->jobs[i];
+        int at_location;
+        j->publish_tried = 1;
+        rc = publish(r, j, &at_location);
+        if (rc && at_location) {
+            switch (confirm_location(r, j)) {
+            case LOC_PUBLISHED:
+                fprintf(stderr, "deploy_file: model %s: %s-LOCATION was written all the same (read back after "
+                        "reconnecting): published\n", j->dist->model, j->dist->model);
+                rc = 0;
+                break;
+            case LOC_NOT_PUBLISHED:
+                break;
+            case LOC_UNKNOWN:
+                j->unknown = 1;
+                meta_lost = 1;
+                break;
+            }
+        }
         if (!rc) {
-            r->jobs[i].published = 1;
-            print_published(r, &r->jobs[i]);
+            j->published = 1;
+            print_published(r, j);
         }
     }
+    uint32_t npublished = 0;
+    for (uint32_t k = 0; k < r->njobs; k++)
+        npublished += (uint32_t)r->jobs[k].published;
+    if (rc && !meta_lost && (!r->meta || meta_client_broken(r->meta)) && meta_reconnect(r) != 0)
+        meta_lost = 1; /* the clean-up below needs the metadata storage */
     if (rc) {
-        for (uint32_t k = 0; k < r->njobs; k++)
-            if (!r->jobs[k].published)
-                unpublish(r, &r->jobs[k], cc);
-        fprintf(stderr, "deploy_file: %u of %u models published; the others keep their previous deployment\n",
-                i - 1, r->njobs);
+        for (uint32_t k = 0; k < r->njobs; k++) {
+            struct model_job *j = &r->jobs[k];
+            if (j->published)
+                continue;
+            if (j->unknown)
+                report_unknown(r, j);
+            else if (!meta_lost || !j->publish_tried)
+                unpublish(r, j, cc); /* nothing of it can be referenced */
+            else
+                fprintf(stderr, "deploy_file: model %s: the metadata storage is unreachable; its unpublished "
+                        "generation %" PRIu64 " is left for `pipeps gc %s`\n", j->dist->model, r->generation,
+                        r->storage_list_path);
+        }
+        fprintf(stderr, "deploy_file: %u of %u models published; the others keep their previous deployment%s\n",
+                npublished, r->njobs, meta_lost ? " (unless noted OUTCOME UNKNOWN above)" : "");
     }
     for (uint32_t k = 0; k < r->njobs; k++)
         if (r->jobs[k].published)
@@ -660,10 +790,12 @@ static void run_free(struct deploy_run *r)
     deploy_dist_list_free(&r->dl);
 }
 
+#define DEFAULT_RETRY_FOR_S 10
+
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: deploy_file STORAGE_LIST DISTRIBUTION_LIST KV_BIN\n"
+            "usage: deploy_file STORAGE_LIST DISTRIBUTION_LIST KV_BIN [--retry-for S]\n"
             "\n"
             "Push the models of DISTRIBUTION_LIST from KV_BIN to their storages and publish\n"
             "them in the metadata storage (the first entry of STORAGE_LIST).\n"
@@ -671,7 +803,12 @@ static void usage(FILE *out)
             "                     storage, then storages 0, 1, ...\n"
             "  DISTRIBUTION_LIST  header line, then \"model, i[, j ...]\" lines: the storages\n"
             "                     (0-based) that hold each model's slices\n"
-            "Exit status 0 when every listed model is published, 1 otherwise.\n");
+            "  --retry-for S      when the metadata storage does not acknowledge a location\n"
+            "                     record, keep reconnecting S seconds (default %d) to read it\n"
+            "                     back and learn whether the model was published\n"
+            "Exit status 0 when every listed model is published, 1 otherwise.\n"
+            "`pipeps gc STORAGE_LIST` deletes generations left behind by a failed run.\n",
+            DEFAULT_RETRY_FOR_S);
 }
 
 static int deploy(struct deploy_run *r, const char *kv_path)
@@ -705,14 +842,20 @@ static int deploy(struct deploy_run *r, const char *kv_path)
 
 int deploy_file_main(int argc, char **argv)
 {
+    struct args_option opts[] = {{"retry-for", 1, NULL}};
     struct args a;
-    int help = 0;
-    if (args_split(argc, argv, NULL, 0, &a, &help) != 0 || a.npositional != 3) {
+    int help = 0, retry_for = DEFAULT_RETRY_FOR_S;
+    if (args_split(argc, argv, opts, 1, &a, &help) != 0 || a.npositional != 3) {
         usage(help ? stdout : stderr);
         return help ? 0 : 2;
     }
+    if (opts[0].value && args_parse_int(opts[0].value, 0, 86400, &retry_for) != 0) {
+        fprintf(stderr, "deploy_file: bad --retry-for '%s' (seconds, 0..86400)\n", opts[0].value);
+        return 2;
+    }
     net_ignore_sigpipe();
     struct deploy_run *r = pps_xcalloc(1, sizeof *r);
+    r->retry_for_s = retry_for;
     r->storage_list_path = a.positional[0];
     r->dist_list_path = a.positional[1];
     r->tty = isatty(STDERR_FILENO);

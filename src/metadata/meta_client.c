@@ -49,6 +49,8 @@ void meta_client_close(struct meta_client *c)
     free(c);
 }
 
+int meta_client_broken(const struct meta_client *c) { return c->broken; }
+
 /* Send type with payload (key string, then an optional raw tail) and read
  * the answer. A status < 0 is returned as is; the peer's message is logged at
  * debug level. On success *resp (if non-NULL) is the malloc'd payload. */

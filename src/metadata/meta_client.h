@@ -20,6 +20,12 @@ struct meta_client;
 int meta_client_connect(struct meta_client **out, const char *addr, uint16_t port);
 void meta_client_close(struct meta_client *c);
 
+/* 1 after a transport error (the connection is out of step; every later
+ * call fails with PPS_ECLOSED): the outcome of the failed call is unknown
+ * and the client must be closed and connected again. 0 while the failures
+ * were answers of the metadata storage. */
+int meta_client_broken(const struct meta_client *c);
+
 /* *value is malloc'd (NUL-terminated, not counted in *len); the caller
  * frees. PPS_ENOTFOUND if the key is absent. */
 int meta_get(struct meta_client *c, const char *key, uint8_t **value, uint64_t *len);

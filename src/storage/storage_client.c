@@ -255,7 +255,7 @@ int storage_get(struct storage_client *c, const char *key, uint64_t offset, uint
 
 /* A control request with a small response (DELETE, STAT). */
 static int control_call(struct storage_client *c, uint16_t type, const void *payload, size_t n,
-                        char **resp)
+                        char **resp, size_t *resp_len)
 {
     c->err[0] = '\0';
     if (c->broken)
@@ -283,6 +283,8 @@ static int control_call(struct storage_client *c, uint16_t type, const void *pay
         return fail_io(c, rc, "receiving a response");
     }
     text[r.payload_len] = '\0';
+    if (resp_len)
+        *resp_len = (size_t)r.payload_len;
     if (resp)
         *resp = text;
     else
@@ -300,11 +302,73 @@ int storage_delete(struct storage_client *c, const char *key)
     uint8_t payload[4 + STORAGE_MAX_KEY];
     store_le32(payload, (uint32_t)klen);
     memcpy(payload + 4, key, klen);
-    return control_call(c, MSG_STORE_DELETE, payload, 4 + klen, NULL);
+    return control_call(c, MSG_STORE_DELETE, payload, 4 + klen, NULL, NULL);
 }
 
 int storage_stat(struct storage_client *c, char **text)
 {
     *text = NULL;
-    return control_call(c, MSG_STORE_STAT, NULL, 0, text);
+    return control_call(c, MSG_STORE_STAT, NULL, 0, text, NULL);
+}
+
+void storage_list_free(struct storage_list_entry *v, uint32_t n)
+{
+    if (!v)
+        return;
+    for (uint32_t i = 0; i < n; i++)
+        free(v[i].key);
+    free(v);
+}
+
+int storage_list(struct storage_client *c, const char *prefix, struct storage_list_entry **out, uint32_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    size_t plen = strlen(prefix);
+    if (plen > STORAGE_MAX_KEY) {
+        set_err(c, "prefix of %zu bytes is over the key limit", plen);
+        return PPS_ETOOBIG;
+    }
+    uint8_t payload[4 + STORAGE_MAX_KEY];
+    store_le32(payload, (uint32_t)plen);
+    memcpy(payload + 4, prefix, plen);
+    char *resp = NULL;
+    size_t len = 0;
+    int rc = control_call(c, MSG_STORE_LIST, payload, 4 + plen, &resp, &len);
+    if (rc)
+        return rc;
+    struct rbuf rb;
+    uint32_t count;
+    rbuf_init(&rb, resp, len);
+    rbuf_u32(&rb, &count);
+    /* each entry takes at least 13 bytes: bound the count before allocating */
+    if (rb.err || count > rbuf_left(&rb) / 13) {
+        free(resp);
+        set_err(c, "malformed STORE_LIST answer");
+        return PPS_EPROTO;
+    }
+    struct storage_list_entry *v = pps_xcalloc(count ? count : 1, sizeof *v);
+    uint32_t i;
+    for (i = 0; i < count; i++) {
+        const uint8_t *k;
+        uint32_t klen;
+        if (rbuf_bytes(&rb, &k, &klen, STORAGE_MAX_KEY) || klen == 0 || memchr(k, '\0', klen))
+            break;
+        uint64_t size;
+        if (rbuf_u64(&rb, &size))
+            break;
+        v[i].key = pps_xmalloc(klen + 1u);
+        memcpy(v[i].key, k, klen);
+        v[i].key[klen] = '\0';
+        v[i].size = size;
+    }
+    free(resp);
+    if (i < count || rbuf_left(&rb)) {
+        storage_list_free(v, i);
+        set_err(c, "malformed STORE_LIST answer");
+        return PPS_EPROTO;
+    }
+    *out = v;
+    *n = count;
+    return 0;
 }

@@ -8,6 +8,7 @@
  *                     straight into their destination
  *   STORE_DELETE = str key -> empty
  *   STORE_STAT   = empty   -> text, "name value\n" lines
+ *   STORE_LIST   = str prefix -> u32 n, n x { str key, u64 value size }
  * Not thread-safe: one client per thread (the cache opens one per storage
  * per fetch worker). After an I/O error in the middle of a frame the
  * connection is out of step and every later call returns PPS_ECLOSED:
@@ -20,6 +21,8 @@
 
 #define STORAGE_MAX_KEY 1024
 #define STORAGE_MAX_VALUE (4ull << 30) /* values up to 4 GiB */
+/* A STORE_LIST answer is a control message: at most 16 MiB. */
+#define STORAGE_LIST_MAX_ANSWER (16u << 20)
 
 struct storage_client;
 
@@ -42,6 +45,17 @@ int storage_get_recv(struct storage_client *c, void *dst, uint64_t dst_cap, uint
 int storage_delete(struct storage_client *c, const char *key);
 /* The STAT text, malloc'd, NUL-terminated; the caller frees. */
 int storage_stat(struct storage_client *c, char **text);
+
+/* STORE_LIST: the live keys starting with prefix ("" = every key) and
+ * their value sizes, in no particular order. *out is malloc'd; free it
+ * with storage_list_free. PPS_ETOOBIG if the answer would pass
+ * STORAGE_LIST_MAX_ANSWER bytes (ask for a longer prefix). */
+struct storage_list_entry {
+    char *key;
+    uint64_t size;
+};
+int storage_list(struct storage_client *c, const char *prefix, struct storage_list_entry **out, uint32_t *n);
+void storage_list_free(struct storage_list_entry *v, uint32_t n);
 
 /* The storage's message for the last failed call ("no value for key ..."),
  * or a local description; "" after a success. Valid until the next call. */

@@ -402,6 +402,59 @@ static int handle_stat(struct conn *c, const struct frame_header *h)
     return rc;
 }
 
+/* STORE_LIST: every live key under a prefix with its value size, for
+ * maintenance tools (pipeps gc finds deploy generations nothing references). */
+struct list_answer {
+    struct wbuf wb;
+    uint32_t n;
+};
+
+static int list_one(void *ctx, const char *key, uint32_t key_len, uint64_t value_len)
+{
+    struct list_answer *a = ctx;
+    if (a->wb.len + 12 + key_len > STORAGE_LIST_MAX_ANSWER)
+        return PPS_ETOOBIG;
+    wbuf_u32(&a->wb, key_len);
+    wbuf_put(&a->wb, key, key_len);
+    wbuf_u64(&a->wb, value_len);
+    a->n++;
+    return 0;
+}
+
+static int handle_list(struct conn *c, const struct frame_header *h)
+{
+    char prefix[STORAGE_MAX_KEY + 1];
+    uint8_t lenbuf[4];
+    if (h->payload_len < 4)
+        return refuse(c, h, h->payload_len, PPS_EPROTO, 0, "payload too short for a prefix");
+    int rc = net_read_full(c->fd, lenbuf, 4);
+    if (rc)
+        return rc;
+    uint32_t n = load_le32(lenbuf);
+    if (n != h->payload_len - 4)
+        return refuse(c, h, h->payload_len - 4, PPS_EPROTO, 0, "prefix length does not match the payload");
+    rc = net_read_full(c->fd, prefix, n); /* n <= STORAGE_MAX_KEY: payload_limit */
+    if (rc)
+        return rc;
+    prefix[n] = '\0';
+    if (memchr(prefix, '\0', n))
+        return send_error(c, h->type, h->request_id, PPS_EPROTO, 0, "prefix contains a NUL byte");
+    struct list_answer a = {.n = 0};
+    wbuf_init(&a.wb);
+    wbuf_u32(&a.wb, 0); /* the count, set below */
+    rc = store_list(c->srv->store, prefix, n, list_one, &a);
+    if (rc) {
+        wbuf_free(&a.wb);
+        return send_error(c, h->type, h->request_id, rc, 0,
+                          "the list of keys under '%.200s' is over %u bytes; use a longer prefix", prefix,
+                          (unsigned)STORAGE_LIST_MAX_ANSWER);
+    }
+    store_le32(a.wb.data, a.n);
+    rc = send_reply(c, h->type, h->request_id, a.wb.data, a.wb.len);
+    wbuf_free(&a.wb);
+    return rc;
+}
+
 static int handle_ping(struct conn *c, const struct frame_header *h)
 {
     uint8_t *p = malloc(h->payload_len ? (size_t)h->payload_len : 1);
@@ -421,6 +474,7 @@ static uint64_t payload_limit(uint16_t type)
     case MSG_STORE_GET: return MAX_KEY_PAYLOAD;
     case MSG_STORE_DELETE: return 4 + STORAGE_MAX_KEY;
     case MSG_STORE_STAT: case MSG_STAT: return 4096;
+    case MSG_STORE_LIST: return 4 + STORAGE_MAX_KEY;
     case MSG_PING: return FRAME_MAX_CONTROL;
     default: return 0;
     }
@@ -481,6 +535,7 @@ static int serve_one(struct conn *c)
     case MSG_STORE_GET: return handle_get(c, &h);
     case MSG_STORE_DELETE: return handle_delete(c, &h);
     case MSG_STORE_STAT: case MSG_STAT: return handle_stat(c, &h);
+    case MSG_STORE_LIST: return handle_list(c, &h);
     case MSG_PING: return handle_ping(c, &h);
     }
     return PPS_EINTERNAL;

@@ -627,6 +627,21 @@ int store_delete(struct store *s, const char *key, uint32_t key_len)
     return 0;
 }
 
+/* ---- LIST ---- */
+
+int store_list(struct store *s, const char *prefix, uint32_t prefix_len, store_list_fn fn, void *ctx)
+{
+    int rc = 0;
+    size_t pos = 0;
+    struct store_entry *e = NULL;
+    pthread_rwlock_rdlock(&s->lock);
+    while (!rc && (e = store_index_next(&s->index, &pos, e)) != NULL)
+        if (e->live && e->key_len >= prefix_len && (prefix_len == 0 || memcmp(e->key, prefix, prefix_len) == 0))
+            rc = fn(ctx, e->key, e->key_len, e->value_len);
+    pthread_rwlock_unlock(&s->lock);
+    return rc;
+}
+
 /* ---- compaction ---- */
 
 struct crec {

@@ -80,6 +80,14 @@ void store_read_end(struct store_read *r);
 /* Durable tombstone; PPS_ENOTFOUND if the key has no value. */
 int store_delete(struct store *s, const char *key, uint32_t key_len);
 
+/* The live keys starting with prefix (prefix_len 0: every key), in no
+ * particular order: fn is called for each with the value's length, under
+ * the index's read lock (fn must not call into the store); a non-zero
+ * return stops the walk and is returned. A snapshot for maintenance (gc),
+ * not for the data path: writers wait while it runs. */
+typedef int (*store_list_fn)(void *ctx, const char *key, uint32_t key_len, uint64_t value_len);
+int store_list(struct store *s, const char *prefix, uint32_t prefix_len, store_list_fn fn, void *ctx);
+
 /* Compact now, in the caller's thread, every file whose live fraction is
  * below the ratio (the active file is sealed first if it qualifies), and
  * remove wholly dead files. Returns 0 or the first error. */

@@ -17,6 +17,7 @@
     X("cache", cache_main, "the per-machine shared-memory parameter cache") \
     X("deploy_file", deploy_file_main, "push kv.bin's models to the storages and publish them") \
     X("fetch", fetch_main, "read a deployed model back through its location record") \
+    X("gc", gc_main, "delete deploy generations no location record references") \
     X("run", run_main, "run a model from kv.bin on the CPU executor (latency, output .npy)") \
     X("server", server_main, "the inference server (pipelined model loading)") \
     X("infer", infer_main, "send inference requests to a server, print timings") \
@@ -36,6 +37,7 @@ int version_main(int argc, char **argv);
 #include "metadata/meta_server.h"
 #include "deploy/deploy.h"
 #include "deploy/fetch.h"
+#include "deploy/gc.h"
 #include "server/infer_client.h"
 #include "server/server.h"
 #include "lb/lb_main.h"
