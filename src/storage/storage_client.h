@@ -12,7 +12,7 @@
  * Not thread-safe: one client per thread (the cache opens one per storage
  * per fetch worker). After an I/O error in the middle of a frame the
  * connection is out of step and every later call returns PPS_ECLOSED:
- * close the client and connect again. storage_delete and storage_stat
+ * close the client and connect again. storage_delete, storage_stat and storage_list
  * return PPS_EBUSY while split GETs are outstanding. */
 #ifndef PIPEPS_STORAGE_CLIENT_H
 #define PIPEPS_STORAGE_CLIENT_H
