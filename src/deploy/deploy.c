@@ -628,10 +628,7 @@ static int publish(struct deploy_run *r, struct model_job *j, int *at_location)
         rc = PPS_ETOOBIG;
     } else {
         rc = meta_put(r->meta, key, wb.data, wb.len);
-        if (rc) {
-            errorf("model %s: put %s on the metadata storage: %s", name, key, pps_strerror(rc));
-            *at_location = 1;
-        }
+        *at_location = rc != 0; /* the caller reads it back before saying more */
     }
     wbuf_free(&wb);
     return rc;
@@ -717,13 +714,18 @@ static int publish_all(struct deploy_run *r)
         if (rc && at_location) {
             switch (confirm_location(r, j)) {
             case LOC_PUBLISHED:
-                fprintf(stderr, "deploy_file: model %s: %s-LOCATION was written all the same (read back after "
-                        "reconnecting): published\n", j->dist->model, j->dist->model);
+                fprintf(stderr, "deploy_file: model %s: put %s-LOCATION: %s; read back, it names generation %"
+                        PRIu64 ": %s-LOCATION was written all the same\n", j->dist->model, j->dist->model,
+                        pps_strerror(rc), r->generation, j->dist->model);
                 rc = 0;
                 break;
             case LOC_NOT_PUBLISHED:
+                errorf("model %s: put %s-LOCATION on the metadata storage: %s", j->dist->model, j->dist->model,
+                       pps_strerror(rc));
                 break;
             case LOC_UNKNOWN:
+                errorf("model %s: put %s-LOCATION on the metadata storage: %s", j->dist->model, j->dist->model,
+                       pps_strerror(rc));
                 j->unknown = 1;
                 meta_lost = 1;
                 break;

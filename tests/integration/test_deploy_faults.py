@@ -69,14 +69,14 @@ class MetaProxy:
     def cut(self, pair, event):
         with self.lock:
             self.events.append(event)
+        if self.then_down:  # before the cut, or the client could reconnect in between
+            self.stop_listening()
         for s in pair:
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             s.close()
-        if self.then_down:
-            self.stop_listening()
 
     @staticmethod
     def read_frame(sock):
