@@ -28,7 +28,11 @@
  * (common/inbound.h): the read timeout is armed only while a frame is
  * partly here; a META_PUT value over PUT_STREAM_MIN goes into its own
  * buffer as it arrives, charged to --max-partial, so stalled half-sent
- * values neither pile up nor stay in the heap once dropped. */
+ * values neither pile up nor stay in the heap once dropped.
+ *
+ * Metrics (--metrics-port): the /metrics endpoint runs on this loop
+ * (metrics_http_attach), so it reads the counters without a lock, from the
+ * same fields STAT reports. */
 #include "metadata/meta_server.h"
 #include "common/args.h"
 #include "common/buf.h"
@@ -37,6 +41,8 @@
 #include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "http/metrics_http.h"
+#include "http/prom.h"
 #include "metadata/meta_client.h"
 #include "metadata/meta_index.h"
 #include "metadata/meta_log.h"
@@ -125,6 +131,7 @@ struct meta_server {
     struct inbound_budget budget; /* bytes of PUT values being received */
     int failed;
     struct conn *conns, *waiting;
+    struct metrics_http *metrics; /* --metrics-port; NULL when off */
     /* statistics */
     uint64_t n_get, n_put, n_delete, n_list, n_ping, n_stat, n_miss;
     uint64_t n_bad_frames, n_bad_requests, n_conn_total, n_conn_now, n_conn_refused;
@@ -710,6 +717,58 @@ static void do_stat(struct conn *c, const struct frame_header *h)
     conn_answer(c, h->type, h->request_id, 0, text, (size_t)m, NULL, 0, 0);
 }
 
+/* The /metrics text (README, "Metrics"); runs on the loop thread. */
+static void metrics_text(struct wbuf *out, void *arg)
+{
+    struct meta_server *srv = arg;
+    static const char *const op_names[] = {"get", "put", "delete", "list", "ping", "stat"};
+    const uint64_t ops[] = {srv->n_get, srv->n_put, srv->n_delete, srv->n_list, srv->n_ping, srv->n_stat};
+    prom_head(out, "pipeps_metadata_operations_total", PROM_COUNTER,
+              "Requests served, by operation (a PUT or DELETE counts once accepted).");
+    for (int i = 0; i < 6; i++) {
+        struct prom_label l = {"op", op_names[i]};
+        prom_u64(out, "pipeps_metadata_operations_total", &l, 1, ops[i]);
+    }
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_misses_total",
+                    "GETs and DELETEs of absent keys.", srv->n_miss);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_fsyncs_total",
+                    "fdatasync calls of the log (one per group commit).", srv->n_fsync);
+    prom_metric_f64(out, PROM_COUNTER, "pipeps_metadata_fsync_seconds_total",
+                    "Time spent in fdatasync of the log.", (double)srv->fsync_ns_total / 1e9);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_fsync_records_total",
+                    "Log records made durable by those fsyncs.", srv->batch_records_total);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_keys", "Keys stored.", srv->index.count);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_key_bytes", "Bytes of the stored keys.",
+                    srv->index.key_bytes);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_value_bytes", "Bytes of the stored values.",
+                    srv->index.value_bytes);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_log_bytes",
+                    "Size of the log, records not yet written included.", srv->log_bytes);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_live_log_bytes",
+                    "Size the log would have after a compaction.",
+                    META_LOG_HEADER_SIZE + srv->live_bytes);
+    prom_head(out, "pipeps_metadata_compactions_total", PROM_COUNTER, "Log compactions, by result.");
+    struct prom_label ok = {"result", "ok"}, failed = {"result", "failed"};
+    prom_u64(out, "pipeps_metadata_compactions_total", &ok, 1, srv->n_compactions);
+    prom_u64(out, "pipeps_metadata_compactions_total", &failed, 1, srv->n_compaction_failures);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_connections", "Client connections open.",
+                    srv->n_conn_now);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_connections_total",
+                    "Client connections accepted.", srv->n_conn_total);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_connections_refused_total",
+                    "Connections refused over --max-conns.", srv->n_conn_refused);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_bad_frames_total",
+                    "Malformed frame headers (the connection is closed).", srv->n_bad_frames);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_bad_requests_total",
+                    "Well-framed requests with a bad payload.", srv->n_bad_requests);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_stalled_drops_total",
+                    "Peers dropped for stalling inside a request (--io-timeout).", srv->n_stalled);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_partial_bytes",
+                    "Bytes of large PUT values being received.", inbound_budget_used(&srv->budget));
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_partial_refused_total",
+                    "PUTs refused over --max-partial.", srv->n_busy);
+}
+
 static uint64_t type_limit(uint16_t type)
 {
     switch (type) {
@@ -1072,6 +1131,8 @@ static int replay_record(void *ctx, const struct meta_record *rec)
 
 static void server_free(struct meta_server *srv)
 {
+    metrics_http_stop(srv->metrics); /* the loop has returned: see metrics_http.h */
+    srv->metrics = NULL;
     while (srv->conns)
         conn_free(srv->conns);
     if (srv->listener)
@@ -1138,6 +1199,17 @@ int meta_server_run(const struct meta_server_options *opt)
         wbuf_free(&srv->pending);
         return rc;
     }
+    int mfd = -1;
+    uint16_t metrics_port = 0;
+    if (opt->metrics_port >= 0 &&
+        (rc = metrics_http_listen(opt->addr, (uint16_t)opt->metrics_port, &mfd, &metrics_port, err,
+                                  sizeof err)) != 0) {
+        log_error("%s", err);
+        close(lfd);
+        meta_index_free(&srv->index);
+        wbuf_free(&srv->pending);
+        return rc;
+    }
     struct meta_replay_stats st;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1145,6 +1217,8 @@ int meta_server_run(const struct meta_server_options *opt)
     if (rc) {
         log_error("cannot open the metadata log in %s: %s", opt->dir, pps_strerror(rc));
         close(lfd);
+        if (mfd >= 0)
+            close(mfd);
         meta_index_free(&srv->index);
         wbuf_free(&srv->pending);
         return rc;
@@ -1167,6 +1241,8 @@ int meta_server_run(const struct meta_server_options *opt)
         event_config_free(cfg);
     if (!srv->base) {
         close(lfd);
+        if (mfd >= 0)
+            close(mfd);
         rc = PPS_ENOMEM;
         goto out;
     }
@@ -1176,7 +1252,13 @@ int meta_server_run(const struct meta_server_options *opt)
     srv->listener = evconnlistener_new(srv->base, accept_cb, srv, LEV_OPT_CLOSE_ON_FREE, -1, lfd);
     if (!srv->listener) {
         close(lfd);
+        if (mfd >= 0)
+            close(mfd);
         rc = PPS_ENOMEM;
+        goto out;
+    }
+    if (mfd >= 0 && (rc = metrics_http_attach(&srv->metrics, srv->base, mfd, metrics_text, srv)) != 0) {
+        log_error("cannot serve metrics: %s", pps_strerror(rc));
         goto out;
     }
     evconnlistener_set_error_cb(srv->listener, accept_error_cb);
@@ -1201,6 +1283,12 @@ int meta_server_run(const struct meta_server_options *opt)
     printf("metadata_storage listening on %s:%u, data directory %s (%zu keys)\n",
            opt->addr && *opt->addr ? opt->addr : NET_DEFAULT_ADDR, port, resolved,
            srv->index.count);
+    if (srv->metrics) {
+        printf("metadata_storage metrics on http://%s:%u/metrics\n",
+               opt->addr && *opt->addr ? opt->addr : NET_DEFAULT_ADDR, metrics_port);
+        log_info("metrics on http://%s:%u/metrics",
+                 opt->addr && *opt->addr ? opt->addr : NET_DEFAULT_ADDR, metrics_port);
+    }
     fflush(stdout);
     log_info("listening on %s:%u, data directory %s", opt->addr && *opt->addr ? opt->addr : NET_DEFAULT_ADDR,
              port, resolved);
@@ -1218,6 +1306,7 @@ static void usage(FILE *out)
             "usage: metadata_storage [ADDR] PORT [--dir DIR] [--compact-min SIZE]\n"
             "                        [--compact-ratio R] [--truncate-damaged]\n"
             "                        [--io-timeout S] [--max-conns N] [--max-partial SIZE]\n"
+            "                        [--metrics-port PORT]\n"
             "  ADDR                address to bind (default %s)\n"
             "  PORT                TCP port (0 = any free port, printed at start)\n"
             "  --dir DIR           data directory (default ./%s)\n"
@@ -1231,7 +1320,9 @@ static void usage(FILE *out)
             "                      PPS_EBUSY (default %d)\n"
             "  --max-partial SIZE  bytes of large PUT values being received at once; a PUT\n"
             "                      beyond it is refused with PPS_EBUSY (default 256M, at\n"
-            "                      least 64M)\n",
+            "                      least 64M)\n"
+            "  --metrics-port PORT serve Prometheus metrics on http://ADDR:PORT/metrics\n"
+            "                      (0 = any free port, printed; default: off)\n",
             NET_DEFAULT_ADDR, META_DEFAULT_DIR, INBOUND_DEFAULT_IO_TIMEOUT_S,
             INBOUND_DEFAULT_MAX_CONNS);
 }
@@ -1246,6 +1337,7 @@ int metadata_storage_main(int argc, char **argv)
         {"io-timeout", 1, NULL},
         {"max-conns", 1, NULL},
         {"max-partial", 1, NULL},
+        {"metrics-port", 1, NULL},
     };
     struct args args;
     int help = 0;
@@ -1258,6 +1350,7 @@ int metadata_storage_main(int argc, char **argv)
         .compact_min = META_DEFAULT_COMPACT_MIN,
         .compact_ratio = META_DEFAULT_COMPACT_RATIO,
         .truncate_damaged = options[3].value != NULL,
+        .metrics_port = -1,
     };
     const char *port_text;
     if (args.npositional == 1) {
@@ -1275,6 +1368,10 @@ int metadata_storage_main(int argc, char **argv)
         return 2;
     }
     opt.port = (uint16_t)port;
+    if (options[7].value && args_parse_int(options[7].value, 0, 65535, &opt.metrics_port)) {
+        fprintf(stderr, "metadata_storage: bad --metrics-port '%s'\n", options[7].value);
+        return 2;
+    }
     inbound_limits_default(&opt.lim);
     opt.lim.max_partial = META_DEFAULT_MAX_PARTIAL;
     char err[160];

@@ -26,6 +26,7 @@ struct meta_server_options {
     double compact_ratio;   /* compact when log > ratio x live records */
     int truncate_damaged;   /* see meta_log_open */
     struct inbound_limits lim; /* --io-timeout, --max-conns, --max-partial */
+    int metrics_port;       /* --metrics-port: -1 = no /metrics endpoint, 0 = any port */
 };
 
 /* Open the log, replay it, serve until SIGTERM/SIGINT. Returns 0 after a
@@ -35,7 +36,7 @@ struct meta_server_options {
 int meta_server_run(const struct meta_server_options *opt);
 
 /* `metadata_storage [ADDR] PORT [--dir DIR] [--compact-min SIZE] [--truncate-damaged]
- *  [--io-timeout S] [--max-conns N] [--max-partial SIZE]` */
+ *  [--io-timeout S] [--max-conns N] [--max-partial SIZE] [--metrics-port PORT]` */
 int metadata_storage_main(int argc, char **argv);
 
 #endif
