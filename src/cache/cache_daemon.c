@@ -13,7 +13,11 @@
  * Easy to get wrong: connections are never freed inside a send or while a
  * model's subscription list is being walked. Anything that must close a
  * connection marks it dead and a deferred "reaper" event frees it after the
- * current callback, so walking subscribers is always safe. */
+ * current callback, so walking subscribers is always safe.
+ *
+ * Metrics (--metrics-port): /metrics is served on this loop
+ * (metrics_http_attach) from the counters STAT reports, so no lock is
+ * needed; both go through cache_counts. */
 #include "cache/cache_daemon.h"
 #include "cache/cache_fetch.h"
 #include "cache/cache_proto.h"
@@ -25,6 +29,8 @@
 #include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "http/metrics_http.h"
+#include "http/prom.h"
 
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -129,6 +135,7 @@ struct cache_daemon {
     size_t norphans, orphans_cap;
     int stopping;
     uint16_t listen_port;
+    struct metrics_http *metrics; /* --metrics-port; NULL when off */
     /* counters */
     uint64_t hits, misses, cache_in, cache_out;
     uint64_t bytes_fetched, fetches_started, fetches_ok, fetches_failed;
@@ -739,25 +746,41 @@ static void on_fetch_event(evutil_socket_t fd, short what, void *arg)
 
 /* ---- requests ---------------------------------------------------------- */
 
-static void stat_text(struct cache_daemon *d, struct wbuf *wb)
+/* What STAT and /metrics report beyond the plain counters. */
+struct cache_counts {
+    uint64_t ready, fetching, batches, pinned, subs;
+    double busy; /* seconds with at least one fetch running */
+    struct fetch_stats fs;
+};
+
+static void cache_counts(struct cache_daemon *d, struct cache_counts *k)
 {
-    uint64_t ready = 0, fetching = 0, batches = 0, pinned = 0, subs = 0;
+    memset(k, 0, sizeof *k);
     for (struct cache_model *m = d->store.lru_head; m; m = m->lru_next) {
         if (m->state == CACHE_MODEL_READY)
-            ready++;
+            k->ready++;
         else
-            fetching++;
+            k->fetching++;
         if (m->placed)
             for (uint32_t i = 0; i < m->nbatches; i++)
-                batches += m->batches[i].ready;
-        pinned += m->pins > 0;
+                k->batches += m->batches[i].ready;
+        k->pinned += m->pins > 0;
     }
     for (struct conn *c = d->conns; c; c = c->next)
         for (struct sub *s = c->subs; s; s = s->cnext)
-            subs += s->kind == SUB_SUBSCRIBE;
-    double busy = d->busy_total + (d->active_fetches ? now_s() - d->busy_since : 0);
-    struct fetch_stats fs;
-    fetch_get_stats(d->fetch, &fs);
+            k->subs += s->kind == SUB_SUBSCRIBE;
+    k->busy = d->busy_total + (d->active_fetches ? now_s() - d->busy_since : 0);
+    fetch_get_stats(d->fetch, &k->fs);
+}
+
+static void stat_text(struct cache_daemon *d, struct wbuf *wb)
+{
+    struct cache_counts k;
+    cache_counts(d, &k);
+    uint64_t ready = k.ready, fetching = k.fetching, batches = k.batches, pinned = k.pinned,
+             subs = k.subs;
+    double busy = k.busy;
+    struct fetch_stats fs = k.fs;
     char text[2048];
     int n = snprintf(
         text, sizeof text,
@@ -804,6 +827,78 @@ static void stat_text(struct cache_daemon *d, struct wbuf *wb)
         d->evictions_lru + d->evictions_cmd, d->evictions_lru, d->evictions_cmd,
         d->bad_requests, d->conns_refused, d->stalled_drops, d->lb.registered, d->lb.registrations, d->pool.prefault_seconds);
     wbuf_put(wb, text, (size_t)n < sizeof text ? (size_t)n : sizeof text - 1);
+}
+
+/* The /metrics text (README, "Metrics"); runs on the loop thread. */
+static void metrics_text(struct wbuf *out, void *arg)
+{
+    struct cache_daemon *d = arg;
+    struct cache_counts k;
+    cache_counts(d, &k);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_hits_total",
+                    "Server subscriptions for a model already whole in the pool.", d->hits);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_misses_total",
+                    "Server subscriptions for a model not (yet) whole in the pool.", d->misses);
+    prom_head(out, "pipeps_cache_evictions_total", PROM_COUNTER,
+              "Models evicted: to make room (lru) or by the load balancer's CACHE_OUT (command).");
+    struct prom_label lru = {"reason", "lru"}, cmd = {"reason", "command"};
+    prom_u64(out, "pipeps_cache_evictions_total", &lru, 1, d->evictions_lru);
+    prom_u64(out, "pipeps_cache_evictions_total", &cmd, 1, d->evictions_cmd);
+    prom_head(out, "pipeps_cache_lb_commands_total", PROM_COUNTER,
+              "CACHE_IN and CACHE_OUT requests from the load balancer.");
+    struct prom_label in = {"command", "cache_in"}, outc = {"command", "cache_out"};
+    prom_u64(out, "pipeps_cache_lb_commands_total", &in, 1, d->cache_in);
+    prom_u64(out, "pipeps_cache_lb_commands_total", &outc, 1, d->cache_out);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_fetches_started_total",
+                    "Model fetches started (concurrent requests for one model share one).",
+                    d->fetches_started);
+    prom_head(out, "pipeps_cache_fetches_finished_total", PROM_COUNTER,
+              "Model fetches finished, by result.");
+    struct prom_label ok = {"result", "ok"}, failed = {"result", "failed"};
+    prom_u64(out, "pipeps_cache_fetches_finished_total", &ok, 1, d->fetches_ok);
+    prom_u64(out, "pipeps_cache_fetches_finished_total", &failed, 1, d->fetches_failed);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_fetched_bytes_total",
+                    "Parameter bytes fetched from the storages into the pool.", d->bytes_fetched);
+    prom_metric_f64(out, PROM_COUNTER, "pipeps_cache_fetch_busy_seconds_total",
+                    "Time with at least one fetch running.", k.busy);
+    prom_metric_f64(out, PROM_GAUGE, "pipeps_cache_fetch_throughput_bytes_per_second",
+                    "Fetched bytes over fetch busy time, since start.",
+                    k.busy > 0 ? (double)d->bytes_fetched / k.busy : 0.0);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_pool_capacity_bytes", "Size of the pool.",
+                    d->pool.size);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_pool_used_bytes",
+                    "Pool bytes held by models (whole blocks).", cache_store_used_bytes(&d->store));
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_pool_largest_free_bytes",
+                    "Largest run of free blocks (the largest batch that fits without evicting).",
+                    block_alloc_largest(&d->store.alloc) * d->store.block_size);
+    prom_head(out, "pipeps_cache_models", PROM_GAUGE, "Models in the pool, by state.");
+    struct prom_label ready = {"state", "ready"}, fetching = {"state", "fetching"};
+    prom_u64(out, "pipeps_cache_models", &ready, 1, k.ready);
+    prom_u64(out, "pipeps_cache_models", &fetching, 1, k.fetching);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_pinned_models",
+                    "Models pinned by a server's subscription (never evicted).", k.pinned);
+    prom_head(out, "pipeps_cache_model_bytes", PROM_GAUGE,
+              "Pool bytes each model holds (whole blocks).");
+    for (struct cache_model *m = d->store.lru_head; m; m = m->lru_next) {
+        struct prom_label l = {"model", m->name};
+        prom_u64(out, "pipeps_cache_model_bytes", &l, 1, m->blocks_held * d->store.block_size);
+    }
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_subscriptions", "Active server subscriptions.",
+                    k.subs);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_connections",
+                    "Connections of servers and the load balancer.", (uint64_t)d->nconns);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_connections_refused_total",
+                    "Connections refused over --max-conns.", d->conns_refused);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_storage_connections",
+                    "Connections to storages open now.", k.fs.storage_conns);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_storage_reconnects_total",
+                    "Storage connections reopened after a failure.", k.fs.reconnects);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_bad_requests_total",
+                    "Malformed requests (the connection is closed).", d->bad_requests);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_stalled_drops_total",
+                    "Peers dropped for stalling inside a request (--io-timeout).", d->stalled_drops);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_lb_connected",
+                    "1 while registered with the load balancer.", (uint64_t)d->lb.registered);
 }
 
 static int decode_model_or_reject(struct conn *c, const struct frame_header *h, const uint8_t *p,
@@ -1257,6 +1352,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 static void daemon_free(struct cache_daemon *d)
 {
     d->stopping = 1;
+    metrics_http_stop(d->metrics); /* the loop has returned: see metrics_http.h */
+    d->metrics = NULL;
     if (d->listener)
         evconnlistener_free(d->listener);
     /* threads write into the pool: stop them before anything is unmapped */
@@ -1337,12 +1434,24 @@ int cache_daemon_run(const struct cache_config *cfg)
         return rc;
     }
     net_local_port(lfd, &d->listen_port);
+    int mfd = -1;
+    uint16_t metrics_port = 0;
+    if (cfg->metrics_port >= 0 &&
+        (rc = metrics_http_listen(cfg->server_addr, (uint16_t)cfg->metrics_port, &mfd,
+                                  &metrics_port, err, sizeof err)) != 0) {
+        log_error("%s", err);
+        close(lfd);
+        free(d);
+        return rc;
+    }
 
     rc = shm_pool_create(&d->pool, cfg->shm_name, cfg->shm_size);
     if (rc) {
         log_error("cannot create shared memory %s of %" PRIu64 " bytes: %s", cfg->shm_name,
                   cfg->shm_size, pps_strerror(rc));
         close(lfd);
+        if (mfd >= 0)
+            close(mfd);
         free(d);
         return rc;
     }
@@ -1365,13 +1474,22 @@ int cache_daemon_run(const struct cache_config *cfg)
     if ((rc = fetch_create(&d->fetch, &fc)) != 0) {
         log_error("cannot start the fetcher: %s", pps_strerror(rc));
         close(lfd);
+        if (mfd >= 0)
+            close(mfd);
         goto out;
     }
     d->base = event_base_new();
     if (!d->base) {
         log_error("cannot set up the event loop: out of memory");
         close(lfd);
+        if (mfd >= 0)
+            close(mfd);
         rc = PPS_ENOMEM;
+        goto out;
+    }
+    if (mfd >= 0 && (rc = metrics_http_attach(&d->metrics, d->base, mfd, metrics_text, d)) != 0) {
+        log_error("cannot serve metrics: %s", pps_strerror(rc));
+        close(lfd);
         goto out;
     }
     evutil_make_socket_nonblocking(lfd);
@@ -1398,6 +1516,11 @@ int cache_daemon_run(const struct cache_config *cfg)
     log_info("cache listening on %s:%u (metadata storage %s:%u, load balancer %s:%u)",
              cfg->server_addr, d->listen_port, cfg->meta_addr, cfg->meta_port, cfg->lb_addr,
              cfg->lb_port);
+    if (d->metrics) {
+        printf("cache metrics on http://%s:%u/metrics\n", cfg->server_addr, metrics_port);
+        fflush(stdout);
+        log_info("metrics on http://%s:%u/metrics", cfg->server_addr, metrics_port);
+    }
     event_base_dispatch(d->base);
     rc = 0;
 out:

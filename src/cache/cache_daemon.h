@@ -30,6 +30,7 @@ struct cache_config {
     uint64_t throttle_bps;     /* 0 = unlimited */
     int lb_backoff_max_ms;     /* cap of the reconnect backoff to the load balancer */
     int max_conns;             /* server connections */
+    int metrics_port;          /* --metrics-port on server_addr: -1 = off, 0 = any port */
 };
 
 /* Create the pool, listen, run until SIGTERM/SIGINT, then remove the pool.

@@ -36,7 +36,9 @@ static void usage(FILE *out)
             "  --io-timeout S        drop a peer that stalls S seconds inside a request; idle\n"
             "                        connections are kept (default 120)\n"
             "  --max-conns N         server connections served at once; more are refused with\n"
-            "                        PPS_EBUSY (default 1024)\n");
+            "                        PPS_EBUSY (default 1024)\n"
+            "  --metrics-port PORT   serve Prometheus metrics on http://SERVER_ADDR:PORT/metrics\n"
+            "                        (0 = any free port, printed; default: off)\n");
 }
 
 int cache_main(int argc, char **argv)
@@ -44,7 +46,7 @@ int cache_main(int argc, char **argv)
     struct args_option opts[] = {
         {"fetch-threads", 1, NULL}, {"depth", 1, NULL},          {"throttle", 1, NULL},
         {"retries", 1, NULL},       {"io-timeout", 1, NULL},     {"lb-backoff-max", 1, NULL},
-        {"max-conns", 1, NULL},     {"progress-timeout", 1, NULL},
+        {"max-conns", 1, NULL},     {"progress-timeout", 1, NULL}, {"metrics-port", 1, NULL},
     };
     struct args a;
     int help = 0;
@@ -62,7 +64,8 @@ int cache_main(int argc, char **argv)
                                .io_timeout_ms = INBOUND_DEFAULT_IO_TIMEOUT_S * 1000,
                                .progress_timeout_ms = CACHE_DEFAULT_PROGRESS_TIMEOUT_S * 1000,
                                .lb_backoff_max_ms = 5000,
-                               .max_conns = INBOUND_DEFAULT_MAX_CONNS};
+                               .max_conns = INBOUND_DEFAULT_MAX_CONNS,
+                               .metrics_port = -1};
     const char *const *p = a.positional;
     int bad = 0;
 #define BAD(...) (fprintf(stderr, "cache: " __VA_ARGS__), fputc('\n', stderr), bad = 1)
@@ -110,6 +113,8 @@ int cache_main(int argc, char **argv)
         else
             cfg.progress_timeout_ms = progress_s * 1000;
     }
+    if (opts[8].value && args_parse_int(opts[8].value, 0, 65535, &cfg.metrics_port))
+        BAD("bad --metrics-port '%s' (0..65535)", opts[8].value);
 #undef BAD
     if (bad)
         return 2;
