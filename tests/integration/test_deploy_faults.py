@@ -7,7 +7,9 @@ It forwards frames both ways and, for one key, either drops the
 acknowledgement of its META_PUT (the record is durable, the deployer never
 hears so: the metadata storage "died" right after the fsync) or drops the
 META_PUT itself; then it cuts the connection and, optionally, stops
-listening (the metadata storage stays down)."""
+listening (the metadata storage stays down). A second kind of proxy holds a
+storage's puts after a few, so deploy_file can be killed mid-push at a known
+point, leaving exactly the slices `pipeps gc` must find."""
 import socket
 import struct
 import subprocess
@@ -270,6 +272,66 @@ def test_lost_ack_with_the_metadata_storage_gone_keeps_both_generations_then_gc(
     rc, out, err = gc(sl, "--min-age", "0")
     assert rc == 0 and out == "", err
     assert "deleted 0 storage values" in err
+
+
+class StallingProxy(MetaProxy):
+    """Forwards to a storage until it has passed `puts` STORE_PUTs, then holds
+    every later request (a storage that stopped answering mid-deploy)."""
+
+    def __init__(self, upstream_port, puts):
+        self.puts_left = puts
+        self.held = threading.Event()
+        super().__init__(upstream_port)
+
+    def client_to_upstream(self, pair, watched):
+        client, upstream = pair
+        try:
+            while True:
+                head, payload = self.read_frame(client)
+                if HEADER.unpack(head)[3] == MSG["STORE_PUT"]:
+                    if self.puts_left == 0:
+                        self.held.set()
+                        continue
+                    self.puts_left -= 1
+                upstream.sendall(head + payload)
+        except (ConnectionError, OSError):
+            pass
+
+
+def test_gc_removes_what_a_killed_deploy_pushed(tier, tmp_path):
+    v1, v2, kv, sl, dl, old = deploy_v1(tier, tmp_path)
+    values_v1 = all_storage_values(tier)
+    # Each storage behind a proxy that passes a few puts, then holds the next:
+    # a put is only sent once the one before it is acknowledged (durable).
+    proxies = [StallingProxy(tier.store_ports[0], puts=1), StallingProxy(tier.store_ports[1], puts=2)]
+    try:
+        stalled = tmp_path / "stalled-storage_list.txt"
+        stalled.write_text("address, port\n127.0.0.1, %d\n127.0.0.1, %d\n127.0.0.1, %d\n"
+                           % (tier.meta_port, proxies[0].port, proxies[1].port))
+        p = subprocess.Popen([binary("deploy_file"), str(stalled), dl, kv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        for proxy in proxies:
+            assert proxy.held.wait(120), "deploy_file never got to its held put"
+        p.kill()
+        p.communicate()
+    finally:
+        for proxy in proxies:
+            proxy.close()
+    # The killed run published nothing but left slices on both storages.
+    for model, _ in DIST:
+        assert tier.location(model) == old[model]
+    left = [v - o for v, o in zip(all_storage_values(tier), values_v1)]
+    assert left == [1, 2]
+    # Too young for the default --min-age: kept (it could be a deploy still pushing).
+    rc, out, err = gc(sl)
+    assert rc == 0 and out == "", err
+    assert "kept %d younger than --min-age" % sum(left) in err
+    rc, out, err = gc(sl, "--min-age", "0")
+    assert rc == 0, err
+    assert len(out.splitlines()) == sum(left)
+    assert all(line.startswith("deleted storage ") for line in out.splitlines())
+    assert all_storage_values(tier) == values_v1
+    check_deployed(tier, v1, DIST, tmp_path, "v1-after-gc")
 
 
 def test_retry_for_option(tmp_path):
