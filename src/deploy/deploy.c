@@ -564,7 +564,12 @@ enum location_outcome { LOC_PUBLISHED, LOC_NOT_PUBLISHED, LOC_UNKNOWN };
 
 /* The LOCATION put of j failed: learn from the metadata storage whether the
  * record was written anyway. A failure with an answer from the storage is
- * read back on the same connection; a broken connection is reopened. */
+ * read back on the same connection; a broken connection is closed and
+ * reopened. The read-back can be trusted because the metadata storage
+ * applies a request as soon as its event loop reads it (it never blocks on
+ * the disk) and holds a GET until the write behind the answer is durable:
+ * a put that reached it is seen, and one it never got cannot land later
+ * (a frame cut short is discarded). */
 static enum location_outcome confirm_location(struct deploy_run *r, struct model_job *j)
 {
     char key[KVBIN_NAME_MAX + 16];
