@@ -885,7 +885,7 @@ static void metrics_text(struct wbuf *out, void *arg)
     }
     prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_subscriptions", "Active server subscriptions.",
                     k.subs);
-    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_connections",
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_cache_open_connections",
                     "Connections of servers and the load balancer.", (uint64_t)d->nconns);
     prom_metric_u64(out, PROM_COUNTER, "pipeps_cache_connections_refused_total",
                     "Connections refused over --max-conns.", d->conns_refused);

@@ -751,7 +751,7 @@ static void metrics_text(struct wbuf *out, void *arg)
     struct prom_label ok = {"result", "ok"}, failed = {"result", "failed"};
     prom_u64(out, "pipeps_metadata_compactions_total", &ok, 1, srv->n_compactions);
     prom_u64(out, "pipeps_metadata_compactions_total", &failed, 1, srv->n_compaction_failures);
-    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_connections", "Client connections open.",
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_metadata_open_connections", "Client connections open.",
                     srv->n_conn_now);
     prom_metric_u64(out, PROM_COUNTER, "pipeps_metadata_connections_total",
                     "Client connections accepted.", srv->n_conn_total);

@@ -25,7 +25,13 @@
  *
  * The easy thing to get wrong: a resident model's weights may point into
  * the cache's pool, so its subscription (pin + mapping) must outlive its
- * executor model: smodel_free destroys the executor first, then releases. */
+ * executor model: smodel_free destroys the executor first, then releases.
+ *
+ * Metrics: per-model counters (struct model_stats, under srv->lock, their
+ * histograms atomic) are kept for every model name requested, up to
+ * MODEL_STATS_MAX names (more are pooled under the empty name, so a client
+ * inventing names cannot grow the table or the /metrics page without
+ * bound). /metrics runs on its own thread and reads under srv->lock. */
 #include "server/server.h"
 #include "cache/cache_client.h"
 #include "common/args.h"
@@ -36,6 +42,8 @@
 #include "common/net.h"
 #include "exec/exec_mem.h"
 #include "exec/executor.h"
+#include "http/metrics_http.h"
+#include "http/prom.h"
 #include "model/graph.h"
 #include "model/model_blob.h"
 #include "server/cache_link.h"
@@ -62,8 +70,19 @@
 
 #define MAX_BATCHES (1u << 20)   /* bound on a model's batch count from the cache */
 #define META_TIMEOUT_MS 120000
+#define MODEL_STATS_MAX 1024     /* model names with their own metrics */
 
 struct server;
+
+/* Per-model metrics; entries live until the server stops. */
+struct model_stats {
+    char name[INFER_MODEL_NAME_MAX + 1]; /* "" pools the names beyond MODEL_STATS_MAX */
+    uint64_t requests, errors;           /* guarded by srv->lock */
+    uint64_t served[3];                  /* successes by enum infer_source; srv->lock */
+    struct prom_hist latency;            /* receipt to answer, seconds */
+    struct prom_hist queue;              /* receipt to the worker taking it */
+    struct model_stats *next;
+};
 
 struct sconn {
     struct server *srv;
@@ -131,6 +150,10 @@ struct server {
     uint64_t served_resident, served_cache, served_storage;
     uint64_t evictions;
     double started;
+    double busy_since, busy_total; /* worker time in serve(); busy_since valid while busy_model */
+    struct model_stats *mstats;     /* guarded by lock */
+    int nmstats;
+    struct metrics_http *metrics;   /* --metrics-port; NULL when off */
 };
 
 static double now_s(void)
@@ -163,6 +186,25 @@ void server_config_default(struct server_config *cfg)
     cfg->max_queue = 1024;
     cfg->stall_ms = 60000;
     cfg->lb_backoff_max_ms = 5000;
+    cfg->metrics_port = -1;
+}
+
+/* The stats of a model name, created on first use (srv->lock held). */
+static struct model_stats *model_stats_get(struct server *srv, const char *name)
+{
+    if (srv->nmstats >= MODEL_STATS_MAX)
+        name = "";
+    for (struct model_stats *m = srv->mstats; m; m = m->next)
+        if (strcmp(m->name, name) == 0)
+            return m;
+    struct model_stats *m = pps_xcalloc(1, sizeof *m);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    prom_hist_init(&m->latency, NULL, 0);
+    prom_hist_init(&m->queue, NULL, 0);
+    m->next = srv->mstats;
+    srv->mstats = m;
+    srv->nmstats++;
+    return m;
 }
 
 /* ---- connections -------------------------------------------------------- */
@@ -706,6 +748,7 @@ static void serve(struct server *srv, struct request *r)
         sm = e->owner;
     }
     srv->busy_model = r->req.model;
+    srv->busy_since = x.t_take;
     pthread_mutex_unlock(&srv->lock);
 
     if (!sm) {
@@ -735,6 +778,14 @@ static void serve(struct server *srv, struct request *r)
     int became_resident = 0;
     pthread_mutex_lock(&srv->lock);
     srv->busy_model = NULL;
+    srv->busy_total += now_s() - srv->busy_since;
+    struct model_stats *ms = model_stats_get(srv, r->req.model);
+    prom_hist_observe(&ms->latency, (double)x.tm.total_us / 1e6);
+    prom_hist_observe(&ms->queue, (double)x.tm.queue_us / 1e6);
+    if (rc)
+        ms->errors++;
+    else
+        ms->served[x.tm.source < 3 ? x.tm.source : INFER_SRC_RESIDENT]++;
     if (rc) {
         srv->errors++;
         if (cold)
@@ -933,6 +984,84 @@ static void stat_text(struct server *srv, struct wbuf *wb)
 #undef LINE
 }
 
+/* The /metrics text (README, "Metrics"); runs on the metrics thread. */
+static void metrics_text(struct wbuf *out, void *arg)
+{
+    struct server *srv = arg;
+    static const char *const src_names[3] = {"resident", "cache", "storage"};
+    struct cache_link_stats cs;
+    cache_link_get_stats(srv->cache, &cs);
+    struct lb_link_stats ls;
+    lb_link_get_stats(srv->lb, &ls);
+    pthread_mutex_lock(&srv->lock);
+    prom_head(out, "pipeps_server_requests_total", PROM_COUNTER,
+              "INFER requests received, by model (refusals for a full queue included).");
+    for (struct model_stats *m = srv->mstats; m; m = m->next) {
+        struct prom_label l = {"model", m->name};
+        prom_u64(out, "pipeps_server_requests_total", &l, 1, m->requests);
+    }
+    prom_head(out, "pipeps_server_errors_total", PROM_COUNTER,
+              "INFER requests answered with an error, by model.");
+    for (struct model_stats *m = srv->mstats; m; m = m->next) {
+        struct prom_label l = {"model", m->name};
+        prom_u64(out, "pipeps_server_errors_total", &l, 1, m->errors);
+    }
+    prom_head(out, "pipeps_server_served_total", PROM_COUNTER,
+              "INFER requests answered successfully, by model and by where the parameters were: "
+              "resident in the server, all in the cache, or fetched from storage.");
+    for (struct model_stats *m = srv->mstats; m; m = m->next)
+        for (int i = 0; i < 3; i++) {
+            struct prom_label l[2] = {{"model", m->name}, {"source", src_names[i]}};
+            prom_u64(out, "pipeps_server_served_total", l, 2, m->served[i]);
+        }
+    prom_head(out, "pipeps_server_request_duration_seconds", PROM_HISTOGRAM,
+              "Time from an INFER request's receipt to its answer, by model.");
+    for (struct model_stats *m = srv->mstats; m; m = m->next) {
+        struct prom_label l = {"model", m->name};
+        prom_hist_write(out, "pipeps_server_request_duration_seconds", &l, 1, &m->latency);
+    }
+    prom_head(out, "pipeps_server_queue_duration_seconds", PROM_HISTOGRAM,
+              "Time an INFER request waited for the worker, by model.");
+    for (struct model_stats *m = srv->mstats; m; m = m->next) {
+        struct prom_label l = {"model", m->name};
+        prom_hist_write(out, "pipeps_server_queue_duration_seconds", &l, 1, &m->queue);
+    }
+    prom_metric_f64(out, PROM_COUNTER, "pipeps_server_busy_seconds_total",
+                    "Time the worker spent serving requests.",
+                    srv->busy_total + (srv->busy_model ? now_s() - srv->busy_since : 0));
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_server_queue_length",
+                    "INFER requests waiting for the worker.", (uint64_t)srv->nqueued);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_server_resident_bytes",
+                    "Memory of the resident models' prepared weights.", srv->res.used);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_server_memory_capacity_bytes",
+                    "Memory for resident models (--memory).", srv->res.capacity);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_server_resident_models", "Models kept resident.",
+                    (uint64_t)srv->res.count);
+    prom_head(out, "pipeps_server_resident_model_bytes", PROM_GAUGE,
+              "Memory of each resident model.");
+    for (struct resident_entry *e = resident_first(&srv->res); e; e = e->next) {
+        struct prom_label l = {"model", e->name};
+        prom_u64(out, "pipeps_server_resident_model_bytes", &l, 1, e->bytes);
+    }
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_server_evictions_total",
+                    "Resident models dropped to make room.", srv->evictions);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_server_bad_requests_total",
+                    "Malformed frames and requests.", srv->bad_requests);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_server_open_connections", "Client connections open.",
+                    (uint64_t)srv->nconns);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_server_connections_refused_total",
+                    "Connections refused over --max-conns.", srv->conns_refused);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_server_stalled_drops_total",
+                    "Peers dropped for stalling inside a request (--io-timeout).", srv->stalled_drops);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_server_partial_refused_total",
+                    "Requests refused over --max-partial.", srv->partial_refused);
+    pthread_mutex_unlock(&srv->lock);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_server_cache_connected",
+                    "1 while connected to the machine's cache.", (uint64_t)cs.connected);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_server_lb_registered",
+                    "1 while registered with the load balancer.", (uint64_t)ls.registered);
+}
+
 /* Registration payload (lb_link thread). */
 static void lb_register_payload(struct wbuf *wb, void *arg)
 {
@@ -1101,6 +1230,8 @@ static int handle_frame(struct server *srv, struct sconn *c)
         p = NULL;
         pthread_mutex_lock(&srv->lock);
         srv->requests++;
+        struct model_stats *ms = model_stats_get(srv, r->req.model);
+        ms->requests++;
         int full = srv->nqueued >= srv->cfg.max_queue;
         if (!full) {
             c->refs++;
@@ -1113,6 +1244,7 @@ static int handle_frame(struct server *srv, struct sconn *c)
             pthread_cond_signal(&srv->work_cond);
         } else {
             srv->errors++;
+            ms->errors++;
         }
         pthread_mutex_unlock(&srv->lock);
         if (full) {
@@ -1232,6 +1364,16 @@ int server_run(const struct server_config *cfg)
     uint16_t port = cfg->client_port;
     net_local_port(srv->listen_fd, &port);
     srv->cfg.client_port = port;
+    int metrics_fd = -1;
+    uint16_t metrics_port = 0;
+    if (cfg->metrics_port >= 0 &&
+        (rc = metrics_http_listen(cfg->client_addr, (uint16_t)cfg->metrics_port, &metrics_fd,
+                                  &metrics_port, err, sizeof err)) != 0) {
+        log_error("%s", err);
+        close(srv->listen_fd);
+        free(srv);
+        return rc;
+    }
     if (cfg->reserve) {
         /* Fault in executor memory now, off the first cold request's path. */
         double t0 = now_s();
@@ -1244,6 +1386,8 @@ int server_run(const struct server_config *cfg)
     }
     if (pipe2(srv->sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         close(srv->listen_fd);
+        if (metrics_fd >= 0)
+            close(metrics_fd);
         free(srv);
         return pps_from_errno(errno);
     }
@@ -1264,6 +1408,15 @@ int server_run(const struct server_config *cfg)
         log_error("cannot start the worker thread");
         return PPS_ENOMEM;
     }
+    if (metrics_fd >= 0) {
+        if ((rc = metrics_http_start(&srv->metrics, metrics_fd, metrics_text, srv)) != 0) {
+            log_error("cannot serve metrics: %s", pps_strerror(rc));
+            return rc;
+        }
+        printf("server metrics on http://%s:%u/metrics\n", cfg->client_addr, metrics_port);
+        fflush(stdout);
+        log_info("metrics on http://%s:%u/metrics", cfg->client_addr, metrics_port);
+    }
     log_info("serving on %s:%u (cache %s:%u, load balancer %s:%u, %s, %d threads, memory %" PRIu64
              " bytes)",
              cfg->client_addr, port, cfg->cache_addr, cfg->cache_port,
@@ -1282,6 +1435,8 @@ int server_run(const struct server_config *cfg)
             accept_one(srv);
     }
     log_info("shutting down");
+    metrics_http_stop(srv->metrics);
+    srv->metrics = NULL;
 
     /* Stop taking work, finish the request being served, refuse the rest. */
     close(srv->listen_fd);
@@ -1315,6 +1470,11 @@ int server_run(const struct server_config *cfg)
         smodel_free(srv, resident_remove(&srv->res, e));
     cache_link_stop(srv->cache);
     resident_destroy(&srv->res);
+    while (srv->mstats) {
+        struct model_stats *m = srv->mstats;
+        srv->mstats = m->next;
+        free(m);
+    }
     close(srv->sig_pipe[0]);
     close(srv->sig_pipe[1]);
     sig_write_fd = -1;

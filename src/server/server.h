@@ -14,7 +14,8 @@
  *     hands each batch to the executor while the worker computes;
  *   - the load-balancer link thread (lb_link.h) registers and reports
  *     resident models;
- *   - the executor's own preparer and compute threads.
+ *   - the executor's own preparer and compute threads;
+ *   - with --metrics-port, the /metrics thread (http/metrics_http.h).
  * One worker, because the compute threads (--threads) already use the
  * machine's cores; a second model would only fight the first for them. */
 #ifndef PIPEPS_SERVER_H
@@ -42,6 +43,7 @@ struct server_config {
     int max_queue;             /* INFER requests waiting; more get PPS_EBUSY */
     int stall_ms;              /* a fetch with no progress this long fails */
     int lb_backoff_max_ms;
+    int metrics_port;          /* --metrics-port on client_addr: -1 = off, 0 = any port */
 };
 
 void server_config_default(struct server_config *cfg);

@@ -19,6 +19,7 @@ static void usage(FILE *out)
             "              [--max-request BYTES] [--max-batch N] [--max-queue N]\n"
             "              [--stall-timeout SECONDS] [--prep-threads N] [--reserve BYTES]\n"
             "              [--io-timeout SECONDS] [--max-conns N] [--max-partial BYTES]\n"
+            "              [--metrics-port PORT]\n"
             "  Serves INFER requests on CLIENT_ADDR:CLIENT_PORT (also its identity for the load\n"
             "  balancer), loads models through the cache at CACHE_ADDR:CACHE_PORT and registers\n"
             "  with the load balancer at LB_ADDR:LB_PORT (LB_PORT 0: none), retrying until it is up.\n"
@@ -39,7 +40,9 @@ static void usage(FILE *out)
             "                   (default 1024)\n"
             "  --max-partial    bytes of INFER payloads being received at once; one beyond\n"
             "                   it is refused with PPS_EBUSY (default 1G, at least\n"
-            "                   --max-request)\n");
+            "                   --max-request)\n"
+            "  --metrics-port   serve Prometheus metrics on http://CLIENT_ADDR:PORT/metrics\n"
+            "                   (0 = any free port, printed; default: off)\n");
 }
 
 int server_main(int argc, char **argv)
@@ -49,6 +52,7 @@ int server_main(int argc, char **argv)
         {"max-request", 1, NULL}, {"max-batch", 1, NULL}, {"max-queue", 1, NULL},
         {"stall-timeout", 1, NULL}, {"prep-threads", 1, NULL}, {"reserve", 1, NULL},
         {"io-timeout", 1, NULL},  {"max-conns", 1, NULL}, {"max-partial", 1, NULL},
+        {"metrics-port", 1, NULL},
     };
     struct args a;
     int help = 0;
@@ -120,6 +124,8 @@ int server_main(int argc, char **argv)
     cfg.io_timeout_ms = lim.io_timeout_ms;
     cfg.max_conns = lim.max_conns;
     cfg.max_partial = lim.max_partial;
+    if (opts[12].value && args_parse_int(opts[12].value, 0, 65535, &cfg.metrics_port))
+        bad = fprintf(stderr, "server: bad --metrics-port '%s' (0..65535)\n", opts[12].value);
     if (cfg.max_partial < cfg.max_request) /* or such a request could never be served */
         bad = fprintf(stderr, "server: --max-partial must be at least --max-request\n");
     if (bad)

@@ -7,7 +7,11 @@
  * request, the connection is only kept if the rest of that request's
  * payload was read (the stream must stay in frame); otherwise the error is
  * sent and the connection closed gently (shutdown, drain briefly) so the
- * peer still gets to read the error instead of a reset. */
+ * peer still gets to read the error instead of a reset.
+ *
+ * Metrics (--metrics-port): /metrics runs on its own thread
+ * (metrics_http_start) and reads the counters STAT reports: the atomics
+ * here, the store's under its own locks, the connection count under mu. */
 #include "storage/storage_server.h"
 #include "common/args.h"
 #include "common/buf.h"
@@ -16,6 +20,8 @@
 #include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "http/metrics_http.h"
+#include "http/prom.h"
 #include "storage/storage_client.h"
 #include "storage/store.h"
 
@@ -402,6 +408,52 @@ static int handle_stat(struct conn *c, const struct frame_header *h)
     return rc;
 }
 
+/* The /metrics text (README, "Metrics"); runs on the metrics thread. */
+static void metrics_text(struct wbuf *out, void *arg)
+{
+    struct server *srv = arg;
+    struct store_stats st;
+    store_get_stats(srv->store, &st);
+    pthread_mutex_lock(&srv->mu);
+    int nconns = srv->nconns;
+    pthread_mutex_unlock(&srv->mu);
+    prom_head(out, "pipeps_storage_requests_total", PROM_COUNTER,
+              "GETs served, PUTs and DELETEs committed (durable).");
+    struct prom_label get = {"kind", "get"}, put = {"kind", "put"}, del = {"kind", "delete"};
+    prom_u64(out, "pipeps_storage_requests_total", &get, 1, atomic_load(&srv->gets));
+    prom_u64(out, "pipeps_storage_requests_total", &put, 1, st.puts);
+    prom_u64(out, "pipeps_storage_requests_total", &del, 1, st.deletes);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_storage_put_aborts_total",
+                    "PUTs dropped before their commit (peer gone, error).", st.put_aborts);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_storage_errors_total",
+                    "Requests answered with an error.", atomic_load(&srv->errors));
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_storage_sent_bytes_total",
+                    "Value bytes sent by GETs.", atomic_load(&srv->bytes_sent));
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_storage_received_bytes_total",
+                    "Value bytes received by PUTs.", atomic_load(&srv->bytes_received));
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_storage_values", "Keys with a live value.", st.values);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_storage_stored_bytes", "Bytes of the live values.",
+                    st.bytes_stored);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_storage_live_bytes",
+                    "Bytes of live records in the data files (headers and keys included).",
+                    st.bytes_live);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_storage_disk_bytes", "Size of the data files.",
+                    st.bytes_on_disk);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_storage_free_bytes",
+                    "Free space of the data directory's file system.", st.bytes_free);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_storage_files", "Data files.", st.files);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_storage_compactions_total",
+                    "Data files compacted or removed.", st.compactions);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_storage_compaction_copied_bytes_total",
+                    "Bytes copied by compaction.", st.bytes_copied);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_storage_reclaimed_bytes_total",
+                    "Bytes reclaimed by compaction and aborted PUTs.", st.bytes_reclaimed);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_storage_open_connections", "Client connections open.",
+                    (uint64_t)nconns);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_storage_connections_total",
+                    "Client connections accepted.", atomic_load(&srv->conns_total));
+}
+
 /* STORE_LIST: every live key under a prefix with its value size, for
  * maintenance tools (pipeps gc finds deploy generations nothing references). */
 struct list_answer {
@@ -667,7 +719,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: storage PORT [--dir DIR] [--addr ADDR] [--file-size SIZE]\n"
             "               [--compact-ratio R] [--io-timeout SECONDS] [--max-conns N]\n"
-            "               [--sockbuf SIZE] [--send-path mmap|sendfile]\n"
+            "               [--sockbuf SIZE] [--send-path mmap|sendfile] [--metrics-port P]\n"
             "  PORT              TCP port to listen on\n"
             "  --dir DIR         data directory (default ./storage-data-PORT)\n"
             "  --addr ADDR       address to bind (default 127.0.0.1)\n"
@@ -680,7 +732,9 @@ static void usage(FILE *out)
             "  --sockbuf SIZE    socket send and receive buffer per connection (default: 4M send\n"
             "                    buffer, autotuned receive buffer)\n"
             "  --send-path P     how GETs send: mmap (send from a mapping of the data file,\n"
-            "                    default) or sendfile\n");
+            "                    default) or sendfile\n"
+            "  --metrics-port P  serve Prometheus metrics on http://ADDR:P/metrics (0 = any\n"
+            "                    free port, printed; default: off)\n");
 }
 
 int storage_main(int argc, char **argv)
@@ -688,9 +742,10 @@ int storage_main(int argc, char **argv)
     struct args_option opts[] = {
         {"dir", 1, NULL},       {"addr", 1, NULL},      {"file-size", 1, NULL},
         {"compact-ratio", 1, NULL}, {"io-timeout", 1, NULL}, {"max-conns", 1, NULL},
-        {"sockbuf", 1, NULL},   {"send-path", 1, NULL},
+        {"sockbuf", 1, NULL},   {"send-path", 1, NULL}, {"metrics-port", 1, NULL},
     };
-    enum { O_DIR, O_ADDR, O_FILE_SIZE, O_RATIO, O_TIMEOUT, O_MAXCONN, O_SOCKBUF, O_SEND_PATH };
+    enum { O_DIR, O_ADDR, O_FILE_SIZE, O_RATIO, O_TIMEOUT, O_MAXCONN, O_SOCKBUF, O_SEND_PATH,
+           O_METRICS };
     struct args a;
     int help = 0;
     if (args_split(argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), &a, &help) ||
@@ -736,6 +791,11 @@ int storage_main(int argc, char **argv)
             return 2;
         }
     }
+    int metrics_port = -1;
+    if (opts[O_METRICS].value && args_parse_int(opts[O_METRICS].value, 0, 65535, &metrics_port)) {
+        fprintf(stderr, "storage: bad --metrics-port '%s'\n", opts[O_METRICS].value);
+        return 2;
+    }
     if (opts[O_RATIO].value) {
         char *end;
         so.compact_ratio = strtod(opts[O_RATIO].value, &end);
@@ -768,6 +828,15 @@ int storage_main(int argc, char **argv)
         close(sig_fd);
         return 1;
     }
+    int metrics_fd = -1;
+    uint16_t mport = 0;
+    if (metrics_port >= 0 && metrics_http_listen(addr, (uint16_t)metrics_port, &metrics_fd, &mport,
+                                                 err, sizeof err) != 0) {
+        log_error("%s", err);
+        close(listen_fd);
+        close(sig_fd);
+        return 1;
+    }
     printf("storage: data directory %s\n", dir);
     fflush(stdout);
     log_info("data directory %s", dir);
@@ -776,6 +845,8 @@ int storage_main(int argc, char **argv)
     if (rc) {
         log_error("cannot open the store in %s: %s", dir, pps_strerror(rc));
         close(listen_fd);
+        if (metrics_fd >= 0)
+            close(metrics_fd);
         close(sig_fd);
         return 1;
     }
@@ -792,9 +863,25 @@ int storage_main(int argc, char **argv)
                          .started = time(NULL)};
     pthread_mutex_init(&srv.mu, NULL);
     pthread_cond_init(&srv.cv, NULL);
+    struct metrics_http *metrics = NULL;
+    if (metrics_fd >= 0) {
+        if ((rc = metrics_http_start(&metrics, metrics_fd, metrics_text, &srv)) != 0) {
+            log_error("cannot serve metrics: %s", pps_strerror(rc));
+            close(listen_fd);
+            store_close(store);
+            close(sig_fd);
+            pthread_mutex_destroy(&srv.mu);
+            pthread_cond_destroy(&srv.cv);
+            return 1;
+        }
+        printf("storage: metrics on http://%s:%u/metrics\n", addr, mport);
+        fflush(stdout);
+        log_info("metrics on http://%s:%u/metrics", addr, mport);
+    }
     log_info("listening on %s:%u (GETs sent with %s)", addr, port,
              use_sendfile ? "sendfile" : "send from a mapping");
     serve(&srv, sig_fd);
+    metrics_http_stop(metrics); /* before the store it reads goes */
     store_close(store);
     close(sig_fd);
     pthread_mutex_destroy(&srv.mu);

@@ -2,7 +2,7 @@
  *
  *   storage PORT [--dir DIR] [--addr ADDR] [--file-size SIZE]
  *           [--compact-ratio R] [--io-timeout SECONDS] [--max-conns N]
- *           [--sockbuf SIZE] [--send-path mmap|sendfile]
+ *           [--sockbuf SIZE] [--send-path mmap|sendfile] [--metrics-port PORT]
  *
  * Serves STORE_PUT/GET/DELETE/STAT (docs/protocol.md) over the store
  * engine (store.h). memcached-style threading: the main thread accepts and
