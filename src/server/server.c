@@ -100,6 +100,7 @@ struct request {
     uint8_t *payload;            /* 64-byte aligned; the tensors point into it */
     struct infer_request req;
     double t_recv;
+    struct model_stats *stats;   /* its model's metrics (live until the server stops) */
     struct request *next;
 };
 
@@ -779,7 +780,7 @@ static void serve(struct server *srv, struct request *r)
     pthread_mutex_lock(&srv->lock);
     srv->busy_model = NULL;
     srv->busy_total += now_s() - srv->busy_since;
-    struct model_stats *ms = model_stats_get(srv, r->req.model);
+    struct model_stats *ms = r->stats;
     prom_hist_observe(&ms->latency, (double)x.tm.total_us / 1e6);
     prom_hist_observe(&ms->queue, (double)x.tm.queue_us / 1e6);
     if (rc)
@@ -1231,6 +1232,7 @@ static int handle_frame(struct server *srv, struct sconn *c)
         pthread_mutex_lock(&srv->lock);
         srv->requests++;
         struct model_stats *ms = model_stats_get(srv, r->req.model);
+        r->stats = ms;
         ms->requests++;
         int full = srv->nqueued >= srv->cfg.max_queue;
         if (!full) {
