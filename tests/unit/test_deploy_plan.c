@@ -70,6 +70,9 @@ static void test_storage_list_errors(void **state)
     expect_sl_error("a, p\n1.2.3.4, 1, 2\n", "storage_list.txt:2: expected \"address, port\", found 3 fields");
     expect_sl_error("a, p\n, 7777\n", "storage_list.txt:2: field 1 is empty");
     expect_sl_error("a, p\nm, 1\n\nh, 2\n# x\nh, 2\n", "storage_list.txt:6: storage h:2 is already listed at line 4");
+    /* the metadata storage listed again as a storage (issue 11) */
+    expect_sl_error("a, p\nm, 1\nm, 1\n", "storage_list.txt:3: m:1 is the metadata storage (line 2)");
+    expect_sl_error("a, p\nm, 1\nh, 2\nm, 1\n", "storage_list.txt:4: m:1 is the metadata storage (line 2)");
     expect_sl_error("a, p\nhost name, 1\n", "storage_list.txt:2: bad address \"host name\"");
     char longaddr[200];
     snprintf(longaddr, sizeof longaddr, "a, p\n%070d, 1\n", 0);
