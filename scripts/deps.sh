@@ -8,6 +8,8 @@ packages=(
   libxxhash-dev                      # checksums of log records, kv.bin, stored values
   libdnnl-dev                        # oneDNN: the CPU compute kernels
   libcmocka-dev                      # C unit tests
+  libcjson-dev                       # JSON of the HTTP inference API (load balancer)
+  python3-requests                   # HTTP API tests
   python3-pytest python3-numpy       # black-box tests (Debian's /usr/bin/python3)
   python3-prometheus-client          # tests: parse the /metrics bodies
   python3-torch python3-torchvision  # test oracles and benchmark baselines, never the serving path

@@ -25,6 +25,9 @@
 #include "common/log.h"
 #include "common/net.h"
 #include "formats/location.h"
+#include "http/metrics_http.h"
+#include "http/prom.h"
+#include "lb/lb_http.h"
 #include "model/graph.h"
 #include "model/model_blob.h"
 #include "server/model_info.h"
@@ -78,6 +81,8 @@ struct lreq {
     struct lb_server *server;
     struct lreq *prev, *next;      /* the queue, or the forwarding connection's in-flight list */
     struct lreq *cprev, *cnext;    /* the client connection's requests */
+    lb_answer_fn fn;               /* a request of the HTTP front end: its answer goes here */
+    void *ctx;
 };
 
 /* A CACHE_IN / CACHE_OUT awaiting the cache's answer. */
@@ -146,6 +151,15 @@ struct lb {
     uint64_t model_infos, server_registrations, cache_registrations, server_losses, cache_losses;
     uint64_t cache_in_sent, cache_out_sent, cache_in_failed, cache_out_refused, size_lookups;
     struct lat_ring lat, lat_queue;
+    struct prom_hist hist_latency, hist_queue;
+    struct lb_http *http;
+    /* recent evictions reported by the caches, for the status page */
+    struct {
+        double t;
+        int machine;
+        char model[LB_NAME_MAX + 1];
+    } evicted[16];
+    int nevicted;
 };
 
 static double now_s(void)
@@ -327,6 +341,14 @@ static void note_model_answer(struct lb *lb, struct lreq *r, int ok, double late
     if (ok) {
         lb->ok++;
         ring_push(&lb->lat, latency_ms);
+        prom_hist_observe(&lb->hist_latency, latency_ms / 1e3);
+        if (r->model) {
+            if (!r->model->latency) {
+                r->model->latency = pps_xmalloc(sizeof *r->model->latency);
+                prom_hist_init(r->model->latency, NULL, 0);
+            }
+            prom_hist_observe(r->model->latency, latency_ms / 1e3);
+        }
     } else {
         lb->errors++;
     }
@@ -353,7 +375,9 @@ static void req_fail(struct lb *lb, struct lreq *r, int status, const char *fmt,
     log_info("request %" PRIu64 " (%s %s) from %s: %s: %s", r->client_rid, frame_type_name(r->type),
              r->model ? r->model->name : "?", r->client ? r->client->peer : "(gone)", pps_errname(status), msg);
     note_model_answer(lb, r, 0, 0);
-    if (r->client)
+    if (r->fn)
+        r->fn(r->ctx, status, msg, NULL);
+    else if (r->client)
         send_error(r->client, r->type, r->client_rid, status, "load balancer: %s", msg);
     req_free(r);
 }
@@ -406,6 +430,7 @@ static void forward(struct lb *lb, struct lreq *r, const struct lb_choice *ch)
     if (r->type == MSG_INFER) {
         lb_place_dispatched(&lb->pl, s, r->model, ch->estimate_ms);
         ring_push(&lb->lat_queue, (r->t_dispatch - r->t_recv) * 1e3);
+        prom_hist_observe(&lb->hist_queue, r->t_dispatch - r->t_recv);
     }
 }
 
@@ -534,6 +559,19 @@ static void size_resolved(struct lb *lb, struct lb_model *m, int status, const c
 
 /* ---- MODEL_INFO from the metadata storage --------------------------------- */
 
+/* A MODEL_INFO answer from m's cached description. */
+static void answer_info(struct lreq *r, struct lb_model *m)
+{
+    if (r->fn) {
+        struct evbuffer *b = evbuffer_new();
+        evbuffer_add(b, m->info, m->info_len);
+        r->fn(r->ctx, 0, NULL, b);
+        evbuffer_free(b);
+    } else if (r->client) {
+        send_frame(r->client, MSG_MODEL_INFO, FRAME_FLAG_RESPONSE, 0, r->client_rid, m->info, m->info_len);
+    }
+}
+
 /* Answer the MODEL_INFO requests waiting for m: its description, or an error. */
 static void info_resolved(struct lb *lb, struct lb_model *m, int status, const char *why)
 {
@@ -546,8 +584,7 @@ static void info_resolved(struct lb *lb, struct lb_model *m, int status, const c
             req_fail(lb, r, status, "%s", why);
             continue;
         }
-        if (r->client)
-            send_frame(r->client, MSG_MODEL_INFO, FRAME_FLAG_RESPONSE, 0, r->client_rid, m->info, m->info_len);
+        answer_info(r, m);
         req_free(r);
     }
     if (status)
@@ -987,7 +1024,9 @@ static void on_server_answer(struct lconn *f, const struct frame_header *h, stru
             r->model->by_source[st.source]++;
     }
     struct lconn *c = r->client;
-    if (c && !c->dead) {
+    if (r->fn) {
+        r->fn(r->ctx, h->status, NULL, payload);
+    } else if (c && !c->dead) {
         if (relay_block) {
             struct infer_lb_block blk = {
                 .attempts = (uint8_t)r->attempts,
@@ -1075,6 +1114,13 @@ static void on_cache_event(struct lconn *c, const struct frame_header *h, const 
         return;
     }
     lb_place_cache_event(&c->lb->pl, c->machine, ev.kind, ev.model, ev.size, ev.used, ev.capacity);
+    if (ev.kind == CACHE_EVENT_EVICTED) {
+        struct lb *lb = c->lb;
+        int k = lb->nevicted++ % (int)(sizeof lb->evicted / sizeof lb->evicted[0]);
+        lb->evicted[k].t = now_s();
+        lb->evicted[k].machine = c->machine->id;
+        snprintf(lb->evicted[k].model, sizeof lb->evicted[k].model, "%s", ev.model);
+    }
     log_debug("cache %s: %s %s", c->peer, ev.kind == 1 ? "loaded" : ev.kind == 2 ? "evicted" : "failed", ev.model);
     schedule(c->lb);
 }
@@ -1126,6 +1172,94 @@ static int payload_model(struct evbuffer *b, char name[LB_NAME_MAX + 1])
     return wire_name_valid(name, LB_NAME_MAX) ? 0 : PPS_EINVAL;
 }
 
+/* A new request for model name, from a client connection or (fn set) from
+ * the HTTP front end; it takes the payload. It may be answered before this
+ * returns (then NULL is returned). */
+static struct lreq *submit(struct lb *lb, struct lconn *c, uint64_t rid, uint16_t type, const char *name,
+                           struct evbuffer *payload, lb_answer_fn fn, void *ctx)
+{
+    struct lreq *r = pps_xcalloc(1, sizeof *r);
+    r->client = c;
+    r->client_rid = rid;
+    r->type = type;
+    r->payload = payload;
+    r->t_recv = now_s();
+    r->fn = fn;
+    r->ctx = ctx;
+    if (c) {
+        r->cnext = c->reqs;
+        if (c->reqs)
+            c->reqs->cprev = r;
+        c->reqs = r;
+    }
+    if (lb->stopping) {
+        req_fail(lb, r, PPS_ECANCELED, "shutting down");
+        return NULL;
+    }
+    if (type == MSG_MODEL_INFO) {
+        /* Answered from the model's METADATA blob in the metadata storage:
+         * asking a server would make its cache fetch the whole model. */
+        lb->model_infos++;
+        struct lb_model *m = lb_place_model(&lb->pl, name);
+        r->model = m;
+        if (m->info_state == LB_SIZE_KNOWN) {
+            answer_info(r, m);
+            req_free(r);
+            return NULL;
+        }
+        if (!lb->meta_up) {
+            req_fail(lb, r, PPS_ECONNECT, "metadata storage %s:%u unreachable", lb->cfg.meta_addr, lb->cfg.meta_port);
+            return NULL;
+        }
+        r->state = REQ_INFO_WAIT;
+        q_append(lb, r, 0);
+        if (m->info_state != LB_SIZE_ASKING) {
+            char key[LB_NAME_MAX + 16];
+            location_key_name(name, key, sizeof key);
+            m->info_state = LB_SIZE_ASKING;
+            meta_get(lb, m, META_LOCATION, key);
+        }
+        return r;
+    }
+    lb->requests++;
+    if (lb->nqueued >= lb->cfg.max_queue) {
+        lb->busy++;
+        req_fail(lb, r, PPS_EBUSY, "%d requests already waiting (--max-queue)", lb->nqueued);
+        return NULL;
+    }
+    struct lb_model *m = lb_place_model(&lb->pl, name);
+    r->model = m;
+    m->requests++;
+    if (m->size_state == LB_SIZE_KNOWN) {
+        r->state = REQ_QUEUED;
+        q_append(lb, r, 0);
+        schedule(lb);
+        return r;
+    }
+    r->state = REQ_SIZE_WAIT;
+    q_append(lb, r, 0);
+    if (m->size_state != LB_SIZE_ASKING)
+        size_lookup(lb, m);
+    return r;
+}
+
+struct lreq *lb_submit(struct lb *lb, uint16_t type, const char *model, struct evbuffer *payload, lb_answer_fn fn,
+                       void *ctx)
+{
+    return submit(lb, NULL, 0, type, model, payload, fn, ctx);
+}
+
+void lb_forget(struct lb *lb, struct lreq *r)
+{
+    if (r->state == REQ_INFLIGHT) {
+        r->fn = NULL; /* the answer is dropped when it comes */
+        r->ctx = NULL;
+        return;
+    }
+    q_unlink(lb, r);
+    req_free(r);
+}
+
 static void on_client_request(struct lconn *c, const struct frame_header *h, struct evbuffer *payload)
 {
     struct lb *lb = c->lb;
@@ -1139,64 +1273,7 @@ static void on_client_request(struct lconn *c, const struct frame_header *h, str
         evbuffer_free(payload);
         return;
     }
-    struct lreq *r = pps_xcalloc(1, sizeof *r);
-    r->client = c;
-    r->client_rid = h->request_id;
-    r->type = h->type;
-    r->payload = payload;
-    r->t_recv = now_s();
-    r->cnext = c->reqs;
-    if (c->reqs)
-        c->reqs->cprev = r;
-    c->reqs = r;
-    if (lb->stopping) {
-        req_fail(lb, r, PPS_ECANCELED, "shutting down");
-        return;
-    }
-    if (h->type == MSG_MODEL_INFO) {
-        /* Answered from the model's METADATA blob in the metadata storage:
-         * asking a server would make its cache fetch the whole model. */
-        lb->model_infos++;
-        struct lb_model *m = lb_place_model(&lb->pl, name);
-        r->model = m;
-        if (m->info_state == LB_SIZE_KNOWN) {
-            send_frame(c, MSG_MODEL_INFO, FRAME_FLAG_RESPONSE, 0, h->request_id, m->info, m->info_len);
-            req_free(r);
-            return;
-        }
-        if (!lb->meta_up) {
-            req_fail(lb, r, PPS_ECONNECT, "metadata storage %s:%u unreachable", lb->cfg.meta_addr, lb->cfg.meta_port);
-            return;
-        }
-        r->state = REQ_INFO_WAIT;
-        q_append(lb, r, 0);
-        if (m->info_state != LB_SIZE_ASKING) {
-            char key[LB_NAME_MAX + 16];
-            location_key_name(name, key, sizeof key);
-            m->info_state = LB_SIZE_ASKING;
-            meta_get(lb, m, META_LOCATION, key);
-        }
-        return;
-    }
-    lb->requests++;
-    if (lb->nqueued >= lb->cfg.max_queue) {
-        lb->busy++;
-        req_fail(lb, r, PPS_EBUSY, "%d requests already waiting (--max-queue)", lb->nqueued);
-        return;
-    }
-    struct lb_model *m = lb_place_model(&lb->pl, name);
-    r->model = m;
-    m->requests++;
-    if (m->size_state == LB_SIZE_KNOWN) {
-        r->state = REQ_QUEUED;
-        q_append(lb, r, 0);
-        schedule(lb);
-        return;
-    }
-    r->state = REQ_SIZE_WAIT;
-    q_append(lb, r, 0);
-    if (m->size_state != LB_SIZE_ASKING)
-        size_lookup(lb, m);
+    submit(lb, c, h->request_id, h->type, name, payload, NULL, NULL);
 }
 
 static void stat_text(struct lb *lb, struct wbuf *wb);
@@ -1635,6 +1712,226 @@ static void stat_text(struct lb *lb, struct wbuf *wb)
 #undef OUT
 }
 
+/* ---- metrics and the status page ----------------------------------------- */
+
+int lb_ready_servers(const struct lb *lb)
+{
+    int n = 0;
+    for (int i = 0; i < lb->pl.nservers; i++)
+        n += lb->pl.servers[i]->ready;
+    return n;
+}
+
+void lb_render_metrics(struct wbuf *out, void *arg)
+{
+    struct lb *lb = arg;
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_lb_requests_total", "INFER requests received", lb->requests);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_lb_answers_ok_total", "INFER requests answered successfully",
+                    lb->ok);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_lb_errors_total", "INFER requests answered with an error",
+                    lb->errors);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_lb_queue_timeouts_total", "requests that waited past --queue-timeout", lb->timeouts);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_lb_retries_total", "requests retried after their server was lost", lb->retries);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_lb_cache_in_total", "CACHE_IN sent to caches",
+                    lb->cache_in_sent);
+    prom_metric_u64(out, PROM_COUNTER, "pipeps_lb_cache_out_total", "CACHE_OUT sent to caches",
+                    lb->cache_out_sent);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_lb_queued_requests", "requests waiting in the balancer",
+                    (uint64_t)lb->nqueued);
+    prom_metric_u64(out, PROM_GAUGE, "pipeps_lb_servers", "registered servers ready to take requests",
+                    (uint64_t)lb_ready_servers(lb));
+    prom_head(out, "pipeps_lb_request_duration_seconds", PROM_HISTOGRAM,
+              "time from a request's arrival to its answer, successful INFERs");
+    prom_hist_write(out, "pipeps_lb_request_duration_seconds", NULL, 0, &lb->hist_latency);
+    prom_head(out, "pipeps_lb_queue_seconds", PROM_HISTOGRAM, "time a request waited in the balancer before forwarding");
+    prom_hist_write(out, "pipeps_lb_queue_seconds", NULL, 0, &lb->hist_queue);
+    static const char *const rule_names[LB_RULE_COUNT] = {
+        "-", "cached_idle", "idle", "cached_light", "least_loaded_cap", "fastest_start", "round_robin", "least_loaded"};
+    prom_head(out, "pipeps_lb_decisions_total", PROM_COUNTER, "placement decisions by rule");
+    for (int i = 1; i < LB_RULE_COUNT; i++) {
+        struct prom_label l = {"rule", rule_names[i]};
+        prom_u64(out, "pipeps_lb_decisions_total", &l, 1, lb->pl.decisions[i]);
+    }
+    prom_head(out, "pipeps_lb_model_requests_total", PROM_COUNTER, "INFER requests per model");
+    for (size_t b = 0; b < lb->pl.nbuckets; b++)
+        for (struct lb_model *m = lb->pl.buckets[b]; m; m = m->hnext)
+            if (m->requests) {
+                struct prom_label l = {"model", m->name};
+                prom_u64(out, "pipeps_lb_model_requests_total", &l, 1, m->requests);
+            }
+    prom_head(out, "pipeps_lb_model_errors_total", PROM_COUNTER, "INFER errors per model");
+    for (size_t b = 0; b < lb->pl.nbuckets; b++)
+        for (struct lb_model *m = lb->pl.buckets[b]; m; m = m->hnext)
+            if (m->requests) {
+                struct prom_label l = {"model", m->name};
+                prom_u64(out, "pipeps_lb_model_errors_total", &l, 1, m->errors);
+            }
+    prom_head(out, "pipeps_lb_model_answers_total", PROM_COUNTER,
+              "successful answers per model by where the parameters came from");
+    static const char *const sources[3] = {"resident", "cache", "storage"};
+    for (size_t b = 0; b < lb->pl.nbuckets; b++)
+        for (struct lb_model *m = lb->pl.buckets[b]; m; m = m->hnext)
+            if (m->requests)
+                for (int k = 0; k < 3; k++) {
+                    struct prom_label l[2] = {{"model", m->name}, {"source", sources[k]}};
+                    prom_u64(out, "pipeps_lb_model_answers_total", l, 2, m->by_source[k]);
+                }
+    prom_head(out, "pipeps_lb_model_request_duration_seconds", PROM_HISTOGRAM,
+              "time from arrival to answer per model, successful INFERs");
+    for (size_t b = 0; b < lb->pl.nbuckets; b++)
+        for (struct lb_model *m = lb->pl.buckets[b]; m; m = m->hnext)
+            if (m->latency) {
+                struct prom_label l = {"model", m->name};
+                prom_hist_write(out, "pipeps_lb_model_request_duration_seconds", &l, 1, m->latency);
+            }
+    prom_head(out, "pipeps_lb_cache_capacity_bytes", PROM_GAUGE, "pool bytes of each machine's cache");
+    for (int i = 0; i < lb->pl.nmachines; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "%d", lb->pl.machines[i]->id);
+        struct prom_label l = {"machine", id};
+        prom_u64(out, "pipeps_lb_cache_capacity_bytes", &l, 1, lb->pl.machines[i]->capacity);
+    }
+    prom_head(out, "pipeps_lb_cache_used_bytes", PROM_GAUGE, "pool bytes the balancer counts as used or reserved");
+    for (int i = 0; i < lb->pl.nmachines; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "%d", lb->pl.machines[i]->id);
+        struct prom_label l = {"machine", id};
+        prom_u64(out, "pipeps_lb_cache_used_bytes", &l, 1, lb_machine_used(lb->pl.machines[i]));
+    }
+    prom_head(out, "pipeps_lb_cache_evictions_total", PROM_COUNTER, "evictions reported by each machine's cache");
+    for (int i = 0; i < lb->pl.nmachines; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "%d", lb->pl.machines[i]->id);
+        struct prom_label l = {"machine", id};
+        prom_u64(out, "pipeps_lb_cache_evictions_total", &l, 1, lb->pl.machines[i]->evictions);
+    }
+    prom_head(out, "pipeps_lb_server_outstanding_requests", PROM_GAUGE, "requests forwarded to each server, unanswered");
+    for (int i = 0; i < lb->pl.nservers; i++) {
+        struct prom_label l = {"server", lb->pl.servers[i]->label};
+        prom_u64(out, "pipeps_lb_server_outstanding_requests", &l, 1, (uint64_t)lb->pl.servers[i]->outstanding);
+    }
+}
+
+/* JSON string: printable ASCII names only reach here, but escape anyway. */
+static void json_str(struct wbuf *out, const char *s)
+{
+    wbuf_u8(out, '"');
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            wbuf_u8(out, '\\');
+            wbuf_u8(out, ch);
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            char esc[8];
+            snprintf(esc, sizeof esc, "\\u%04x", ch);
+            wbuf_put(out, esc, 6);
+        } else {
+            wbuf_u8(out, ch);
+        }
+    }
+    wbuf_u8(out, '"');
+}
+
+static void json_printf(struct wbuf *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void json_printf(struct wbuf *out, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    wbuf_put(out, buf, n < 0 ? 0 : (size_t)n >= sizeof buf ? sizeof buf - 1 : (size_t)n);
+}
+
+void lb_render_status(struct lb *lb, struct wbuf *out)
+{
+    const double p[2] = {0.5, 0.99};
+    double q[2];
+    ring_percentiles(&lb->lat, p, q, 2);
+    json_printf(out, "{\"policy\":\"%s\",\"uptime_s\":%.0f,\"requests\":%" PRIu64 ",\"ok\":%" PRIu64
+                     ",\"errors\":%" PRIu64 ",\"queued\":%d,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"machines\":[",
+                lb_policy_name(lb->pl.policy), now_s() - lb->t_start, lb->requests, lb->ok, lb->errors, lb->nqueued,
+                q[0], q[1]);
+    for (int i = 0; i < lb->pl.nmachines; i++) {
+        struct lb_machine *m = lb->pl.machines[i];
+        json_printf(out, "%s{\"id\":%d,\"cache\":", i ? "," : "", m->id);
+        char addr[96];
+        snprintf(addr, sizeof addr, "%s:%u", m->cache_addr, m->cache_port);
+        json_str(out, addr);
+        json_printf(out, ",\"connected\":%s,\"capacity\":%" PRIu64 ",\"used\":%" PRIu64 ",\"models\":[",
+                    m->cache_connected ? "true" : "false", m->capacity, lb_machine_used(m));
+        int any = 0;
+        for (int k = 0; k < m->nentries; k++) {
+            static const char *const st[] = {"", "loading", "loaded", "evicting"};
+            if (m->entries[k].state == LB_ENTRY_NONE)
+                continue;
+            json_printf(out, "%s{\"name\":", any ? "," : "");
+            json_str(out, m->entries[k].model->name);
+            json_printf(out, ",\"state\":\"%s\",\"bytes\":%" PRIu64 "}", st[m->entries[k].state],
+                        m->entries[k].bytes);
+            any = 1;
+        }
+        wbuf_put(out, "],\"servers\":[", 13);
+        any = 0;
+        for (int k = 0; k < lb->pl.nservers; k++) {
+            struct lb_server *s = lb->pl.servers[k];
+            if (s->machine != m)
+                continue;
+            json_printf(out, "%s{\"id\":%d,\"addr\":", any ? "," : "", s->id);
+            json_str(out, s->label);
+            json_printf(out, ",\"ready\":%s,\"outstanding\":%d,\"served\":%" PRIu64 ",\"resident\":[",
+                        s->ready ? "true" : "false", s->outstanding, s->served);
+            for (int j = 0; j < s->nresident; j++) {
+                if (j)
+                    wbuf_u8(out, ',');
+                json_str(out, s->resident[j]->name);
+            }
+            wbuf_put(out, "]}", 2);
+            any = 1;
+        }
+        wbuf_put(out, "]}", 2);
+    }
+    wbuf_put(out, "],\"models\":[", 12);
+    int any = 0;
+    for (size_t b = 0; b < lb->pl.nbuckets; b++)
+        for (struct lb_model *m = lb->pl.buckets[b]; m; m = m->hnext) {
+            if (!m->requests)
+                continue;
+            double mp[2] = {0, 0};
+            if (m->latency) {
+                /* percentiles from the histogram: the upper bound of the bucket */
+                uint64_t total = 0, cum = 0;
+                for (int k = 0; k <= m->latency->nbounds; k++)
+                    total += atomic_load(&m->latency->counts[k]);
+                for (int k = 0, j = 0; k <= m->latency->nbounds && j < 2; k++) {
+                    cum += atomic_load(&m->latency->counts[k]);
+                    while (j < 2 && total && (double)cum >= p[j] * (double)total) {
+                        mp[j++] = k < m->latency->nbounds ? m->latency->bounds[k] * 1e3 : 1e4;
+                    }
+                }
+            }
+            json_printf(out, "%s{\"name\":", any ? "," : "");
+            json_str(out, m->name);
+            json_printf(out, ",\"size\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"errors\":%" PRIu64
+                             ",\"resident\":%" PRIu64 ",\"cache\":%" PRIu64 ",\"storage\":%" PRIu64
+                             ",\"p50_ms_le\":%.0f,\"p99_ms_le\":%.0f}",
+                        m->size, m->requests, m->errors, m->by_source[0], m->by_source[1], m->by_source[2], mp[0],
+                        mp[1]);
+            any = 1;
+        }
+    wbuf_put(out, "],\"evictions\":[", 15);
+    int nev = lb->nevicted < 16 ? lb->nevicted : 16;
+    for (int i = 0; i < nev; i++) {
+        int k = (lb->nevicted - 1 - i) % 16;
+        json_printf(out, "%s{\"ago_s\":%.1f,\"machine\":%d,\"model\":", i ? "," : "", now_s() - lb->evicted[k].t,
+                    lb->evicted[k].machine);
+        json_str(out, lb->evicted[k].model);
+        wbuf_u8(out, '}');
+    }
+    wbuf_put(out, "]}", 2);
+}
+
 /* ---- start and stop ------------------------------------------------------ */
 
 void lb_config_default(struct lb_config *cfg)
@@ -1649,6 +1946,8 @@ void lb_config_default(struct lb_config *cfg)
     cfg->max_response = UINT64_C(4) << 30;
     cfg->max_conns = 4096;
     cfg->io_timeout_s = 30;
+    cfg->http_max_body = 256u << 20;
+    cfg->http_timeout_s = 30;
 }
 
 static int listen_on(struct lb *lb, int i, const char *addr, uint16_t port, evconnlistener_cb cb, uint16_t *bound)
@@ -1695,6 +1994,13 @@ int lb_run(const struct lb_config *cfg)
         (rc = listen_on(lb, 1, cfg->server_addr, cfg->server_port, accept_server, &ports[1])) ||
         (rc = listen_on(lb, 2, cfg->cache_addr, cfg->cache_port, accept_cache, &ports[2])))
         goto out_base;
+    prom_hist_init(&lb->hist_latency, NULL, 0);
+    prom_hist_init(&lb->hist_queue, NULL, 0);
+    uint16_t http_port = 0;
+    if (cfg->http_port_set &&
+        (rc = lb_http_start(&lb->http, lb, lb->base, cfg->client_addr, cfg->http_port, cfg->http_max_body,
+                            cfg->http_timeout_s, &http_port)))
+        goto out_base;
     lb->reaper = event_new(lb->base, -1, 0, reaper_cb, lb);
     lb->tick = event_new(lb->base, -1, EV_PERSIST, tick_cb, lb);
     lb->meta_timer = evtimer_new(lb->base, meta_timer_cb, lb);
@@ -1709,11 +2015,16 @@ int lb_run(const struct lb_config *cfg)
            "%s:%u\n",
            lb_policy_name(cfg->policy), cfg->client_addr, ports[0], cfg->server_addr, ports[1], cfg->cache_addr,
            ports[2], cfg->meta_addr, cfg->meta_port);
+    if (lb->http)
+        printf("load_balancer: HTTP (KServe v2 API, /metrics, status page) on http://%s:%u/\n", cfg->client_addr,
+               http_port);
     fflush(stdout);
     log_info("policy %s, amplifier %.2f, %d outstanding per server, queue timeout %.1f s", lb_policy_name(cfg->policy),
              cfg->amplifier, cfg->max_outstanding, cfg->queue_timeout_s);
     event_base_dispatch(lb->base);
     log_info("stopped: %" PRIu64 " requests, %" PRIu64 " ok, %" PRIu64 " errors", lb->requests, lb->ok, lb->errors);
+    lb_http_stop(lb->http); /* its requests are answered or forgotten first */
+    lb->http = NULL;
     /* Tear down: answer what is still in flight, close everything. */
     for (struct lconn *c = lb->conns; c; c = c->next) {
         if (c->kind == CONN_SERVER_FWD)
@@ -1753,6 +2064,7 @@ int lb_run(const struct lb_config *cfg)
     event_free(lb->sig_int);
     event_free(lb->sig_term);
 out_base:
+    lb_http_stop(lb->http);
     for (int i = 0; i < 3; i++)
         if (lb->listeners[i])
             evconnlistener_free(lb->listeners[i]);

@@ -36,6 +36,10 @@ static void usage(FILE *out)
             "  --max-response BYTES largest answer accepted from a server (default 4G)\n"
             "  --max-conns N        client connections (default 4096)\n"
             "  --io-timeout S       drop a peer stalled S seconds inside a frame (default 30)\n"
+            "  --http-port PORT     serve the KServe v2 HTTP API, /metrics and the status page on\n"
+            "                       CLIENT_ADDR:PORT (0: any free port, printed; default: off)\n"
+            "  --http-max-body BYTES  largest HTTP request body, 413 above (default 256M)\n"
+            "  --http-timeout S     HTTP read/write timeout per connection (default 30)\n"
             "  Log level: PIPEPS_LOG=debug|info|warn|error. SIGINT/SIGTERM: refuse new requests,\n"
             "  answer queued ones PPS_ECANCELED, wait up to 5 s for those in flight, exit.\n",
             lb_policy_list());
@@ -70,7 +74,8 @@ int load_balancer_main(int argc, char **argv)
     struct args_option opts[] = {
         {"amplifier", 1, NULL},    {"max-outstanding", 1, NULL}, {"queue-timeout", 1, NULL},
         {"max-queue", 1, NULL},    {"max-request", 1, NULL},     {"max-response", 1, NULL},
-        {"max-conns", 1, NULL},    {"io-timeout", 1, NULL},
+        {"max-conns", 1, NULL},    {"io-timeout", 1, NULL},     {"http-port", 1, NULL},
+        {"http-max-body", 1, NULL}, {"http-timeout", 1, NULL},
     };
     struct args a;
     int help = 0;
@@ -115,6 +120,15 @@ int load_balancer_main(int argc, char **argv)
         bad = fprintf(stderr, "load_balancer: bad --max-conns '%s'\n", opts[6].value);
     if (opts[7].value && parse_double(opts[7].value, 0.01, 86400, &cfg.io_timeout_s))
         bad = fprintf(stderr, "load_balancer: bad --io-timeout '%s' (seconds)\n", opts[7].value);
+    if (opts[8].value) {
+        cfg.http_port_set = 1;
+        if (parse_port0(opts[8].value, &cfg.http_port))
+            bad = fprintf(stderr, "load_balancer: bad --http-port '%s'\n", opts[8].value);
+    }
+    if (opts[9].value && (args_parse_size(opts[9].value, &cfg.http_max_body) || cfg.http_max_body < 4096))
+        bad = fprintf(stderr, "load_balancer: bad --http-max-body '%s' (at least 4K)\n", opts[9].value);
+    if (opts[10].value && parse_double(opts[10].value, 1, 86400, &cfg.http_timeout_s))
+        bad = fprintf(stderr, "load_balancer: bad --http-timeout '%s' (seconds)\n", opts[10].value);
     if (bad)
         return 2;
     return lb_run(&cfg) ? 1 : 0;

@@ -57,6 +57,7 @@ void lb_place_free(struct lb_place *pl)
         for (struct lb_model *m = pl->buckets[b], *next; m; m = next) {
             next = m->hnext;
             free(m->info);
+            free(m->latency);
             free(m);
         }
     free(pl->servers);
@@ -138,6 +139,7 @@ int lb_place_forget_model(struct lb_place *pl, struct lb_model *model)
         return PPS_ENOTFOUND;
     *pp = model->hnext;
     free(model->info);
+    free(model->latency);
     free(model);
     pl->nmodels--;
     return 0;

@@ -28,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct prom_hist;
+
 #define LB_NAME_MAX 255
 #define LB_ADDR_MAX 63
 
@@ -68,6 +70,7 @@ struct lb_model {
     int info_state;            /* enum lb_size_state: unknown, asking, known */
     void *info;                /* encoded MODEL_INFO payload, malloc'd */
     size_t info_len;
+    struct prom_hist *latency; /* the daemon's per-model latency histogram (malloc'd, freed here) */
     struct lb_model *hnext;
 };
 
