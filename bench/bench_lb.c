@@ -11,6 +11,9 @@
  *   bench_lb throughput ADDR:PORT MODEL [--conns C] [--inflight W] [--seconds T]
  *       W requests in flight spread over C connections (a thread each,
  *       pipelined): answers per second.
+ *   bench_lb http ADDR:PORT MODEL [--requests N] [--binary]
+ *       the latency mode over the balancer's HTTP API (KServe v2, keep-alive):
+ *       tiny_mlp's input as JSON, or as binary tensor data.
  *   bench_lb fake-servers LB_ADDR:LB_SERVER_PORT N [--model M]
  *       N stand-in servers that register with the balancer and answer every
  *       INFER at once with a fixed 10-float output: with them the balancer,
@@ -28,6 +31,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/uio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -203,6 +207,118 @@ static int cmd_throughput(int argc, char **argv)
     return failed;
 }
 
+/* ---- HTTP (KServe v2) ------------------------------------------------------ */
+
+/* One keep-alive connection's POST of body to path; 0 on a 200 answer. */
+static int http_post(int fd, const char *path, const char *body, size_t len, size_t json_len, char *buf, size_t cap)
+{
+    char head[512];
+    int n = json_len ? snprintf(head, sizeof head,
+                                "POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/octet-stream\r\n"
+                                "Inference-Header-Content-Length: %zu\r\nContent-Length: %zu\r\n\r\n",
+                                path, json_len, len)
+                     : snprintf(head, sizeof head,
+                                "POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                                "Content-Length: %zu\r\n\r\n",
+                                path, len);
+    struct iovec iov[2] = {{head, (size_t)n}, {(void *)body, len}};
+    if (net_writev_full(fd, iov, 2))
+        return -1;
+    /* headers, then Content-Length bytes */
+    size_t got = 0;
+    char *end = NULL;
+    while (!end) {
+        ssize_t r = read(fd, buf + got, cap - 1 - got);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+        buf[got] = '\0';
+        end = strstr(buf, "\r\n\r\n");
+        if (!end && got >= cap - 1)
+            return -1;
+    }
+    int status = atoi(buf + 9);
+    const char *cl = strcasestr(buf, "Content-Length:");
+    size_t want = cl ? strtoul(cl + 15, NULL, 10) : 0;
+    size_t have = got - (size_t)(end + 4 - buf);
+    while (have < want) {
+        char tmp[65536];
+        ssize_t r = read(fd, tmp, want - have < sizeof tmp ? want - have : sizeof tmp);
+        if (r <= 0)
+            return -1;
+        have += (size_t)r;
+    }
+    return status == 200 ? 0 : -1;
+}
+
+/* The tiny_mlp request as JSON, or as a JSON header plus binary data. */
+static void http_body(struct wbuf *wb, int binary, size_t *json_len)
+{
+    float x[64];
+    for (int i = 0; i < 64; i++)
+        x[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+    char head[512];
+    if (binary) {
+        int n = snprintf(head, sizeof head,
+                         "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,64],\"datatype\":\"FP32\","
+                         "\"parameters\":{\"binary_data_size\":256}}],\"parameters\":{\"binary_data_output\":true}}");
+        wbuf_put(wb, head, (size_t)n);
+        *json_len = (size_t)n;
+        wbuf_put(wb, x, sizeof x);
+        return;
+    }
+    int n = snprintf(head, sizeof head, "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,64],\"datatype\":\"FP32\",\"data\":[");
+    wbuf_put(wb, head, (size_t)n);
+    for (int i = 0; i < 64; i++) {
+        n = snprintf(head, sizeof head, "%s%.9g", i ? "," : "", (double)x[i]);
+        wbuf_put(wb, head, (size_t)n);
+    }
+    wbuf_put(wb, "]}]}", 4);
+    *json_len = 0;
+}
+
+static int cmd_http(int argc, char **argv)
+{
+    struct args_option opts[] = {{"requests", 1, NULL}, {"binary", 0, NULL}};
+    struct args a;
+    int help = 0;
+    if (args_split(argc, argv, opts, 2, &a, &help) || a.npositional != 2) {
+        fprintf(stderr, "usage: bench_lb http ADDR:PORT MODEL [--requests N] [--binary]\n");
+        return 2;
+    }
+    int n = 2000;
+    if (opts[0].value && args_parse_int(opts[0].value, 10, 10000000, &n))
+        return 2;
+    int binary = opts[1].value != NULL;
+    int fd;
+    if (connect_to(a.positional[0], &fd))
+        return 1;
+    char path[512];
+    snprintf(path, sizeof path, "/v2/models/%s/infer", a.positional[1]);
+    struct wbuf body;
+    wbuf_init(&body);
+    size_t json_len = 0;
+    http_body(&body, binary, &json_len);
+    char *buf = malloc(1 << 20);
+    double *us = calloc((size_t)n, sizeof *us);
+    int warm = n / 10 + 10;
+    for (int i = -warm; i < n; i++) {
+        double t0 = bench_now_s();
+        if (http_post(fd, path, (const char *)body.data, body.len, json_len, buf, 1 << 20)) {
+            fprintf(stderr, "bench_lb: HTTP request failed: %.200s\n", buf);
+            return 1;
+        }
+        if (i >= 0)
+            us[i] = (bench_now_s() - t0) * 1e6;
+    }
+    report(binary ? "http_binary" : "http_json", us, n);
+    free(us);
+    free(buf);
+    wbuf_free(&body);
+    close(fd);
+    return 0;
+}
+
 /* ---- stand-in servers --------------------------------------------------- */
 
 struct fake {
@@ -325,6 +441,8 @@ int main(int argc, char **argv)
         return cmd_throughput(argc - 1, argv + 1);
     if (strcmp(argv[1], "fake-servers") == 0)
         return cmd_fake_servers(argc - 1, argv + 1);
+    if (strcmp(argv[1], "http") == 0)
+        return cmd_http(argc - 1, argv + 1);
     fprintf(stderr, "bench_lb: unknown mode '%s'\n", argv[1]);
     return 2;
 }

@@ -5,6 +5,8 @@
 #   1. latency, one request at a time: straight to the server, through the
 #      balancer, and a PING round trip (the floor): p50/p99 in microseconds,
 #      min and median over --reps repetitions, and what the balancer adds;
+#      and the same request over the balancer's HTTP API (KServe v2, JSON
+#      and binary tensor data, keep-alive);
 #   2. the balancer's throughput ceiling: stand-in servers that answer at
 #      once (bench_lb fake-servers), many requests in flight, through the
 #      balancer and straight to one stand-in (the client's own ceiling).
@@ -44,8 +46,9 @@ wait_port "$META"; wait_port "$ST"
 printf 'address, port\n127.0.0.1, %s\n127.0.0.1, %s\n' "$META" "$ST" >"$dir/storages.txt"
 printf 'model, storages\ntiny_mlp, 0\n' >"$dir/dist.txt"
 "$B/deploy_file" "$dir/storages.txt" "$dir/dist.txt" "$dir/kv.bin" >"$dir/deploy.log" 2>&1
+HTTP=$(port)
 PIPEPS_LOG=warn "$B/load_balancer" basic 127.0.0.1 "$LBC" 127.0.0.1 "$LBS" 127.0.0.1 "$LBK" 127.0.0.1 "$META" \
-  >"$dir/lb.log" 2>&1 & pids+=($!)
+  --http-port "$HTTP" >"$dir/lb.log" 2>&1 & pids+=($!)
 "$B/cache" 127.0.0.1 "$CACHE" 127.0.0.1 "$META" 127.0.0.1 "$LBK" pipeps-bench-lb-$$ 64M 64K >"$dir/cache.log" 2>&1 & pids+=($!)
 wait_port "$LBC"; wait_port "$CACHE"
 PIPEPS_LOG=warn "$B/server" 127.0.0.1 "$SRV" 127.0.0.1 "$CACHE" 127.0.0.1 "$LBS" --reserve 0 --threads 1 \
@@ -60,6 +63,8 @@ for r in $(seq "$reps"); do
   "$B/bench_lb" ping "127.0.0.1:$LBC" --requests "$requests" | sed "s/^/rep $r /"
   "$B/bench_lb" latency "127.0.0.1:$SRV" tiny_mlp --requests "$requests" | sed "s/^latency/rep $r direct/"
   "$B/bench_lb" latency "127.0.0.1:$LBC" tiny_mlp --requests "$requests" | sed "s/^latency/rep $r balancer/"
+  "$B/bench_lb" http "127.0.0.1:$HTTP" tiny_mlp --requests "$requests" | sed "s/^/rep $r /"
+  "$B/bench_lb" http "127.0.0.1:$HTTP" tiny_mlp --requests "$requests" --binary | sed "s/^/rep $r /"
 done | tee "$dir/latency.txt"
 python3 - "$dir/latency.txt" <<'EOF'
 import sys, statistics as st
@@ -70,8 +75,11 @@ for line in open(sys.argv[1]):
     kv = dict(zip(f[3::2], f[4::2]))
     rows.setdefault(kind, []).append((float(kv["p50_us"]), float(kv["p99_us"])))
 def mm(xs): return "min %.1f / median %.1f" % (min(xs), st.median(xs))
-for k in ("ping", "direct", "balancer"):
-    print("%-9s p50 %s   p99 %s" % (k, mm([a for a, _ in rows[k]]), mm([b for _, b in rows[k]])))
+for k in ("ping", "direct", "balancer", "http_json", "http_binary"):
+    print("%-11s p50 %s   p99 %s" % (k, mm([a for a, _ in rows[k]]), mm([b for _, b in rows[k]])))
+for k in ("http_json", "http_binary"):
+    r50 = [h[0] / b[0] for h, b in zip(rows[k], rows["balancer"])]
+    print("%s / binary protocol through the balancer, p50: %s" % (k, "min %.2f / median %.2f" % (min(r50), st.median(r50))))
 d50 = [b[0] - a[0] for a, b in zip(rows["direct"], rows["balancer"])]
 d99 = [b[1] - a[1] for a, b in zip(rows["direct"], rows["balancer"])]
 print("added by the balancer: p50 %s us, p99 %s us (per repetition: balancer - direct)" % (mm(d50), mm(d99)))
