@@ -508,10 +508,7 @@ static void size_lookup(struct lb *lb, struct lb_model *m)
     }
     if (lb->nmwant == lb->capmwant) {
         lb->capmwant = lb->capmwant ? lb->capmwant * 2 : 16;
-        struct lb_model **n = realloc(lb->mwant, (size_t)lb->capmwant * sizeof *n);
-        if (!n)
-            abort();
-        lb->mwant = n;
+        lb->mwant = pps_xrealloc(lb->mwant, (unsigned long)lb->capmwant * sizeof *lb->mwant);
     }
     lb->mwant[lb->nmwant++] = m;
     if (!lb->meta)
@@ -709,17 +706,13 @@ static void meta_lost(struct lb *lb, const char *why)
             free(op);
             continue;
         }
-        want = realloc(want, (size_t)(nwant + 1) * sizeof *want);
-        if (!want)
-            abort();
+        want = pps_xrealloc(want, (unsigned long)(nwant + 1) * sizeof *want);
         want[nwant++] = op->model;
         free(op);
     }
     lb->mtail = NULL;
     for (int i = 0; i < lb->nmwant; i++) {
-        want = realloc(want, (size_t)(nwant + 1) * sizeof *want);
-        if (!want)
-            abort();
+        want = pps_xrealloc(want, (unsigned long)(nwant + 1) * sizeof *want);
         want[nwant++] = lb->mwant[i];
     }
     lb->nmwant = 0;
@@ -1752,20 +1745,16 @@ void lb_render_metrics(struct wbuf *out, void *arg)
         struct prom_label l = {"rule", rule_names[i]};
         prom_u64(out, "pipeps_lb_decisions_total", &l, 1, lb->pl.decisions[i]);
     }
-    prom_head(out, "pipeps_lb_model_requests_total", PROM_COUNTER, "INFER requests per model");
-    for (size_t b = 0; b < lb->pl.nbuckets; b++)
-        for (struct lb_model *m = lb->pl.buckets[b]; m; m = m->hnext)
-            if (m->requests) {
-                struct prom_label l = {"model", m->name};
-                prom_u64(out, "pipeps_lb_model_requests_total", &l, 1, m->requests);
-            }
-    prom_head(out, "pipeps_lb_model_errors_total", PROM_COUNTER, "INFER errors per model");
-    for (size_t b = 0; b < lb->pl.nbuckets; b++)
-        for (struct lb_model *m = lb->pl.buckets[b]; m; m = m->hnext)
-            if (m->requests) {
-                struct prom_label l = {"model", m->name};
-                prom_u64(out, "pipeps_lb_model_errors_total", &l, 1, m->errors);
-            }
+    for (int k = 0; k < 2; k++) {
+        const char *name = k ? "pipeps_lb_model_errors_total" : "pipeps_lb_model_requests_total";
+        prom_head(out, name, PROM_COUNTER, k ? "INFER errors per model" : "INFER requests per model");
+        for (size_t b = 0; b < lb->pl.nbuckets; b++)
+            for (struct lb_model *m = lb->pl.buckets[b]; m; m = m->hnext)
+                if (m->requests) {
+                    struct prom_label l = {"model", m->name};
+                    prom_u64(out, name, &l, 1, k ? m->errors : m->requests);
+                }
+    }
     prom_head(out, "pipeps_lb_model_answers_total", PROM_COUNTER,
               "successful answers per model by where the parameters came from");
     static const char *const sources[3] = {"resident", "cache", "storage"};
@@ -1784,26 +1773,24 @@ void lb_render_metrics(struct wbuf *out, void *arg)
                 struct prom_label l = {"model", m->name};
                 prom_hist_write(out, "pipeps_lb_model_request_duration_seconds", &l, 1, m->latency);
             }
-    prom_head(out, "pipeps_lb_cache_capacity_bytes", PROM_GAUGE, "pool bytes of each machine's cache");
-    for (int i = 0; i < lb->pl.nmachines; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "%d", lb->pl.machines[i]->id);
-        struct prom_label l = {"machine", id};
-        prom_u64(out, "pipeps_lb_cache_capacity_bytes", &l, 1, lb->pl.machines[i]->capacity);
-    }
-    prom_head(out, "pipeps_lb_cache_used_bytes", PROM_GAUGE, "pool bytes the balancer counts as used or reserved");
-    for (int i = 0; i < lb->pl.nmachines; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "%d", lb->pl.machines[i]->id);
-        struct prom_label l = {"machine", id};
-        prom_u64(out, "pipeps_lb_cache_used_bytes", &l, 1, lb_machine_used(lb->pl.machines[i]));
-    }
-    prom_head(out, "pipeps_lb_cache_evictions_total", PROM_COUNTER, "evictions reported by each machine's cache");
-    for (int i = 0; i < lb->pl.nmachines; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "%d", lb->pl.machines[i]->id);
-        struct prom_label l = {"machine", id};
-        prom_u64(out, "pipeps_lb_cache_evictions_total", &l, 1, lb->pl.machines[i]->evictions);
+    static const struct {
+        const char *name, *help;
+        enum prom_type type;
+    } per_machine[3] = {
+        {"pipeps_lb_cache_capacity_bytes", "pool bytes of each machine's cache", PROM_GAUGE},
+        {"pipeps_lb_cache_used_bytes", "pool bytes the balancer counts as used or reserved", PROM_GAUGE},
+        {"pipeps_lb_cache_evictions_total", "evictions reported by each machine's cache", PROM_COUNTER},
+    };
+    for (int k = 0; k < 3; k++) {
+        prom_head(out, per_machine[k].name, per_machine[k].type, per_machine[k].help);
+        for (int i = 0; i < lb->pl.nmachines; i++) {
+            const struct lb_machine *m = lb->pl.machines[i];
+            char id[16];
+            snprintf(id, sizeof id, "%d", m->id);
+            struct prom_label l = {"machine", id};
+            uint64_t v = k == 0 ? m->capacity : k == 1 ? lb_machine_used(m) : m->evictions;
+            prom_u64(out, per_machine[k].name, &l, 1, v);
+        }
     }
     prom_head(out, "pipeps_lb_server_outstanding_requests", PROM_GAUGE, "requests forwarded to each server, unanswered");
     for (int i = 0; i < lb->pl.nservers; i++) {

@@ -66,6 +66,15 @@ void lb_place_free(struct lb_place *pl)
     memset(pl, 0, sizeof *pl);
 }
 
+/* Room for one more element in a growable array of *cap (doubling). */
+static void *grow(void *arr, int n, int *cap, size_t elem)
+{
+    if (n < *cap)
+        return arr;
+    *cap = *cap ? *cap * 2 : 8;
+    return pps_xrealloc(arr, (unsigned long)*cap * elem);
+}
+
 /* ---- models ------------------------------------------------------------- */
 
 static size_t name_hash(const char *s)
@@ -160,13 +169,7 @@ static struct lb_entry *entry_get(struct lb_machine *m, struct lb_model *model)
     struct lb_entry *e = lb_machine_entry(m, model);
     if (e)
         return e;
-    if (m->nentries == m->capentries) {
-        m->capentries = m->capentries ? m->capentries * 2 : 16;
-        struct lb_entry *n = realloc(m->entries, (size_t)m->capentries * sizeof *n);
-        if (!n)
-            abort();
-        m->entries = n;
-    }
+    m->entries = grow(m->entries, m->nentries, &m->capentries, sizeof *m->entries);
     e = &m->entries[m->nentries++];
     memset(e, 0, sizeof *e);
     e->model = model;
@@ -211,13 +214,7 @@ struct lb_machine *lb_place_machine(struct lb_place *pl, const char *cache_addr,
     for (int i = 0; i < pl->nmachines; i++)
         if (pl->machines[i]->cache_port == cache_port && strcmp(pl->machines[i]->cache_addr, cache_addr) == 0)
             return pl->machines[i];
-    if (pl->nmachines == pl->capmachines) {
-        pl->capmachines = pl->capmachines ? pl->capmachines * 2 : 8;
-        struct lb_machine **n = realloc(pl->machines, (size_t)pl->capmachines * sizeof *n);
-        if (!n)
-            abort();
-        pl->machines = n;
-    }
+    pl->machines = grow(pl->machines, pl->nmachines, &pl->capmachines, sizeof *pl->machines);
     struct lb_machine *m = pps_xcalloc(1, sizeof *m);
     m->id = pl->next_machine_id++;
     snprintf(m->cache_addr, sizeof m->cache_addr, "%s", cache_addr);
@@ -318,13 +315,7 @@ void lb_place_cache_in_failed(struct lb_place *pl, struct lb_machine *m, struct 
 struct lb_server *lb_place_add_server(struct lb_place *pl, const char *addr, uint16_t port,
                                       struct lb_machine *m)
 {
-    if (pl->nservers == pl->capservers) {
-        pl->capservers = pl->capservers ? pl->capservers * 2 : 8;
-        struct lb_server **n = realloc(pl->servers, (size_t)pl->capservers * sizeof *n);
-        if (!n)
-            abort();
-        pl->servers = n;
-    }
+    pl->servers = grow(pl->servers, pl->nservers, &pl->capservers, sizeof *pl->servers);
     struct lb_server *s = pps_xcalloc(1, sizeof *s);
     s->id = pl->next_server_id++;
     snprintf(s->addr, sizeof s->addr, "%s", addr);
@@ -367,13 +358,7 @@ void lb_place_server_resident(struct lb_place *pl, struct lb_server *s, const ch
     while (i < s->nresident && s->resident[i] != m)
         i++;
     if (resident && i == s->nresident) {
-        if (s->nresident == s->capresident) {
-            s->capresident = s->capresident ? s->capresident * 2 : 8;
-            struct lb_model **n = realloc(s->resident, (size_t)s->capresident * sizeof *n);
-            if (!n)
-                abort();
-            s->resident = n;
-        }
+        s->resident = grow(s->resident, s->nresident, &s->capresident, sizeof *s->resident);
         s->resident[s->nresident++] = m;
     } else if (!resident && i < s->nresident) {
         s->resident[i] = s->resident[--s->nresident];
