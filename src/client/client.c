@@ -103,12 +103,15 @@ static const char *source_name(uint8_t s)
 
 /* ---- inputs --------------------------------------------------------------- */
 
+/* Every connection gets --timeout on its reads and writes: a peer that
+ * accepts and then says nothing (or half a frame) must not hang a client. */
 static int connect_peer(const struct client_cfg *cfg, int *fd)
 {
     int rc = net_connect(cfg->host, cfg->port, 5000, fd);
     if (rc)
         return rc;
     net_set_bufsize(*fd, 4 << 20);
+    net_set_timeout(*fd, cfg->timeout_s < 2e6 ? (int)(cfg->timeout_s * 1000) : 2000000000);
     return 0;
 }
 
@@ -256,7 +259,6 @@ static void *closed_loop(void *arg)
                 fail_request(r, i, rc, "cannot connect");
                 continue;
             }
-            net_set_timeout(fd, (int)(r->cfg.timeout_s * 1000));
         }
         struct frame_header h = {.type = MSG_INFER, .request_id = (uint64_t)i + 1};
         r->res[i].send_s = now_s() - r->t0;
@@ -292,13 +294,21 @@ struct sender {
     atomic_int stop;
 };
 
-static void sleep_until(double t_abs)
+/* Sleep until t_abs (CLOCK_MONOTONIC seconds) or until *stop is set,
+ * whichever is first: in slices of at most 50 ms, the last one absolute, so
+ * a receiver that gives up never waits for a send scheduled far ahead. */
+static void sleep_until(double t_abs, atomic_int *stop)
 {
-    struct timespec ts;
-    ts.tv_sec = (time_t)t_abs;
-    ts.tv_nsec = (long)((t_abs - (double)ts.tv_sec) * 1e9);
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-        ;
+    for (;;) {
+        double t = now_s();
+        if (t >= t_abs || atomic_load(stop))
+            return;
+        double until = t_abs - t > 0.05 ? t + 0.05 : t_abs;
+        struct timespec ts;
+        ts.tv_sec = (time_t)until;
+        ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+        clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+    }
 }
 
 static void *open_sender(void *arg)
@@ -309,12 +319,12 @@ static void *open_sender(void *arg)
     for (int i = 0; i < r->list.n; i++) {
         r->res[i].sched_s = sched;
         sched += r->list.rows[i].interval_s;
+        sleep_until(r->t0 + r->res[i].sched_s, &s->stop);
         if (atomic_load(&s->stop)) {
-            fail_request(r, i, PPS_ECLOSED, "not sent: the connection failed");
+            fail_request(r, i, PPS_ECLOSED, "not sent: the connection failed or timed out");
             atomic_fetch_add(&s->sent, 1);
             continue;
         }
-        sleep_until(r->t0 + r->res[i].sched_s);
         struct prepared *p = &r->prep[r->prep_of[i]];
         if (p->status) {
             fail_request(r, i, p->status, p->err);
