@@ -154,15 +154,22 @@ class Tier:
         return s
 
     def stop(self):
+        """Stop every daemon; -> [(log path, exit status)] of those that did
+        not exit 0 (a sanitizer build exits non-zero on a leak or error)."""
+        bad = []
         for d in reversed(self.daemons):
-            d.stop()
+            rc = d.stop()
+            if rc != 0:
+                bad.append((d.log_path, rc))
+        return bad
 
 
 @pytest.fixture(scope="module")
 def tier(tmp_path_factory):
     t = Tier(tmp_path_factory.mktemp("metrics"))
     yield t
-    t.stop()
+    bad = t.stop()
+    assert not bad, "daemons did not stop cleanly: %s" % bad
 
 
 def tiny_input(seed=0):
@@ -362,7 +369,7 @@ def test_metrics_port_options(tier, tmp_path):
         Scrape(port).family("pipeps_metadata_keys", "gauge")
         assert "metrics on http://127.0.0.1:%d/metrics" % port in meta.log_text()
     finally:
-        meta.stop()
+        assert meta.stop() == 0, meta.log_text()
     # a bad value is a usage error
     for argv in ([T.binary("metadata_storage"), "0", "--dir", tmp_path / "m1", "--metrics-port", "x"],
                  [T.binary("storage"), str(T.free_port()), "--dir", tmp_path / "s1", "--metrics-port", "70000"],
