@@ -75,6 +75,13 @@ static void send_text(struct evhttp_request *req, int code, const char *reason, 
         evbuffer_free(body);
 }
 
+static void free_text(const void *data, size_t len, void *arg)
+{
+    (void)len;
+    (void)arg;
+    free((void *)data);
+}
+
 void metrics_http_respond(struct evhttp_request *req, metrics_render_fn render, void *arg)
 {
     struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
@@ -88,15 +95,17 @@ void metrics_http_respond(struct evhttp_request *req, metrics_render_fn render, 
     struct wbuf text;
     wbuf_init(&text);
     render(&text, arg);
+    /* The rendered bytes go out by reference: the evbuffer frees them. */
     struct evbuffer *body = evbuffer_new();
-    if (!body || evbuffer_add(body, text.data ? (const void *)text.data : "", text.len) != 0) {
+    if (!body || (text.len && evbuffer_add_reference(body, text.data, text.len, free_text, NULL))) {
         wbuf_free(&text);
         if (body)
             evbuffer_free(body);
         evhttp_send_error(req, 500, "Internal Server Error");
         return;
     }
-    wbuf_free(&text);
+    if (!text.len)
+        wbuf_free(&text);
     evhttp_add_header(headers, "Content-Type", METRICS_HTTP_CONTENT_TYPE);
     evhttp_add_header(headers, "Cache-Control", "no-store");
     evhttp_send_reply(req, 200, "OK", body);
