@@ -122,11 +122,13 @@ static void test_request_rejects(void **state)
 static void test_response_roundtrip(void **state)
 {
     (void)state;
-    struct infer_timing t = {.queue_us = 1, .wait_us = 2, .compute_us = 3, .total_us = 10,
-                             .source = INFER_SRC_STORAGE, .mode = INFER_MODE_STOP_AND_START,
-                             .nbatches = 34, .batches_at_start = 5, .meta_us = 4,
-                             .exec_start_us = 5, .first_batch_us = 6, .last_batch_us = 7,
-                             .load_us = 8, .plan_us = 9, .exec_end_us = 9};
+    /* Zeroed first: the struct is compared bytewise, padding included. */
+    struct infer_timing t;
+    memset(&t, 0, sizeof t);
+    t.queue_us = 1, t.wait_us = 2, t.compute_us = 3, t.total_us = 10;
+    t.source = INFER_SRC_STORAGE, t.mode = INFER_MODE_STOP_AND_START;
+    t.nbatches = 34, t.batches_at_start = 5, t.meta_us = 4, t.exec_start_us = 5;
+    t.first_batch_us = 6, t.last_batch_us = 7, t.load_us = 8, t.plan_us = 9, t.exec_end_us = 9;
     float y[4] = {1, 2, 3, 4};
     struct infer_tensor out = {.dtype = INFER_F32, .ndims = 2, .dims = {1, 4}, .nbytes = 16};
     struct wbuf wb;
