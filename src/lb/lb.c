@@ -51,6 +51,7 @@
 #include <time.h>
 
 #define LB_CONTROL_MAX INFER_MAX_CONTROL
+#define LB_META_VALUE_MAX (64u << 20) /* META_MAX_VALUE of metadata/meta_client.h (its meta_get clashes) */
 #define LB_READ_CHUNK (4 << 20)
 #define LB_TICK_MS 50
 #define LB_SCAN_LIMIT 512          /* queued requests looked at per scheduling pass */
@@ -1315,6 +1316,9 @@ static uint64_t payload_limit(const struct lconn *c, uint16_t type)
         return type == MSG_INFER ? c->lb->cfg.max_request : LB_CONTROL_MAX;
     case CONN_SERVER_FWD:
         return c->lb->cfg.max_response;
+    case CONN_META:
+        /* a META_GET answer may be a METADATA blob (densenet201's is 105 KiB) */
+        return LB_META_VALUE_MAX;
     default:
         return LB_CONTROL_MAX;
     }

@@ -438,7 +438,7 @@ static int build_infer(struct hctx *x, struct evbuffer **out, char *why, size_t 
             return 400;
         }
         uint64_t count = 0, want = t[k].nbytes / infer_dtype_size(t[k].dtype);
-        char fw[200];
+        char fw[200] = "";
         if (flatten(data, t[k].dtype, dst, want, &count, fw, sizeof fw) || count != want) {
             if (count != want && !fw[0])
                 snprintf(fw, sizeof fw, "data has %" PRIu64 " values, the shape says %" PRIu64, count, want);
