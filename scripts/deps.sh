@@ -12,6 +12,7 @@ packages=(
   python3-requests                   # HTTP API tests
   python3-pytest python3-numpy       # black-box tests (Debian's /usr/bin/python3)
   python3-prometheus-client          # tests: parse the /metrics bodies
+  chromium                           # tests: render the load balancer's status page headless
   python3-torch python3-torchvision  # test oracles and benchmark baselines, never the serving path
   libopenblas0-openmp                # a fair PyTorch baseline (see docs/benchmarks.md)
   iperf3                             # plain loopback TCP baseline for the benchmarks
