@@ -58,7 +58,8 @@ struct client_cfg {
 /* The encoded INFER payload for one (model, batch), or why there is none. */
 struct prepared {
     char model[REQUEST_MODEL_MAX + 1];
-    int batch;
+    int batch;                 /* the list's batch_size */
+    int sent_batch;            /* the batch actually sent (an --input file's first dimension) */
     struct wbuf payload;
     int status;
     char err[256];
@@ -155,8 +156,11 @@ static int prepare_inputs(struct run *r)
             if (connect_peer(&r->cfg, &fd))
                 fd = -1;
         }
-        if (!p->status)
+        p->sent_batch = row->batch;
+        if (!p->status) {
             infer_encode_request(&p->payload, &req);
+            p->sent_batch = (int)req.inputs[0].dims[0];
+        }
         free(owned);
         if (fd < 0) {
             fprintf(stderr, "%s: lost the connection to %s:%u while preparing inputs\n", r->cfg.prog, r->cfg.host,
@@ -169,6 +173,9 @@ static int prepare_inputs(struct run *r)
 }
 
 /* ---- recording ------------------------------------------------------------ */
+
+/* The batch request i really carries. */
+#define BATCH(r, i) ((r)->prep[(r)->prep_of[i]].sent_batch)
 
 static void dump_output(struct run *r, int i, const struct infer_response *resp)
 {
@@ -212,11 +219,11 @@ static void record(struct run *r, int i, int status, const uint8_t *payload, uin
     if (res->status) {
         r->nerr++;
         if (!r->cfg.quiet)
-            printf("%d %s batch %d ERROR %s: %s\n", i + 1, row->model, row->batch, pps_errname(res->status),
+            printf("%d %s batch %d ERROR %s: %s\n", i + 1, row->model, BATCH(r, i), pps_errname(res->status),
                    res->err);
     } else if (!r->cfg.quiet) {
         printf("%d %s batch %d %.3f ms server %s source %s (queue %.3f + %.3f ms, wait %.3f ms, compute %.3f ms)\n",
-               i + 1, row->model, row->batch, res->latency_ms, res->has_lb ? res->lb.server : "-",
+               i + 1, row->model, BATCH(r, i), res->latency_ms, res->has_lb ? res->lb.server : "-",
                source_name(res->t.source), res->has_lb ? res->lb.lb_queue_us / 1e3 : 0.0, res->t.queue_us / 1e3,
                res->t.wait_us / 1e3, res->t.compute_us / 1e3);
     }
@@ -419,11 +426,11 @@ static int write_csv(struct run *r)
         const struct result *x = &r->res[i];
         const struct request_row *row = &r->list.rows[i];
         if (x->status)
-            fprintf(f, "%d,%.6f,%.6f,%s,%d,%s,%.3f,,,,,,,,\n", i + 1, x->send_s, x->sched_s, row->model, row->batch,
+            fprintf(f, "%d,%.6f,%.6f,%s,%d,%s,%.3f,,,,,,,,\n", i + 1, x->send_s, x->sched_s, row->model, BATCH(r, i),
                     pps_errname(x->status), x->latency_ms);
         else
             fprintf(f, "%d,%.6f,%.6f,%s,%d,0,%.3f,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%s,%d\n", i + 1, x->send_s, x->sched_s,
-                    row->model, row->batch, x->latency_ms, x->has_lb ? x->lb.server : "", x->lb.lb_queue_us / 1e3,
+                    row->model, BATCH(r, i), x->latency_ms, x->has_lb ? x->lb.server : "", x->lb.lb_queue_us / 1e3,
                     x->t.queue_us / 1e3, x->t.wait_us / 1e3, x->t.compute_us / 1e3, x->t.total_us / 1e3,
                     source_name(x->t.source), x->has_lb ? x->lb.attempts : 1);
     }
