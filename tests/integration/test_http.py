@@ -11,6 +11,7 @@ outputs compared with `pipeps run` on the same inputs: JSON floats exactly
 after np.float32 (9 significant digits round-trip), binary tensors byte for
 byte. The status page is rendered by headless Chromium (Debian's). No test
 asserts on a duration; the slow client is checked by ordering."""
+import base64
 import json
 import os
 import re
@@ -826,9 +827,75 @@ def browse(tmp, url, *extra):
     return p.stdout, console
 
 
+class Devtools:
+    """Headless Chromium driven over the DevTools protocol on a pipe
+    (--remote-debugging-pipe: JSON messages ending in NUL, commands on fd 3,
+    answers and events on fd 4): a page kept open in real time, evaluated
+    and photographed, its exceptions and console errors collected."""
+
+    def __init__(self, tmp, width=1280, height=1000):
+        cmd_r, self.cmd_w = os.pipe()
+        self.evt_r, evt_w = os.pipe()
+
+        def child_fds():
+            os.dup2(cmd_r, 3)
+            os.dup2(evt_w, 4)
+
+        self.proc = subprocess.Popen(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--user-data-dir=%s" % (tmp / "chromium-devtools"), "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(3, 4, cmd_r, evt_w), preexec_fn=child_fds, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        os.close(cmd_r)
+        os.close(evt_w)
+        self.buf, self.next_id, self.errors = b"", 0, []
+        target = self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Runtime.enable")
+        self.call("Page.enable")
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                  mobile=False)
+
+    def _message(self):
+        while b"\0" not in self.buf:
+            chunk = os.read(self.evt_r, 1 << 20)
+            assert chunk, "chromium closed its DevTools pipe"
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method, **params):
+        self.next_id += 1
+        msg = {"id": self.next_id, "method": method, "params": params}
+        if getattr(self, "session", None):
+            msg["sessionId"] = self.session
+        os.write(self.cmd_w, json.dumps(msg).encode() + b"\0")
+        while True:
+            m = self._message()
+            if m.get("id") == self.next_id:
+                assert "error" not in m, (method, m["error"])
+                return m["result"]
+            if m.get("method") == "Runtime.exceptionThrown":
+                self.errors.append(m["params"]["exceptionDetails"])
+            elif m.get("method") == "Runtime.consoleAPICalled" and m["params"]["type"] in ("error", "assert"):
+                self.errors.append(m["params"])
+
+    def evaluate(self, expression):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def wait_for(self, expression, what):
+        return L.wait_for(lambda: self.evaluate(expression), TIMEOUT, what)
+
+    def close(self):
+        os.close(self.cmd_w)
+        os.close(self.evt_r)
+        self.proc.terminate()
+        self.proc.wait(TIMEOUT)
+
+
 def test_console_errors_are_seen(tmp_path):
-    """The check below is not blind: a page that throws and logs an error
-    is reported on stderr."""
+    """The checks below are not blind: a page that throws and logs an error
+    is reported on stderr, and over the DevTools protocol."""
     page = tmp_path / "bad.html"
     page.write_text('<!doctype html><p id="p">x</p><script>console.error("logged error");'
                     'setTimeout(() => { document.getElementById("p").textContent = "ran"; '
@@ -837,6 +904,15 @@ def test_console_errors_are_seen(tmp_path):
     assert ">ran<" in dom
     assert any("Uncaught" in l for l in console), console
     assert any("logged error" in l for l in console), console
+    browser = Devtools(tmp_path)
+    try:
+        browser.call("Page.navigate", url=page.as_uri())
+        browser.wait_for('document.getElementById("p").textContent == "ran"', "the script to run")
+        browser.evaluate("0")  # one more round trip: the exception's event comes before its answer
+        kinds = ["exceptionId" in e and "exception" or e["type"] for e in browser.errors]
+    finally:
+        browser.close()
+    assert kinds == ["error", "exception"], browser.errors
 
 
 def test_status_page_in_chromium(cluster, tmp_path):
@@ -858,13 +934,42 @@ def test_status_page_in_chromium(cluster, tmp_path):
     for d in cluster.servers:
         assert "server %s:%d" % (d.host, d.port) in dom
     assert "<td>tiny_mlp</td>" in dom and "<td>densenet201</td>" in dom
-    # A screenshot of the live cluster (PIPEPS_STATUS_SCREENSHOT=docs/status-page.png refreshes the README's).
-    shot = tmp_path / "status.png"
-    _, console = browse(tmp_path, cluster.url + "/", "--screenshot=%s" % shot, "--window-size=1280,1000",
-                        "--hide-scrollbars")
-    assert not [l for l in console if CONSOLE_ERROR.search(l)], console
-    png = shot.read_bytes()
+    # The page kept open under traffic until its second refresh shows request
+    # rates: no exception or console error meanwhile; a screenshot of the live
+    # cluster (PIPEPS_STATUS_SCREENSHOT=docs/status-page.png refreshes the README's).
+    stop, failed = threading.Event(), []
+
+    def traffic(model, x):
+        with requests.Session() as s:
+            while not stop.is_set():
+                r = s.post(cluster.url + "/v2/models/%s/infer" % model,
+                           json={"inputs": [json_request("input", x)]}, timeout=TIMEOUT)
+                if r.status_code != 200:
+                    failed.append(r.text)
+
+    loops = [threading.Thread(target=traffic, args=a) for a in
+             (("tiny_mlp", tiny_input(301, 4)), ("densenet201", L.make_input("densenet201", seed=13)),
+              ("inception_v3", L.make_input("inception_v3", seed=14)))]
+    for t in loops:
+        t.start()
+    browser = Devtools(tmp_path)
+    try:
+        browser.call("Page.navigate", url=cluster.url + "/")
+        browser.wait_for("Array.from(document.querySelectorAll('#models tbody tr td:nth-child(4)'))"
+                         ".some(td => parseFloat(td.textContent) > 0)", "the page to show request rates")
+        text = browser.evaluate("document.body.innerText")
+        png = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+        assert not browser.errors, browser.errors
+    finally:
+        stop.set()
+        for t in loops:
+            t.join(TIMEOUT)
+        browser.close()
+    assert not failed, failed[:3]
+    for c in cluster.caches:
+        assert "cache %s:%d" % (c.host, c.port) in text
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24]) == (1280, 1000)
     if os.environ.get("PIPEPS_STATUS_SCREENSHOT"):
-        shutil.copyfile(shot, os.environ["PIPEPS_STATUS_SCREENSHOT"])
+        with open(os.environ["PIPEPS_STATUS_SCREENSHOT"], "wb") as f:
+            f.write(png)
