@@ -624,7 +624,8 @@ static void on_answer(void *arg, int status, const char *why, struct evbuffer *p
         return;
     }
     if (x->stage == STAGE_READY) {
-        evhttp_send_reply(x->req, lb_ready_servers(x->h->lb) > 0 ? 200 : 503, "", NULL);
+        int ready = lb_ready_servers(x->h->lb) > 0;
+        evhttp_send_reply(x->req, ready ? 200 : 503, ready ? "OK" : "Not Ready", NULL);
         ctx_free(x);
         return;
     }
