@@ -44,8 +44,8 @@ wait_port() { # host port
 
 # Models: 8 copies of each, as generate_file's -alter- names.
 { echo "model_name[, seq_len]"
-  for base in resnet152 inception_v3 bert_base; do
-    for i in $(seq "$copies"); do
+  for i in $(seq "$copies"); do       # interleaved: Zipf ranks mix the architectures
+    for base in resnet152 inception_v3 bert_base; do
       if [ "$base" = bert_base ]; then echo "$base-alter-$i, $seq"; else echo "$base-alter-$i"; fi
     done
   done; } >"$dir/models.txt"

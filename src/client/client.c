@@ -88,6 +88,7 @@ struct run {
     int ndone, nerr;
     double last_progress;
     int progress;
+    char direct[300];          /* "host:port" connected to: where requests ran without a balancer */
 };
 
 static double now_s(void)
@@ -223,7 +224,7 @@ static void record(struct run *r, int i, int status, const uint8_t *payload, uin
                    res->err);
     } else if (!r->cfg.quiet) {
         printf("%d %s batch %d %.3f ms server %s source %s (queue %.3f + %.3f ms, wait %.3f ms, compute %.3f ms)\n",
-               i + 1, row->model, BATCH(r, i), res->latency_ms, res->has_lb ? res->lb.server : "-",
+               i + 1, row->model, BATCH(r, i), res->latency_ms, res->has_lb ? res->lb.server : r->direct,
                source_name(res->t.source), res->has_lb ? res->lb.lb_queue_us / 1e3 : 0.0, res->t.queue_us / 1e3,
                res->t.wait_us / 1e3, res->t.compute_us / 1e3);
     }
@@ -430,7 +431,7 @@ static int write_csv(struct run *r)
                     pps_errname(x->status), x->latency_ms);
         else
             fprintf(f, "%d,%.6f,%.6f,%s,%d,0,%.3f,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%s,%d\n", i + 1, x->send_s, x->sched_s,
-                    row->model, BATCH(r, i), x->latency_ms, x->has_lb ? x->lb.server : "", x->lb.lb_queue_us / 1e3,
+                    row->model, BATCH(r, i), x->latency_ms, x->has_lb ? x->lb.server : r->direct, x->lb.lb_queue_us / 1e3,
                     x->t.queue_us / 1e3, x->t.wait_us / 1e3, x->t.compute_us / 1e3, x->t.total_us / 1e3,
                     source_name(x->t.source), x->has_lb ? x->lb.attempts : 1);
     }
@@ -541,6 +542,7 @@ static int client_run(int argc, char **argv, const char *prog, int mode, int tak
         fprintf(stderr, "%s: bad address '%s' port '%s'\n", prog, pos[1], pos[2]);
         return 2;
     }
+    snprintf(r.direct, sizeof r.direct, "%s:%u", cfg->host, cfg->port);
     cfg->input = opts[0].value;
     cfg->input_dir = opts[1].value;
     cfg->csv = opts[3].value;
