@@ -53,9 +53,9 @@ if [ -z "$kv" ]; then
   kv=$dir/kv.bin
   "$B/generate_file" "$dir/models.txt" "$kv" --quiet
 fi
-total=$("$B/pipeps" inspect "$kv" | awk '/^model /{for(i=1;i<=NF;i++) if($i=="total_size") s+=$(i+1)} END{print s+0}')
+total=$("$B/pipeps" inspect "$kv" | awk '/^model /{for(i=1;i<=NF;i++) if($i=="total_size") s+=$(i+1)} END{printf "%.0f\n", s}')
 [ "$total" -gt 0 ] || total=$((copies * (241384448 + 95557120 + 435566592)))
-largest=$("$B/pipeps" inspect "$kv" | awk '/^model /{for(i=1;i<=NF;i++) if($i=="total_size" && $(i+1)>m) m=$(i+1)} END{print m+0}')
+largest=$("$B/pipeps" inspect "$kv" | awk '/^model /{for(i=1;i<=NF;i++) if($i=="total_size" && $(i+1)>m) m=$(i+1)} END{printf "%.0f\n", m}')
 pool_bytes=$((total / 8))               # two caches: a quarter of the bytes in all
 if [ "$pool_bytes" -lt $((largest * 5 / 4)) ]; then pool_bytes=$((largest * 5 / 4)); fi  # at least the largest model
 pool=$((pool_bytes / 1048576))M
