@@ -1049,6 +1049,12 @@ static void on_server_answer(struct lconn *f, const struct frame_header *h, stru
             send_head(c, h->type, FRAME_FLAG_RESPONSE, h->status, r->client_rid, evbuffer_get_length(payload));
             bufferevent_write_buffer(c->bev, payload);
         }
+        size_t backlog = evbuffer_get_length(bufferevent_get_output(c->bev));
+        if (backlog > lb->cfg.max_backlog) {
+            /* A client that stops reading must not hold the balancer's memory. */
+            log_warn("client %s: %zu bytes of answers unread (over --max-backlog); dropped", c->peer, backlog);
+            kill_conn(c);
+        }
     }
     if (r->type == MSG_INFER) {
         note_model_answer(lb, r, h->status == 0, latency_ms);
@@ -1937,6 +1943,7 @@ void lb_config_default(struct lb_config *cfg)
     cfg->max_response = UINT64_C(4) << 30;
     cfg->max_conns = 4096;
     cfg->io_timeout_s = 30;
+    cfg->max_backlog = UINT64_C(4) << 30;
     cfg->http_max_body = 256u << 20;
     cfg->http_timeout_s = 30;
 }

@@ -30,6 +30,7 @@ struct lb_config {
     uint64_t max_request;      /* largest INFER payload from a client (256M) */
     uint64_t max_response;     /* largest answer accepted from a server (4G) */
     int max_conns;             /* client connections (4096) */
+    uint64_t max_backlog;      /* answers a client has not read yet before it is dropped (4G) */
     double io_timeout_s;       /* a peer stalled this long inside a frame is dropped (30) */
     uint16_t http_port;        /* KServe v2 HTTP API, /metrics and the status page on CLIENT_ADDR; 0: off */
     int http_port_set;         /* --http-port given (0 then means any free port) */

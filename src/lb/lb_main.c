@@ -36,6 +36,7 @@ static void usage(FILE *out)
             "  --max-response BYTES largest answer accepted from a server (default 4G)\n"
             "  --max-conns N        client connections (default 4096)\n"
             "  --io-timeout S       drop a peer stalled S seconds inside a frame (default 30)\n"
+            "  --max-backlog BYTES  drop a client with more unread answers than this (default 4G)\n"
             "  --http-port PORT     serve the KServe v2 HTTP API, /metrics and the status page on\n"
             "                       CLIENT_ADDR:PORT (0: any free port, printed; default: off)\n"
             "  --http-max-body BYTES  largest HTTP request body, 413 above (default 256M)\n"
@@ -75,7 +76,7 @@ int load_balancer_main(int argc, char **argv)
         {"amplifier", 1, NULL},    {"max-outstanding", 1, NULL}, {"queue-timeout", 1, NULL},
         {"max-queue", 1, NULL},    {"max-request", 1, NULL},     {"max-response", 1, NULL},
         {"max-conns", 1, NULL},    {"io-timeout", 1, NULL},     {"http-port", 1, NULL},
-        {"http-max-body", 1, NULL}, {"http-timeout", 1, NULL},
+        {"http-max-body", 1, NULL}, {"http-timeout", 1, NULL},   {"max-backlog", 1, NULL},
     };
     struct args a;
     int help = 0;
@@ -129,6 +130,8 @@ int load_balancer_main(int argc, char **argv)
         bad = fprintf(stderr, "load_balancer: bad --http-max-body '%s' (at least 4K)\n", opts[9].value);
     if (opts[10].value && parse_double(opts[10].value, 1, 86400, &cfg.http_timeout_s))
         bad = fprintf(stderr, "load_balancer: bad --http-timeout '%s' (seconds)\n", opts[10].value);
+    if (opts[11].value && (args_parse_size(opts[11].value, &cfg.max_backlog) || cfg.max_backlog < (1u << 20)))
+        bad = fprintf(stderr, "load_balancer: bad --max-backlog '%s' (at least 1M)\n", opts[11].value);
     if (bad)
         return 2;
     return lb_run(&cfg) ? 1 : 0;

@@ -404,6 +404,49 @@ def test_queue_timeout_when_no_server_can_take_it(cluster, tmp_path):
         d.stop()
 
 
+def test_a_client_that_stops_reading_is_dropped(cluster, tmp_path):
+    """--max-backlog: answers piling up for a client that never reads cost
+    bounded memory; the client is dropped and others are served. Stand-in
+    servers (bench_lb fake-servers) answer at once."""
+    meta = T.MetaConn(cluster.meta.port)
+    meta.put("standin-SIZE", b"1000")
+    meta.close()
+    port, sport = T.free_port(), T.free_port()
+    args = [T.binary("load_balancer"), "least_loaded", "127.0.0.1", str(port), "127.0.0.1", str(sport),
+            "127.0.0.1", "0", "127.0.0.1", str(cluster.meta.port), "--max-backlog", "1M", "--max-outstanding", "64"]
+    d = T.Daemon(args, port, str(tmp_path / "lb-backlog.log"))
+    fake = subprocess.Popen([os.path.join(T.BUILD, "bin", "bench_lb"), "fake-servers", "127.0.0.1:%d" % sport, "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def ready():
+            c = T.Conn(port)
+            try:
+                return " ready 1 " in c.call(T.MSG["STAT"])[1].decode()
+            finally:
+                c.close()
+        wait_for(ready, 30, "the stand-in server")
+        x = np.zeros((1, 64), np.float32)
+        req = T.encode_infer("standin", [x])
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        frame = T.header(T.MSG["INFER"], len(req)) + req
+        try:
+            for _ in range(200):
+                s.sendall(frame * 500)
+        except OSError:
+            pass  # dropped while still sending
+        wait_for(lambda: "over --max-backlog" in open(d.log_path).read(), 60, "the reader to be dropped")
+        s.close()
+        c = T.Conn(port)
+        status, body = c.call(T.MSG["PING"], b"others")
+        assert status == 0 and body == b"others"
+        c.close()
+    finally:
+        fake.kill()
+        fake.wait()
+        d.stop()
+
+
 def test_unknown_policy_lists_the_known_ones(cluster):
     p = subprocess.run([T.binary("load_balancer"), "fastest", "127.0.0.1", "1", "127.0.0.1", "2", "127.0.0.1", "3",
                         "127.0.0.1", "4"], capture_output=True, text=True, timeout=30)
