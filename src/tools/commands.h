@@ -25,7 +25,9 @@
     X("client_one", client_one_main, "replay a request list, one request at a time (closed loop)") \
     X("client", client_main, "replay a request list on its schedule (open loop)") \
     X("client_concurrent", client_concurrent_main, "replay a request list with N closed loops") \
-    X("workload", workload_main, "write a request list: loop or Zipf popularity, uniform or Poisson arrivals")
+    X("workload", workload_main, "write a request list: loop or Zipf popularity, uniform or Poisson arrivals") \
+    X("up", up_main, "start a whole cluster from a cluster file (or the built-in one)") \
+    X("down", down_main, "stop the cluster `pipeps up` started")
 
 int version_main(int argc, char **argv);
 #include "deploy/inspect.h"
@@ -48,5 +50,6 @@ int stat_main(int argc, char **argv);
 #include "cache/cache_main.h"
 #include "cache/cache_tool.h"
 #include "exec/run_cmd.h"
+#include "tools/up.h"
 
 #endif
