@@ -6,6 +6,7 @@
 
 #define PIPEPS_COMMANDS(X)                                                    \
     X("version", version_main, "print the version")                          \
+    X("bench", bench_cmd_main, "run the experiments on local clusters: CSV, PNG plot, Markdown table each") \
     X("inspect", inspect_main, "list the models and keys of a kv.bin file")   \
     X("metadata_storage", metadata_storage_main, "key-value server for metadata (durable log)") \
     X("meta", meta_cli_main, "metadata storage client: get/put/delete/list") \
@@ -30,6 +31,7 @@
     X("down", down_main, "stop the cluster `pipeps up` started")
 
 int version_main(int argc, char **argv);
+#include "tools/bench_cmd.h"
 #include "deploy/inspect.h"
 #include "model/generate.h"
 #include "model/model_cli.h"
