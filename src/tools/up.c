@@ -259,6 +259,8 @@ static void up_print_tail(const char *path, int lines)
         return;
     }
     static char ring[20][512];
+    if (lines > 20)
+        lines = 20;
     int n = 0;
     char line[512];
     while (fgets(line, sizeof line, f)) {
