@@ -105,24 +105,7 @@ class HttpCluster(L.Cluster):
     model on both storages."""
 
     def __init__(self, tmp):
-        self.tmp = tmp
-        (tmp / "models.txt").write_text("model_name\n" + "".join(
-            "%s, %d\n" % (m, L.SEQ) if m in ("bert_base", "gpt2") else m + "\n" for m in MODELS))
-        self.kv = tmp / "kv.bin"
-        L.run([T.binary("generate_file"), tmp / "models.txt", self.kv, "8M", "--quiet"])
-        self.meta = T.start_metadata(tmp / "meta", tmp / "meta.log")
-        self.storages = []
-        for i in range(2):
-            port = T.free_port()
-            self.storages.append(T.Daemon([T.binary("storage"), str(port), "--dir", str(tmp / ("s%d" % i))],
-                                          port, str(tmp / ("s%d.log" % i))))
-        (tmp / "storage_list.txt").write_text(
-            "address, port\n" + "".join("127.0.0.1, %d\n" % d.port for d in [self.meta] + self.storages))
-        (tmp / "dist.txt").write_text("model, storages\n" + "".join("%s, 0, 1\n" % m for m in MODELS))
-        L.run([T.binary("deploy_file"), tmp / "storage_list.txt", tmp / "dist.txt", self.kv])
-        self.refs = {}
-        self.lb = None
-        self.daemons = []
+        super().__init__(tmp, models=MODELS, spread=False)
 
 
 def http_base(daemon):

@@ -74,9 +74,12 @@ class Cluster:
     """kv.bin deployed on a metadata storage and two storages; a balancer;
     per machine a cache and a server, added on demand."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, models=None, spread=True):
+        """models: the kv.bin's (default: the five and the copies); spread:
+        alternate their storages (0 and 1, 1, 0 and 1, ...), else every model
+        on both."""
         self.tmp = tmp
-        models = ALL_MODELS + COPIES
+        models = models or ALL_MODELS + COPIES
         (tmp / "models.txt").write_text(
             "model_name\n" + "".join(("%s, %d\n" % (m, SEQ)) if m.split("-alter-")[0] in ("bert_base", "gpt2")
                                      else m + "\n" for m in models))
@@ -91,7 +94,7 @@ class Cluster:
         (tmp / "storage_list.txt").write_text(
             "address, port\n" + "".join("127.0.0.1, %d\n" % d.port for d in [self.meta] + self.storages))
         (tmp / "dist.txt").write_text("model, storages\n" + "".join(
-            "%s, %s\n" % (m, "0, 1" if i % 2 == 0 else str(i % 2)) for i, m in enumerate(models)))
+            "%s, %s\n" % (m, "0, 1" if i % 2 == 0 or not spread else str(i % 2)) for i, m in enumerate(models)))
         run([T.binary("deploy_file"), tmp / "storage_list.txt", tmp / "dist.txt", self.kv])
         self.refs = {}
         self.lb = None
