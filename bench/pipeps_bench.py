@@ -177,11 +177,14 @@ def gnuplot(script, png):
 def bar_plot(png, title, ylabel, dat, columns, logy=True):
     """Clustered bars: dat is a whitespace table, first column the x label,
     then one column per series named in columns."""
+    import math
     plots = ", ".join("'%s' using %d:xtic(1) title '%s'" % (dat, i + 2, c) for i, c in enumerate(columns))
+    vals = [float(v) for line in open(dat) for v in line.split()[1:] if float(v) > 0]
+    low = 10 ** math.floor(math.log10(min(vals))) if logy and vals else 0  # a decade below the smallest
     gnuplot("set title '%s'\nset ylabel '%s'\nset xlabel 'model'\nset style data histograms\n"
             "set style histogram clustered gap 1\nset style fill solid 0.8 border -1\n"
-            "set key top left\nset grid ytics\n%sset yrange [%s:*]\nplot %s"
-            % (title, ylabel, "set logscale y\n" if logy else "", "0.01" if logy else "0", plots), png)
+            "set key outside bottom center horizontal\nset grid ytics\n%sset yrange [%g:*]\nplot %s"
+            % (title, ylabel, "set logscale y\n" if logy else "", low, plots), png)
 
 
 def line_plot(png, title, xlabel, ylabel, series, logx=False, logy=False, y2=None):

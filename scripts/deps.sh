@@ -16,6 +16,7 @@ packages=(
   python3-torch python3-torchvision  # test oracles and benchmark baselines, never the serving path
   libopenblas0-openmp                # a fair PyTorch baseline (see docs/benchmarks.md)
   iperf3                             # plain loopback TCP baseline for the benchmarks
+  gnuplot-nox                        # pipeps bench: the PNG plots
   iproute2 procps                    # tests: pipeps up as hosts in network namespaces (ip netns), pgrep
 )
 missing=()
