@@ -34,10 +34,20 @@ E = {"OK": 0, "NOMEM": -1, "IO": -2, "INVAL": -3, "NOTFOUND": -4, "EXISTS": -5, 
      "SHAPE": -17, "FETCH": -18}
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one this process was given before: the
+    kernel may hand the same ephemeral port to two calls in a row, and two
+    daemons told the same port would look alike to a readiness check."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 def pack_str(s):
