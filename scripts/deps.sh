@@ -9,6 +9,9 @@ packages=(
   libdnnl-dev                        # oneDNN: the CPU compute kernels
   libcmocka-dev                      # C unit tests
   libcjson-dev                       # JSON of the HTTP inference API (load balancer)
+  libonnx-dev protobuf-c-compiler    # ONNX import: C generated from onnx.proto by protoc-c
+  libprotobuf-c-dev                  #   and the protobuf-c runtime that decodes it
+  libonnx-testdata python3-onnx      # tests: ONNX backend node tests, export of torch models
   python3-requests                   # HTTP API tests
   python3-pytest python3-numpy       # black-box tests (Debian's /usr/bin/python3)
   python3-prometheus-client          # tests: parse the /metrics bodies
