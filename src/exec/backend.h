@@ -86,6 +86,20 @@ struct exec_node_plan {
 #define EXEC_W_DEFER_LAYOUT 2u /* with PERSIST: a step may run on parameters in place in
                                 * a slower layout and relayout later (step_relayout) */
 
+/* A step's prepared tensor, as written into a loading-optimized ("native")
+ * model by src/exec/prepack.c. */
+enum exec_prepared_kind {
+    EXEC_PREPARED_WEIGHTS = 1, /* the primary node's weight param, in layout */
+    EXEC_PREPARED_BIAS = 2,    /* a Conv's bias with its BatchNormalization folded in (plain) */
+};
+
+struct exec_prepared {
+    enum exec_prepared_kind kind;
+    const void *bytes;
+    uint64_t nbytes;
+    struct graph_layout layout; /* WEIGHTS: the kernel's layout; BIAS: plain (ndims 0) */
+};
+
 struct exec_backend {
     const char *name;
     void *ctx;
@@ -134,6 +148,16 @@ struct exec_backend {
      * executor rebuilds every plan afterwards (node_prepare depends on it). */
     void (*step_relayout_commit)(struct exec_backend *be, void *state);
     void (*step_free)(struct exec_backend *be, void *state);
+    /* The step's prepared tensors once step_weights (and any relayout) ran:
+     * up to max entries, weights first; 0 if the step keeps none a kernel
+     * could read in place from a file. */
+    int (*step_export)(struct exec_backend *be, void *state, struct exec_prepared *out, int max);
+    /* 1 if the step's weights are stored prepared (graph_param.layout) in a
+     * layout other than the one its kernel wants here: step_weights then
+     * re-prepares them from the stored layout. */
+    int (*step_stored_mismatch)(struct exec_backend *be, const void *state);
+    /* What prepared layouts made here are for ("onednn-2.6.3/avx512_core"). */
+    const char *(*target)(struct exec_backend *be);
 
     /* Plan level. inplace_mask bit k: input k dies at this step and its
      * buffer may be overwritten (then alias_input = k is allowed for a write).

@@ -504,6 +504,14 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
         return rc;
     }
 
+    int mismatched = 0;
+    for (int s = 0; s < m->nsteps; s++) mismatched += m->be->step_stored_mismatch(m->be, m->step_state[s]);
+    if (mismatched)
+        log_warn("exec: model '%s': %d weight tensors were prepared for %s but this machine's kernels "
+                 "(%s) want other layouts: preparing them at load instead (slower cold starts; "
+                 "`pipeps repack` the kv.bin on this machine to fix)",
+                 g->name, mismatched, g->target[0] ? g->target : "another target", m->be->target(m->be));
+
     /* One block for every step's prepared weights. */
     m->woff = pps_xcalloc((unsigned long)(m->nsteps ? m->nsteps : 1), sizeof *m->woff);
     m->wfront = pps_xcalloc((unsigned long)(m->nsteps ? m->nsteps : 1), sizeof *m->wfront);
@@ -958,4 +966,20 @@ void exec_profile_print(struct exec_model *m, FILE *out)
         fprintf(out, "  %-20s %5d steps  mean %9.3f ms  min %9.3f ms %5.1f%%\n", rows[i].name,
                 rows[i].count, rows[i].ms / runs, rows[i].min_ms,
                 total_min > 0 ? 100.0 * rows[i].min_ms / total_min : 0.0);
+}
+
+int exec_step_export(struct exec_model *m, int s, struct exec_prepared *out, int max)
+{
+    if (s < 0 || s >= m->nsteps) return 0;
+    pthread_mutex_lock(&m->mu);
+    int ready = m->prepared >= m->g.nbatches;
+    pthread_mutex_unlock(&m->mu);
+    if (!ready) return 0;
+    return m->be->step_export(m->be, m->step_state[s], out, max);
+}
+
+const char *exec_target(void)
+{
+    struct exec_backend *be = cpu_backend_get();
+    return be->target(be);
 }

@@ -136,4 +136,12 @@ void exec_profile_print(struct exec_model *m, FILE *out);
 int exec_model_nsteps(const struct exec_model *m);
 const struct exec_step *exec_model_step(const struct exec_model *m, int i);
 
+/* Step i's prepared tensors (see exec_backend.step_export), for writing a
+ * loading-optimized model: valid until the model is destroyed, once every
+ * batch is prepared and (for deferred layouts) exec_finish_layout ran.
+ * Returns how many were written to out (0: the step keeps none). */
+int exec_step_export(struct exec_model *m, int i, struct exec_prepared *out, int max);
+/* The target this build's kernels prepare layouts for ("onednn-2.6.3/avx512_core"). */
+const char *exec_target(void);
+
 #endif

@@ -19,6 +19,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "formats/kvbin.h"
+#include "exec/prepack.h"
 #include "model/batching.h"
 #include "model/model_blob.h"
 
@@ -155,22 +156,82 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The native form of a zoo model: every batch generated into memory, then
+ * prepared by the executor (prepack). Consecutive "-alter-" copies of one
+ * base share it (same architecture, same weights): the cache keeps the last. */
+struct generate_cache {
+    char key[2 * GRAPH_NAME_MAX + 16]; /* base name, sequence length, batch limit */
+    struct prepack *pp;
+    void *raw;                          /* the portable batches pp was made from */
+};
+
+static int prepare_native(struct zoo_model *m, const struct generate_entry *e,
+                          struct generate_cache *cache, char *err, size_t errlen)
+{
+    char key[sizeof cache->key];
+    snprintf(key, sizeof key, "%s/%d/%llu", m->base, e->opt.seq_len,
+             (unsigned long long)m->g.max_batch_size);
+    if (cache->pp && strcmp(cache->key, key) == 0) return 0;
+    prepack_free(cache->pp);
+    free(cache->raw);
+    cache->pp = NULL;
+    cache->raw = NULL;
+    uint64_t total = graph_total_padded(&m->g);
+    if (posix_memalign(&cache->raw, GRAPH_PARAM_ALIGN, total ? total : GRAPH_PARAM_ALIGN) != 0) {
+        cache->raw = NULL;
+        return pps_fail(err, errlen, PPS_ENOMEM, "%s: cannot allocate %llu bytes", e->name,
+                        (unsigned long long)total);
+    }
+    const void **bptr = pps_xmalloc((unsigned long)(m->g.nbatches ? m->g.nbatches : 1) * sizeof *bptr);
+    uint64_t off = 0;
+    for (int b = 0; b < m->g.nbatches; b++) {
+        bptr[b] = (uint8_t *)cache->raw + off;
+        zoo_fill_batch(m, b, (void *)bptr[b]);
+        off += m->g.batches[b].nbytes;
+    }
+    int rc = prepack_model(&m->g, bptr, &cache->pp, err, errlen);
+    free(bptr);
+    if (rc) return rc;
+    snprintf(cache->key, sizeof cache->key, "%s", key);
+    return 0;
+}
+
+static void cache_free(struct generate_cache *cache)
+{
+    prepack_free(cache->pp);
+    free(cache->raw);
+    memset(cache, 0, sizeof *cache);
+}
+
 int generate_model(struct kvbin_writer *w, const struct generate_entry *e,
-                   uint64_t max_batch_size, int progress, char *err, size_t errlen)
+                   uint64_t max_batch_size, enum generate_target target, struct generate_cache *cache,
+                   int progress, char *err, size_t errlen)
 {
     struct zoo_model m;
     int rc = zoo_build(&m, e->name, &e->opt, err, errlen);
     if (rc) return rc;
     rc = batching_apply(&m.g, max_batch_size);
     PPS_ASSERT(rc == 0); /* zoo models use every parameter */
+    struct graph native;
+    const struct graph *g = &m.g;
+    if (target == GENERATE_NATIVE) {
+        rc = prepare_native(&m, e, cache, err, errlen);
+        if (rc) {
+            zoo_free(&m);
+            return rc;
+        }
+        native = *prepack_graph(cache->pp); /* shallow: only the name differs */
+        snprintf(native.name, sizeof native.name, "%s", e->name);
+        g = &native;
+    }
     struct wbuf blob;
     wbuf_init(&blob);
-    rc = model_blob_encode(&m.g, &blob);
+    rc = model_blob_encode(g, &blob);
     PPS_ASSERT(rc == 0);
 
-    uint64_t total = graph_total_padded(&m.g), biggest = 0;
-    for (int b = 0; b < m.g.nbatches; b++)
-        if (m.g.batches[b].nbytes > biggest) biggest = m.g.batches[b].nbytes;
+    uint64_t total = graph_total_padded(g), biggest = 0;
+    for (int b = 0; b < g->nbatches; b++)
+        if (g->batches[b].nbytes > biggest) biggest = g->batches[b].nbytes;
     void *buf = NULL;
     if (biggest && posix_memalign(&buf, GRAPH_PARAM_ALIGN, biggest) != 0) {
         snprintf(err, errlen, "%s: cannot allocate %llu bytes for a batch", e->name,
@@ -180,32 +241,42 @@ int generate_model(struct kvbin_writer *w, const struct generate_entry *e,
         return PPS_ENOMEM;
     }
     char key[KVBIN_NAME_MAX + 1];
-    rc = kvbin_writer_model(w, e->name, total, (uint32_t)m.g.nbatches, (uint32_t)m.g.nbatches + 1);
+    rc = kvbin_writer_model(w, e->name, total, (uint32_t)g->nbatches, (uint32_t)g->nbatches + 1);
     if (!rc) {
         snprintf(key, sizeof key, "%s-METADATA", e->name);
         rc = kvbin_writer_record(w, key, blob.data, blob.len);
     }
     uint64_t done = 0;
     double t0 = now_s();
-    for (int b = 0; b < m.g.nbatches && !rc; b++) {
-        zoo_fill_batch(&m, b, buf);
+    for (int b = 0; b < g->nbatches && !rc; b++) {
+        if (g == &m.g) zoo_fill_batch(&m, b, buf);
+        else prepack_fill_batch(cache->pp, b, buf);
         snprintf(key, sizeof key, "%s-BATCH-%d", e->name, b);
-        rc = kvbin_writer_record(w, key, buf, m.g.batches[b].nbytes);
-        done += m.g.batches[b].nbytes;
+        rc = kvbin_writer_record(w, key, buf, g->batches[b].nbytes);
+        done += g->batches[b].nbytes;
         if (progress)
-            fprintf(stderr, "\r%-32s batch %d/%d  %7.1f / %.1f MiB", e->name, b + 1, m.g.nbatches,
+            fprintf(stderr, "\r%-32s batch %d/%d  %7.1f / %.1f MiB", e->name, b + 1, g->nbatches,
                     (double)done / 1048576.0, (double)total / 1048576.0);
     }
     if (rc)
         snprintf(err, errlen, "%s: writing kv.bin: %s", e->name, pps_strerror(rc));
     else if (progress)
         fprintf(stderr, "  %.2f s\n", now_s() - t0);
-    log_info("%s: %d nodes, %d params, %d batches, %llu bytes, METADATA %zu bytes", e->name,
-             m.g.nnodes, m.g.nparams, m.g.nbatches, (unsigned long long)total, blob.len);
+    log_info("%s: %d nodes, %d params, %d batches, %llu bytes, METADATA %zu bytes%s%s", e->name,
+             g->nnodes, g->nparams, g->nbatches, (unsigned long long)total, blob.len,
+             g->target[0] ? ", prepared for " : "", g->target);
     free(buf);
     wbuf_free(&blob);
     zoo_free(&m);
     return rc;
+}
+
+int generate_parse_target(const char *s, enum generate_target *out)
+{
+    if (strcmp(s, "native") == 0) *out = GENERATE_NATIVE;
+    else if (strcmp(s, "portable") == 0) *out = GENERATE_PORTABLE;
+    else return PPS_EINVAL;
+    return 0;
 }
 
 static void usage(FILE *out)
@@ -213,11 +284,15 @@ static void usage(FILE *out)
     char known[256];
     zoo_known_list(known, sizeof known);
     fprintf(out,
-            "usage: generate_file MODEL_LIST KV_BIN [MAX_BATCH_SIZE] [--quiet]\n"
+            "usage: generate_file MODEL_LIST KV_BIN [MAX_BATCH_SIZE] [--target native|portable] [--quiet]\n"
             "  MODEL_LIST      header line, then 'model_name[, seq_len]' lines\n"
             "  KV_BIN          output file (written to KV_BIN.tmp, then renamed)\n"
             "  MAX_BATCH_SIZE  bytes per parameter batch, K/M/G suffixes allowed\n"
             "                  (default 32768000; 0 = one layer per batch)\n"
+            "  --target T      native (default): weights stored ready for this machine's\n"
+            "                  kernels (BatchNorm folded, blocked layouts), used in place by\n"
+            "                  servers; portable: plain float32 tensors as the model defines\n"
+            "                  them (any machine prepares them at load)\n"
             "  --quiet         no progress line\n"
             "models: %s (add -alter-<suffix> for a copy with the same weights)\n",
             known);
@@ -225,10 +300,10 @@ static void usage(FILE *out)
 
 int generate_file_main(int argc, char **argv)
 {
-    struct args_option opts[] = {{"quiet", 0, NULL}};
+    struct args_option opts[] = {{"quiet", 0, NULL}, {"target", 1, NULL}};
     struct args a;
     int help = 0;
-    if (args_split(argc, argv, opts, 1, &a, &help) != 0 || a.npositional < 2 || a.npositional > 3) {
+    if (args_split(argc, argv, opts, 2, &a, &help) != 0 || a.npositional < 2 || a.npositional > 3) {
         usage(help ? stdout : stderr);
         return help ? 0 : 2;
     }
@@ -238,6 +313,11 @@ int generate_file_main(int argc, char **argv)
         return 2;
     }
     int progress = !opts[0].value && isatty(STDERR_FILENO);
+    enum generate_target target = GENERATE_NATIVE;
+    if (opts[1].value && generate_parse_target(opts[1].value, &target) != 0) {
+        fprintf(stderr, "generate_file: --target must be native or portable, not '%s'\n", opts[1].value);
+        return 2;
+    }
     char err[512];
     struct generate_entry *list;
     int n;
@@ -259,8 +339,10 @@ int generate_file_main(int argc, char **argv)
         return 1;
     }
     double t0 = now_s();
+    struct generate_cache cache = {0};
     for (int i = 0; i < n && !rc; i++)
-        rc = generate_model(w, &list[i], max_batch, progress, err, sizeof err);
+        rc = generate_model(w, &list[i], max_batch, target, &cache, progress, err, sizeof err);
+    cache_free(&cache);
     if (rc) {
         kvbin_writer_abort(w);
         fprintf(stderr, "generate_file: %s\n", err);

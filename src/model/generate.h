@@ -25,11 +25,23 @@ struct generate_entry {
 int generate_read_list(const char *path, struct generate_entry **out, int *count, char *err,
                        size_t errlen);
 
-/* Build one model, batch it and append it to w (progress to stderr if
- * progress). The writer is the kvbin writer of src/formats/kvbin.h. */
+/* How parameters are stored (see src/exec/prepack.h). */
+enum generate_target {
+    GENERATE_NATIVE = 1,   /* prepared for this machine's kernels, used in place */
+    GENERATE_PORTABLE = 2, /* plain float32 tensors as the model defines them */
+};
+/* "native" / "portable" into *out; PPS_EINVAL otherwise. */
+int generate_parse_target(const char *s, enum generate_target *out);
+
+/* Build one model, batch it (and prepare it for target) and append it to w
+ * (progress to stderr if progress). The writer is the kvbin writer of
+ * src/formats/kvbin.h. cache: zeroed before the first call; keeps the last
+ * prepared model for "-alter-" copies that follow it. */
 struct kvbin_writer;
+struct generate_cache;
 int generate_model(struct kvbin_writer *w, const struct generate_entry *e,
-                   uint64_t max_batch_size, int progress, char *err, size_t errlen);
+                   uint64_t max_batch_size, enum generate_target target, struct generate_cache *cache,
+                   int progress, char *err, size_t errlen);
 
 /* generate_file MODEL_LIST KV_BIN [MAX_BATCH_SIZE] */
 int generate_file_main(int argc, char **argv);

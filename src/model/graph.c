@@ -133,6 +133,52 @@ uint64_t graph_param_padded(const struct graph_param *p)
     return (p->nbytes + GRAPH_PARAM_ALIGN - 1) / GRAPH_PARAM_ALIGN * GRAPH_PARAM_ALIGN;
 }
 
+uint64_t graph_layout_bytes(const struct graph_layout *l)
+{
+    uint64_t n = 1;
+    for (int i = 0; i < l->ndims; i++) n *= (uint64_t)l->padded_dims[i];
+    return n * sizeof(float);
+}
+
+void graph_set_param_layout(struct graph *g, int32_t p, const struct graph_layout *l)
+{
+    PPS_ASSERT(p >= 0 && p < g->nparams);
+    struct graph_param *gp = &g->params[p];
+    gp->layout = *l;
+    gp->nbytes = l->ndims ? graph_layout_bytes(l) : graph_param_elems(gp) * sizeof(float);
+}
+
+void graph_layout_name(const struct graph_layout *l, char *buf, size_t cap)
+{
+    if (!cap) return;
+    if (l->ndims <= 0 || l->ndims > GRAPH_MAX_DIMS) {
+        snprintf(buf, cap, "plain");
+        return;
+    }
+    /* Outer dims from the largest stride down, upper case when blocked,
+     * then the inner blocks: oneDNN's tag names (e.g. "ABcd16b16a"). */
+    int order[GRAPH_MAX_DIMS], n = l->ndims;
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && l->strides[order[j]] > l->strides[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    size_t k = 0;
+    for (int i = 0; i < n && k + 1 < cap; i++) {
+        int blocked = 0;
+        for (int b = 0; b < l->nblks; b++) blocked |= l->idxs[b] == order[i];
+        buf[k++] = (char)((blocked ? 'A' : 'a') + order[i]);
+    }
+    buf[k] = '\0';
+    for (int b = 0; b < l->nblks && b < GRAPH_LAYOUT_MAX_BLKS && k + 1 < cap; b++) {
+        int w = snprintf(buf + k, cap - k, "%lld%c", (long long)l->blks[b], 'a' + l->idxs[b]);
+        if (w < 0 || (size_t)w >= cap - k) break;
+        k += (size_t)w;
+    }
+}
+
 int32_t graph_add_param(struct graph *g, const char *name, int ndims, const int64_t *dims)
 {
     PPS_ASSERT(ndims >= 0 && ndims <= GRAPH_MAX_DIMS);
@@ -309,6 +355,33 @@ static int io_ok(const struct graph_io *io, int is_input)
     return dims_ok(io->ndims, io->dims, 1, 1);
 }
 
+/* A layout read from a file: the same element count as its param, blocks
+ * that divide the padded dims, everything small enough that its byte size
+ * cannot overflow. Whether a kernel can use it is the backend's business. */
+static int layout_ok(const struct graph_layout *l, uint64_t param_elems)
+{
+    if (l->ndims < 1 || l->ndims > GRAPH_MAX_DIMS || l->nblks < 0 || l->nblks > GRAPH_LAYOUT_MAX_BLKS)
+        return 0;
+    int64_t blk[GRAPH_MAX_DIMS];
+    for (int i = 0; i < l->ndims; i++) blk[i] = 1;
+    for (int b = 0; b < l->nblks; b++) {
+        if (l->idxs[b] < 0 || l->idxs[b] >= l->ndims || l->blks[b] < 1 || l->blks[b] > 4096) return 0;
+        blk[l->idxs[b]] *= l->blks[b];
+        if (blk[l->idxs[b]] > 4096) return 0;
+    }
+    uint64_t elems = 1, padded = 1;
+    for (int i = 0; i < l->ndims; i++) {
+        if (l->dims[i] < 1 || l->padded_dims[i] < l->dims[i] || l->padded_dims[i] > (1ll << 40) ||
+            l->padded_dims[i] % blk[i] || l->strides[i] < 1 || l->strides[i] > (1ll << 40))
+            return 0;
+        if ((uint64_t)l->dims[i] > (1ull << 40) / elems) return 0;
+        if ((uint64_t)l->padded_dims[i] > (1ull << 40) / padded) return 0;
+        elems *= (uint64_t)l->dims[i];
+        padded *= (uint64_t)l->padded_dims[i];
+    }
+    return elems == param_elems;
+}
+
 int graph_validate(const struct graph *g, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = '\0';
@@ -349,7 +422,11 @@ int graph_validate(const struct graph *g, char *err, size_t errlen)
         if (!name_ok(p->name, sizeof p->name)) return fail(err, errlen, "param %d name", i);
         if (!dims_ok(p->ndims, p->dims, 0, 0))
             return fail(err, errlen, "param %d (%s) has bad dims", i, p->name);
-        if (p->nbytes != graph_param_elems(p) * sizeof(float))
+        if (p->layout.ndims && !layout_ok(&p->layout, graph_param_elems(p)))
+            return fail(err, errlen, "param %d (%s) has a malformed layout", i, p->name);
+        uint64_t want = p->layout.ndims ? graph_layout_bytes(&p->layout)
+                                        : graph_param_elems(p) * sizeof(float);
+        if (p->nbytes != want)
             return fail(err, errlen, "param %d (%s) size %llu does not match its dims", i, p->name,
                         (unsigned long long)p->nbytes);
         if (!batched) {

@@ -100,13 +100,34 @@ struct graph_attr {
     int64_t ints[GRAPH_MAX_ATTR_INTS];
 };
 
+#define GRAPH_LAYOUT_MAX_BLKS 6
+#define GRAPH_TARGET_MAX 63
+
+/* How a prepared parameter's bytes are laid out: a blocked layout in
+ * oneDNN's terms (outer strides over padded dims, then inner blocks), the
+ * form a kernel consumes directly. dims are the kernel's view of the tensor,
+ * which may differ from the param's dims in shape but never in element
+ * count (a grouped conv's [G, OC/G, IC/G, KH, KW], a Gemm's B as [K, N]
+ * whatever transB says). Plain C order over the param's dims is "no
+ * layout" (graph_param.layout.ndims == 0). */
+struct graph_layout {
+    int ndims;                              /* 0: plain C order over the param's dims */
+    int64_t dims[GRAPH_MAX_DIMS];
+    int64_t padded_dims[GRAPH_MAX_DIMS];    /* dims rounded up to the blocks */
+    int64_t strides[GRAPH_MAX_DIMS];        /* outer strides, in elements */
+    int nblks;
+    int64_t blks[GRAPH_LAYOUT_MAX_BLKS];    /* inner block sizes, outermost first */
+    int32_t idxs[GRAPH_LAYOUT_MAX_BLKS];    /* the dim each inner block splits */
+};
+
 struct graph_param {
     char name[GRAPH_NAME_MAX + 1]; /* torchvision state_dict name, e.g. "layer1.0.conv1.weight" */
     int ndims;
     int64_t dims[GRAPH_MAX_DIMS];
-    uint64_t nbytes;               /* float32 bytes, unpadded */
+    uint64_t nbytes;               /* bytes, unpadded: float32 elements, or the layout's size */
     int32_t batch;                 /* parameter batch holding it (set by batching) */
     uint64_t offset;               /* byte offset inside that batch, 512-aligned */
+    struct graph_layout layout;    /* prepared layout (a "native" kv.bin), or plain */
 };
 
 struct graph_node {
@@ -156,6 +177,10 @@ struct graph {
     int nbatches;                     /* 0 until graph_batch_params ran */
     struct graph_batch *batches;
     uint64_t max_batch_size;          /* the limit batching used */
+    /* What prepared params (layout.ndims > 0) were prepared for, e.g.
+     * "onednn-2.7.3/avx512_core" ("" if none is): a server on another target
+     * re-prepares them at load (see docs/formats.md, "Prepared parameters"). */
+    char target[GRAPH_TARGET_MAX + 1];
 };
 
 const char *graph_op_name(enum graph_op op);          /* ONNX op_type, "?" if invalid */
@@ -203,6 +228,12 @@ static inline int32_t graph_nvalues(const struct graph *g) { return g->ninputs +
 int32_t graph_find_param(const struct graph *g, const char *name);
 
 uint64_t graph_param_elems(const struct graph_param *p);
+/* Bytes of a layout's storage (float32 over its padded dims). */
+uint64_t graph_layout_bytes(const struct graph_layout *l);
+/* Give param p a prepared layout (nbytes follows it). */
+void graph_set_param_layout(struct graph *g, int32_t p, const struct graph_layout *l);
+/* oneDNN-style name of a layout ("ABcd16b16a"; "plain" without one). */
+void graph_layout_name(const struct graph_layout *l, char *buf, size_t cap);
 /* nbytes rounded up to GRAPH_PARAM_ALIGN. */
 uint64_t graph_param_padded(const struct graph_param *p);
 /* Sum of graph_param_padded over all params (= the sum of batch sizes). */

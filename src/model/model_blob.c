@@ -23,6 +23,12 @@
 /* Header flag: every input io is followed by uvar optional, svar fill. Set
  * only when some input is optional, so other models' blobs are unchanged. */
 #define FLAG_OPTIONAL_INPUTS 1u
+/* Header flag: the target string follows max_batch_size and every param is
+ * followed by its layout (uvar ndims, 0 = plain; then dims, padded dims,
+ * strides, uvar nblks, blocks, block dims). Set only for a prepared
+ * ("native") model, so portable models' blobs are unchanged. */
+#define FLAG_PREPARED 2u
+#define FLAGS_KNOWN (FLAG_OPTIONAL_INPUTS | FLAG_PREPARED)
 #define MAX_COUNT (1 << 24)
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -61,6 +67,26 @@ static void put_io(struct wbuf *wb, const struct graph_io *io, int with_value)
     if (with_value) put_var(wb, io->value);
 }
 
+static int any_layout(const struct graph *g)
+{
+    if (g->target[0]) return 1;
+    for (int i = 0; i < g->nparams; i++)
+        if (g->params[i].layout.ndims) return 1;
+    return 0;
+}
+
+static void put_layout(struct wbuf *wb, const struct graph_layout *l)
+{
+    put_uvar(wb, (uint64_t)l->ndims);
+    if (!l->ndims) return;
+    for (int i = 0; i < l->ndims; i++) put_var(wb, l->dims[i]);
+    for (int i = 0; i < l->ndims; i++) put_var(wb, l->padded_dims[i]);
+    for (int i = 0; i < l->ndims; i++) put_var(wb, l->strides[i]);
+    put_uvar(wb, (uint64_t)l->nblks);
+    for (int b = 0; b < l->nblks; b++) put_var(wb, l->blks[b]);
+    for (int b = 0; b < l->nblks; b++) put_var(wb, l->idxs[b]);
+}
+
 static int any_optional(const struct graph *g)
 {
     for (int i = 0; i < g->ninputs; i++)
@@ -74,10 +100,11 @@ int model_blob_encode(const struct graph *g, struct wbuf *out)
     size_t start = out->len;
     wbuf_u32(out, MODEL_BLOB_MAGIC);
     wbuf_u16(out, MODEL_BLOB_VERSION);
-    unsigned flags = any_optional(g) ? FLAG_OPTIONAL_INPUTS : 0;
+    unsigned flags = (any_optional(g) ? FLAG_OPTIONAL_INPUTS : 0) | (any_layout(g) ? FLAG_PREPARED : 0);
     wbuf_u16(out, (uint16_t)flags);
     put_str8(out, g->name);
     put_uvar(out, g->max_batch_size);
+    if (flags & FLAG_PREPARED) put_str8(out, g->target);
     put_uvar(out, (uint64_t)g->ninputs);
     put_uvar(out, (uint64_t)g->noutputs);
     put_uvar(out, (uint64_t)g->nparams);
@@ -98,6 +125,7 @@ int model_blob_encode(const struct graph *g, struct wbuf *out)
         for (int d = 0; d < p->ndims; d++) put_var(out, p->dims[d]);
         put_var(out, p->batch);
         put_uvar(out, p->offset);
+        if (flags & FLAG_PREPARED) put_layout(out, &p->layout);
     }
     for (int i = 0; i < g->nbatches; i++) {
         put_uvar(out, g->batches[i].nbytes);
@@ -224,6 +252,30 @@ static void get_dims(struct reader *r, int *ndims, int64_t *dims, int min_ndims,
     for (int i = 0; i < *ndims && !r->err; i++) dims[i] = get_var(r, what);
 }
 
+/* A param's layout; its byte size into *nbytes when the layout has one
+ * (bounded here so it cannot overflow; graph_validate checks the rest). */
+static void get_layout(struct reader *r, struct graph_layout *l, uint64_t *nbytes, int param)
+{
+    l->ndims = get_count(r, "layout rank", 0, GRAPH_MAX_DIMS);
+    if (!l->ndims || r->err) return;
+    for (int i = 0; i < l->ndims; i++) l->dims[i] = get_var(r, "layout dims");
+    for (int i = 0; i < l->ndims; i++) l->padded_dims[i] = get_var(r, "layout padded dims");
+    for (int i = 0; i < l->ndims; i++) l->strides[i] = get_var(r, "layout strides");
+    l->nblks = get_count(r, "layout block count", 0, GRAPH_LAYOUT_MAX_BLKS);
+    for (int b = 0; b < l->nblks; b++) l->blks[b] = get_var(r, "layout blocks");
+    for (int b = 0; b < l->nblks; b++) l->idxs[b] = get_i32(r, "layout block dims", 0, GRAPH_MAX_DIMS - 1);
+    if (r->err) return;
+    uint64_t padded = 1;
+    for (int i = 0; i < l->ndims; i++) {
+        if (l->padded_dims[i] <= 0 || (uint64_t)l->padded_dims[i] > (1ull << 40) / padded) {
+            bad(r, PPS_ECORRUPT, "param %d layout dims", param);
+            return;
+        }
+        padded *= (uint64_t)l->padded_dims[i];
+    }
+    *nbytes = padded * sizeof(float);
+}
+
 static void get_io(struct reader *r, struct graph_io *io, int with_value, const char *what)
 {
     get_str8(r, io->name, sizeof io->name, what);
@@ -273,7 +325,7 @@ int model_blob_decode(struct graph *g, const void *data, size_t len, char *err, 
     }
 #endif
     unsigned flags = load_le16(bytes + 6);
-    if (flags & ~FLAG_OPTIONAL_INPUTS) {
+    if (flags & ~FLAGS_KNOWN) {
         bad(&r, PPS_ECORRUPT, "flags");
         return finish(g, &r, err, errlen);
     }
@@ -281,6 +333,7 @@ int model_blob_decode(struct graph *g, const void *data, size_t len, char *err, 
 
     get_str8(&r, g->name, sizeof g->name, "model name");
     g->max_batch_size = get_uvar(&r, "max_batch_size");
+    if (flags & FLAG_PREPARED) get_str8(&r, g->target, sizeof g->target, "target");
     g->ninputs = get_count(&r, "input count", 1, 4);
     g->noutputs = get_count(&r, "output count", 1, 4);
     /* Each param, batch and node takes at least 3 bytes, so the counts
@@ -331,6 +384,7 @@ int model_blob_decode(struct graph *g, const void *data, size_t len, char *err, 
         }
         if (!r.err && !ok) bad(&r, PPS_ECORRUPT, "param %d (%s) dims", i, p->name);
         p->nbytes = elems * sizeof(float);
+        if ((flags & FLAG_PREPARED) && !r.err) get_layout(&r, &p->layout, &p->nbytes, i);
     }
     for (int i = 0; i < g->nbatches && !r.err; i++) {
         struct graph_batch *b = &g->batches[i];

@@ -67,6 +67,10 @@ struct cpu_step {
     float *bias;                     /* in the step's region */
     const void *param[EXEC_STEP_MAX_PARAMS]; /* parameters used as they are */
     int gemm_2d;                     /* Gemm, or MatMul with a 2-D parameter B */
+    /* Weights stored prepared (a native kv.bin): raw_wmd is their stored
+     * layout. in_place: it is the layout the kernel wants (and no BN is left
+     * to fold), so weights and bias are the parameters themselves. */
+    int stored, in_place;
     int test_raw_weights;            /* test hook: prepared layout forced to the raw one */
     /* Deferred relayout (EXEC_W_DEFER_LAYOUT, decided by step_init): weights
      * is the raw parameter in place, in raw_wmd, until step_relayout has
@@ -666,6 +670,70 @@ static void cpu_context_free(struct exec_backend *be, void *context)
 
 /* ---- model level ------------------------------------------------------- */
 
+/* Prepared layouts travel in the graph (graph_layout) as the blocking part
+ * of a oneDNN descriptor: only f32 blocked descriptors without offsets,
+ * padding offsets or extra data (compensation) qualify. */
+static int md_to_layout(const dnnl_memory_desc_t *md, struct graph_layout *l)
+{
+    const dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    if (md->format_kind != dnnl_blocked || md->data_type != dnnl_f32 || md->offset0 ||
+        md->extra.flags || md->ndims < 1 || md->ndims > GRAPH_MAX_DIMS ||
+        b->inner_nblks > GRAPH_LAYOUT_MAX_BLKS)
+        return PPS_EUNSUPPORTED;
+    memset(l, 0, sizeof *l);
+    l->ndims = md->ndims;
+    for (int i = 0; i < md->ndims; i++) {
+        if (md->padded_offsets[i]) return PPS_EUNSUPPORTED;
+        l->dims[i] = md->dims[i];
+        l->padded_dims[i] = md->padded_dims[i];
+        l->strides[i] = b->strides[i];
+    }
+    l->nblks = b->inner_nblks;
+    for (int k = 0; k < b->inner_nblks; k++) {
+        l->blks[k] = b->inner_blks[k];
+        l->idxs[k] = (int32_t)b->inner_idxs[k];
+    }
+    return 0;
+}
+
+static void layout_to_md(const struct graph_layout *l, dnnl_memory_desc_t *md)
+{
+    memset(md, 0, sizeof *md);
+    md->ndims = l->ndims;
+    md->data_type = dnnl_f32;
+    md->format_kind = dnnl_blocked;
+    dnnl_blocking_desc_t *b = &md->format_desc.blocking;
+    for (int i = 0; i < l->ndims; i++) {
+        md->dims[i] = l->dims[i];
+        md->padded_dims[i] = l->padded_dims[i];
+        b->strides[i] = l->strides[i];
+    }
+    b->inner_nblks = l->nblks;
+    for (int k = 0; k < l->nblks; k++) {
+        b->inner_blks[k] = l->blks[k];
+        b->inner_idxs[k] = l->idxs[k];
+    }
+}
+
+/* If the step's weight parameter w is stored prepared, its stored layout
+ * replaces the raw one as the source of preparation: the same tensor seen
+ * by the kernel (same dims), whose bytes are exactly that layout's. */
+static int use_stored_layout(struct cpu_step *cs, const struct graph_param *w, char *err, size_t errlen)
+{
+    if (!w->layout.ndims) return 0;
+    dnnl_memory_desc_t md;
+    layout_to_md(&w->layout, &md);
+    int same = md.ndims == cs->raw_wmd.ndims;
+    for (int i = 0; same && i < md.ndims; i++) same = md.dims[i] == cs->raw_wmd.dims[i];
+    if (!same || dnnl_memory_desc_get_size(&md) != w->nbytes)
+        return efail(err, errlen, cs, PPS_ECORRUPT,
+                     "the stored layout of '%s' does not describe this weight (%llu bytes)", w->name,
+                     (unsigned long long)w->nbytes);
+    cs->raw_wmd = md;
+    cs->stored = 1;
+    return 0;
+}
+
 /* Conv weights: [OC, IC/G, KH, KW], or [G, OC/G, IC/G, KH, KW] grouped. */
 static void conv_weight_dims(const struct cpu_step *cs, int64_t *d, int *nd)
 {
@@ -757,7 +825,7 @@ static const int64_t conv_probe_batches[] = {1, 8, 32};
 #define CONV_NPROBES (int)(sizeof conv_probe_batches / sizeof conv_probe_batches[0])
 
 static int init_conv(struct cpu_step *cs, const struct exec_tensor *in, const struct exec_tensor *out,
-                     char *err, size_t errlen)
+                     unsigned flags, char *err, size_t errlen)
 {
     const struct graph_param *w = &cs->g->params[cs->node->params[0]];
     cs->bias_len = (cs->node->nparams >= 2 || cs->st->bn_node >= 0) ? w->dims[0] : 0;
@@ -813,6 +881,10 @@ static int init_conv(struct cpu_step *cs, const struct exec_tensor *in, const st
         }
     }
     cs->has_wmd = 1;
+    int rc = use_stored_layout(cs, w, err, errlen);
+    if (rc) return rc;
+    cs->in_place = cs->stored && (flags & EXEC_W_PERSIST) && cs->st->bn_node < 0 &&
+                   dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd);
     return 0;
 }
 
@@ -868,6 +940,8 @@ static int init_gemm(struct cpu_step *cs, const struct exec_tensor *in, char *er
     cs->bias_len = cs->node->nparams >= 2 ? n : 0;
     dnnl_dims_t wd = {k, n}, ws = {tb ? 1 : n, tb ? k : 1};
     dnnl_memory_desc_init_by_strides(&cs->raw_wmd, 2, wd, dnnl_f32, ws);
+    int src_rc = use_stored_layout(cs, &cs->g->params[cs->node->params[0]], err, errlen);
+    if (src_rc) return src_rc;
     dnnl_memory_desc_t src, wei;
     gemm_src_md(&src, m, k, ta);
     dnnl_memory_desc_init_by_tag(&wei, 2, wd, dnnl_f32, dnnl_format_tag_any);
@@ -882,6 +956,7 @@ static int init_gemm(struct cpu_step *cs, const struct exec_tensor *in, char *er
     cs->wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
     cs->has_wmd = 1;
     dnnl_primitive_desc_destroy(pd);
+    cs->in_place = cs->stored && dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd);
     return 0;
 }
 
@@ -913,7 +988,7 @@ static int cpu_step_init(struct exec_backend *be, const struct graph *g, const s
     cs->alpha = cs->beta = 1.0f;
     *state = cs;
     const struct graph_node *n = cs->node;
-    if (n->op == GRAPH_OP_CONV) return init_conv(cs, in, out, err, errlen);
+    if (n->op == GRAPH_OP_CONV) return init_conv(cs, in, out, flags, err, errlen);
     if (n->op == GRAPH_OP_GEMM ||
         (n->op == GRAPH_OP_MATMUL && n->ninputs == 1 && n->nparams == 1 &&
          g->params[n->params[0]].ndims == 2)) {
@@ -976,6 +1051,7 @@ static uint64_t cpu_step_prepared_bytes(struct exec_backend *be, const void *sta
     (void)be;
     const struct cpu_step *cs = state;
     uint64_t n = 0;
+    if (cs->in_place && !cs->gemm_2d) return 0; /* weights and bias are the parameters */
     if (cs->has_wmd && !(cs->gemm_2d && persist && dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd)))
         n += up64(dnnl_memory_desc_get_size(&cs->wmd));
     if (cs->bias_len) n += up64((uint64_t)cs->bias_len * sizeof(float));
@@ -1026,6 +1102,13 @@ static int weights_conv(struct cpu_ctx *ctx, struct cpu_step *cs, const void *co
     const struct graph_param *wp = &cs->g->params[cs->node->params[0]];
     int64_t oc = wp->dims[0];
     const float *b = cs->node->nparams >= 2 ? params[1] : NULL;
+    if (cs->in_place) {
+        /* Stored exactly as the kernel reads them (a native kv.bin): the
+         * parameters in the cache's memory are the prepared weights. */
+        cs->weights = (void *)params[0];
+        cs->bias = (float *)b;
+        return 0;
+    }
     cs->weights = carve(cv, dnnl_memory_desc_get_size(&cs->wmd));
     if (cs->bias_len) cs->bias = carve(cv, (uint64_t)oc * sizeof(float));
     if (cs->st->bn_node < 0) {
@@ -1126,6 +1209,63 @@ static void cpu_step_relayout_commit(struct exec_backend *be, void *state)
     if (!cs->deferred || !cs->relaid_done) return;
     cs->weights = cs->relaid;
     cs->deferred = 0;
+}
+
+static int cpu_step_export(struct exec_backend *be, void *state, struct exec_prepared *out, int max)
+{
+    (void)be;
+    const struct cpu_step *cs = state;
+    int n = 0;
+    if (!cs->has_wmd || cs->deferred || max < 2 || cs->test_raw_weights) return 0;
+    if (cs->node->op != GRAPH_OP_CONV && !cs->gemm_2d) return 0;
+    if (md_to_layout(&cs->wmd, &out[0].layout)) return 0;
+    dnnl_memory_desc_t back;
+    layout_to_md(&out[0].layout, &back);
+    if (!dnnl_memory_desc_equal(&back, &cs->wmd)) return 0; /* does not survive the round trip */
+    out[0].kind = EXEC_PREPARED_WEIGHTS;
+    out[0].bytes = cs->weights;
+    out[0].nbytes = dnnl_memory_desc_get_size(&cs->wmd);
+    n = 1;
+    if (cs->node->op == GRAPH_OP_CONV && cs->bias_len) {
+        memset(&out[1], 0, sizeof out[1]);
+        out[1].kind = EXEC_PREPARED_BIAS;
+        out[1].bytes = cs->bias;
+        out[1].nbytes = (uint64_t)cs->bias_len * sizeof(float);
+        n = 2;
+    }
+    return n;
+}
+
+static int cpu_step_stored_mismatch(struct exec_backend *be, const void *state)
+{
+    (void)be;
+    const struct cpu_step *cs = state;
+    return cs->stored && !dnnl_memory_desc_equal(&cs->wmd, &cs->raw_wmd);
+}
+
+static const char *isa_name(dnnl_cpu_isa_t isa)
+{
+    switch (isa) {
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    case dnnl_cpu_isa_avx512_mic: return "avx512_mic";
+    case dnnl_cpu_isa_avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    default: return "any";
+    }
+}
+
+static char g_target[GRAPH_TARGET_MAX + 1];
+
+static const char *cpu_target(struct exec_backend *be)
+{
+    (void)be;
+    return g_target;
 }
 
 /* The layout node_run reads the step's weights in now. */
@@ -2228,6 +2368,9 @@ static void cpu_destroy(struct exec_backend *be) { (void)be; }
 static void cpu_init_once(void)
 {
     PPS_ASSERT(dnnl_engine_create(&g_cpu.engine, dnnl_cpu, 0) == dnnl_success);
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(g_target, sizeof g_target, "onednn-%d.%d.%d/%s", v->major, v->minor, v->patch,
+             isa_name(dnnl_get_effective_cpu_isa()));
     struct exec_backend *b = &g_cpu.base;
     b->name = "cpu-onednn";
     b->ctx = &g_cpu;
@@ -2244,6 +2387,9 @@ static void cpu_init_once(void)
     b->step_relayout_commit = cpu_step_relayout_commit;
     b->step_prepared_bytes = cpu_step_prepared_bytes;
     b->step_free = cpu_step_free;
+    b->step_export = cpu_step_export;
+    b->step_stored_mismatch = cpu_step_stored_mismatch;
+    b->target = cpu_target;
     b->node_prepare = cpu_node_prepare;
     b->node_run = cpu_node_run;
     b->node_free = cpu_node_free;
