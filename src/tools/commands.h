@@ -20,6 +20,7 @@
     X("fetch", fetch_main, "read a deployed model back through its location record") \
     X("gc", gc_main, "delete deploy generations no location record references") \
     X("run", run_main, "run a model from kv.bin on the CPU executor (latency, output .npy)") \
+    X("repack", repack_main, "rewrite a kv.bin's models into this machine's native parameter format") \
     X("server", server_main, "the inference server (pipelined model loading)") \
     X("infer", infer_main, "send inference requests to a server, print timings") \
     X("load_balancer", load_balancer_main, "the cluster's front door: places requests on servers, steers caches") \
@@ -51,6 +52,7 @@ int version_main(int argc, char **argv);
 int stat_main(int argc, char **argv);
 #include "cache/cache_main.h"
 #include "cache/cache_tool.h"
+#include "exec/repack_cmd.h"
 #include "exec/run_cmd.h"
 #include "tools/up.h"
 
