@@ -228,12 +228,13 @@ static int relayout_left(const struct exec_model *m)
            m->relayout_next < m->nsteps;
 }
 
-/* Relayout the next step (see the top of the file). Called with m->mu held
- * once every batch is prepared; returns 1 if it took a step. */
+/* Relayout one slice of the next step (see the top of the file; a big
+ * weight takes several). One thread at a time. Called with m->mu held once
+ * every batch is prepared; returns 1 if it did a slice. */
 static int relayout_one(struct exec_model *m, void *ctx)
 {
-    if (m->stop || m->failed || !relayout_left(m)) return 0;
-    int s = m->relayout_next++;
+    if (m->stop || m->failed || !relayout_left(m) || m->relayout_busy) return 0;
+    int s = m->relayout_next;
     m->relayout_busy++;
     pthread_mutex_unlock(&m->mu);
     int rc = m->be->step_relayout(m->be, ctx, m->step_state[s]);
@@ -243,8 +244,9 @@ static int relayout_one(struct exec_model *m, void *ctx)
         log_warn("exec: relayout of node '%s' failed (%s): keeping its weights in place",
                  m->g.nodes[m->steps[s].node].name, pps_strerror(rc));
         m->relayout_failed = 1;
-    } else if (rc > 0) {
-        m->relayout_did++;
+    } else if (rc != 2) {
+        m->relayout_next++;     /* the step is done */
+        m->relayout_did += rc == 1;
     }
     pthread_cond_broadcast(&m->cv);
     return 1;
@@ -337,15 +339,28 @@ int exec_wait_prepared(struct exec_model *m)
     return rc;
 }
 
-int exec_finish_layout(struct exec_model *m)
+int exec_finish_layout(struct exec_model *m) { return exec_finish_layout_until(m, NULL, NULL); }
+
+int exec_finish_layout_until(struct exec_model *m, int (*stop)(void *arg), void *arg)
 {
     pthread_mutex_lock(&m->run_mu);
     m->be->context_begin(m->be, m->run_ctx);
     pthread_mutex_lock(&m->mu);
     int rc = m->prepared >= m->g.nbatches ? 0 : PPS_EBUSY;
     if (!rc) {
-        m->running = 1; /* the preparer steps aside */
-        while (relayout_one(m, m->run_ctx)) {
+        m->running = 1; /* the preparer steps aside (after its slice in progress) */
+        while (relayout_left(m) && !m->stop && !m->failed) {
+            if (m->relayout_busy) {
+                pthread_cond_wait(&m->cv, &m->mu);
+                continue;
+            }
+            relayout_one(m, m->run_ctx);
+            if (stop) {
+                pthread_mutex_unlock(&m->mu);
+                int enough = stop(arg);
+                pthread_mutex_lock(&m->mu);
+                if (enough) break;
+            }
         }
         while (m->relayout_busy > 0) pthread_cond_wait(&m->cv, &m->mu);
         m->running = 0;

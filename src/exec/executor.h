@@ -101,6 +101,10 @@ int exec_wait_prepared(struct exec_model *m);
  * already), or PPS_EBUSY if some batch is not prepared yet. Without it the preparer
  * thread does the same work whenever no run is active. */
 int exec_finish_layout(struct exec_model *m);
+/* The same, in slices of about a millisecond of work: stop(arg) is asked
+ * after each and a nonzero answer returns at once (0 switched; the work
+ * done is kept and the next call goes on from there). */
+int exec_finish_layout_until(struct exec_model *m, int (*stop)(void *arg), void *arg);
 /* 1 once every step runs on its final weight layout (nothing deferred). */
 int exec_layout_final(struct exec_model *m);
 /* Number of open gates (batches prepared), and the total. */

@@ -706,21 +706,28 @@ static void log_timing(const struct request *r, int64_t batch, const struct infe
              t->exec_start_us / 1e3, t->exec_end_us / 1e3);
 }
 
+static int request_waiting(void *arg)
+{
+    struct server *srv = arg;
+    pthread_mutex_lock(&srv->lock);
+    int waiting = srv->qhead != NULL || srv->stopping;
+    pthread_mutex_unlock(&srv->lock);
+    return waiting;
+}
+
 /* A cold run used matmul weights in place (the executor's deferred
- * relayout); reorder them into the faster layout now if no request waits,
- * rather than only in the gaps between requests, which under a steady load
- * may never be long enough. Runs on the worker, which alone frees models. */
+ * relayout); reorder them into the faster layout now while no request
+ * waits, rather than only in the gaps between requests, which under a
+ * steady load may never be long enough. The work goes in slices of about a
+ * millisecond and stops as soon as a request arrives (it goes on after that
+ * request), so nobody waits behind it. Runs on the worker, which alone
+ * frees models. */
 static void finish_layout_if_idle(struct server *srv, struct smodel *sm)
 {
-    if (exec_layout_final(sm->em))
-        return;
-    pthread_mutex_lock(&srv->lock);
-    int idle = srv->qhead == NULL;
-    pthread_mutex_unlock(&srv->lock);
-    if (!idle)
+    if (exec_layout_final(sm->em) || request_waiting(srv))
         return;
     double t0 = now_s();
-    int n = exec_finish_layout(sm->em);
+    int n = exec_finish_layout_until(sm->em, request_waiting, srv);
     if (n > 0)
         log_info("%s: %d weights relaid in %.1f ms while idle", sm->name, n, (now_s() - t0) * 1e3);
 }
@@ -795,7 +802,8 @@ static void serve(struct server *srv, struct request *r)
             e->in_use--;
     } else {
         srv->ok++;
-        bytes = exec_model_memory_bytes(sm->em);
+        /* What keeping it costs: its own memory and the pool bytes it pins. */
+        bytes = exec_model_memory_bytes(sm->em) + sm->total_size;
         if (cold) {
             srv->served_cache += x.tm.source == INFER_SRC_CACHE;
             srv->served_storage += x.tm.source == INFER_SRC_STORAGE;

@@ -37,12 +37,24 @@ def kv(tmp_path_factory):
     lst = tmp / "model_list.txt"
     lst.write_text("model_name[, seq_len]\n" + "\n".join(MODELS) + "\n")
     path = str(tmp / "kv.bin")
-    res = subprocess.run([os.path.join(BIN, "generate_file"), str(lst), path, str(MAX_BATCH)],
-                         capture_output=True, text=True, timeout=900)
+    # portable: the same weights are loaded into PyTorch
+    res = subprocess.run([os.path.join(BIN, "generate_file"), str(lst), path, str(MAX_BATCH),
+                          "--target", "portable"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr
     k = tm.KvBin(path)
     yield path, k, tmp
     k.close()
+
+
+@pytest.fixture(scope="module")
+def kv_native(kv):
+    """The same models in the native format (generate_file's default)."""
+    _, _, tmp = kv
+    path = str(tmp / "native.kv.bin")
+    res = subprocess.run([os.path.join(BIN, "generate_file"), str(tmp / "model_list.txt"), path,
+                          str(MAX_BATCH)], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    return path
 
 
 def run(args, timeout=900):
@@ -137,3 +149,77 @@ def test_bad_input_and_unknown_model(kv):
     assert res.returncode != 0 and "range" in res.stderr
     res = subprocess.run([PIPEPS, "run"], capture_output=True, text=True)
     assert res.returncode == 2 and "usage" in res.stderr
+
+
+def _out(tmp, path, model, batch, tag, extra=(), env=None):
+    """Output bytes of `pipeps run` for the deterministic generated input."""
+    y = str(tmp / ("%s-%d-%s.npy" % (model, batch, tag)))
+    res = subprocess.run([PIPEPS, "run", path, model, "--batch", str(batch), "--output", y,
+                          "--repeat", "0"] + list(extra), capture_output=True, text=True,
+                         timeout=900, env=env)
+    assert res.returncode == 0, res.stderr
+    with open(y, "rb") as f:
+        data = f.read()
+    os.unlink(y)
+    return data, res
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_native_format_bit_identical_to_portable(kv, kv_native, model):
+    """Weights prepared offline (BN folded, blocked layouts, used in place)
+    give exactly the portable format's bits, resident and pipelined."""
+    path, _, tmp = kv
+    insp = subprocess.run([PIPEPS, "inspect", kv_native], capture_output=True, text=True)
+    assert "format: native, prepared for onednn-" in insp.stdout, insp.stdout
+    for batch in (1, 3):
+        ref, _ = _out(tmp, path, model, batch, "portable")
+        got, res = _out(tmp, kv_native, model, batch, "native")
+        assert got == ref, "%s batch %d: native resident output differs" % (model, batch)
+        assert "want other layouts" not in res.stderr
+        got, _ = _out(tmp, kv_native, model, batch, "native-pipe",
+                      ["--pipelined-delay-ms", "10"])  # the same seed: the same input
+        assert got == ref, "%s batch %d: native pipelined output differs" % (model, batch)
+
+
+def test_foreign_target_falls_back_and_repack_restores(kv, tmp_path):
+    """A kv.bin prepared for another CPU (here: oneDNN limited to AVX2, whose
+    kernels want 8-wide blocks, not AVX-512's 16) is served correctly by
+    re-preparing at load, and the log says so once per model; `pipeps
+    repack` turns it into this machine's native format, byte for byte what
+    generate_file writes here."""
+    path, _, tmp = kv
+    lst = tmp_path / "list.txt"
+    lst.write_text("model_name[, seq_len]\ninception_v3\nbert_base, 16\n")
+    env = dict(os.environ, DNNL_MAX_CPU_ISA="AVX2")
+    foreign = str(tmp_path / "avx2.kv.bin")
+    res = subprocess.run([os.path.join(BIN, "generate_file"), str(lst), foreign, str(MAX_BATCH)],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr
+    insp = subprocess.run([PIPEPS, "inspect", foreign], capture_output=True, text=True)
+    assert "prepared for onednn-" in insp.stdout and "/avx2 " in insp.stdout, insp.stdout
+    native = str(tmp_path / "native.kv.bin")
+    res = subprocess.run([os.path.join(BIN, "generate_file"), str(lst), native, str(MAX_BATCH)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    here = subprocess.run([PIPEPS, "inspect", native], capture_output=True, text=True)
+    if "/avx2 " in here.stdout:
+        pytest.skip("this machine's kernels are AVX2 ones: nothing foreign to test")
+    portable = str(tmp_path / "portable.kv.bin")
+    res = subprocess.run([os.path.join(BIN, "generate_file"), str(lst), portable, str(MAX_BATCH),
+                          "--target", "portable"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    for model in ("inception_v3", "bert_base"):
+        for batch in (1, 3):
+            ref, _ = _out(tmp_path, portable, model, batch, "p")
+            got, res = _out(tmp_path, foreign, model, batch, "f")
+            assert got == ref, "%s batch %d: fallback output differs" % (model, batch)
+            warn = [l for l in res.stderr.splitlines() if "want other layouts" in l]
+            assert len(warn) == 1 and model in warn[0] and "/avx2" in warn[0], res.stderr
+    repacked = str(tmp_path / "repacked.kv.bin")
+    res = subprocess.run([PIPEPS, "repack", foreign, repacked], capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr
+    with open(repacked, "rb") as a, open(native, "rb") as b:
+        assert a.read() == b.read(), "repack of a foreign kv.bin differs from generate_file's native"
+    got, res = _out(tmp_path, repacked, "bert_base", 3, "r")
+    assert "want other layouts" not in res.stderr

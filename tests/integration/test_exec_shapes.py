@@ -45,7 +45,8 @@ def generate(path, lines):
     lst = path + ".list"
     with open(lst, "w") as f:
         f.write("model_name[, seq_len]\n" + "".join(l + "\n" for l in lines))
-    res = subprocess.run([os.path.join(BIN, "generate_file"), lst, path],
+    # portable: the test loads the same weights into PyTorch
+    res = subprocess.run([os.path.join(BIN, "generate_file"), lst, path, "--target", "portable"],
                          capture_output=True, text=True, timeout=900)
     os.unlink(lst)
     assert res.returncode == 0, res.stderr

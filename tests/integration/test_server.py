@@ -5,7 +5,12 @@ deploy_file, a cache, and servers. Outputs are compared bit for bit with
 is needed (FakeServerLB) and speaks the server's protocol with its own Python
 implementation (pipeps_testlib), so the C code is checked against
 docs/protocol.md. No test asserts on a duration: timing fields are checked
-for their logical relations only."""
+for their logical relations only.
+
+The tier serves the native parameter format (generate_file's default:
+weights prepared offline, used in place from the cache); the reference
+outputs come from the portable format, so every serving mode is also a
+check that the prepared weights compute exactly what the plain ones do."""
 import os
 import socket
 import struct
@@ -65,6 +70,9 @@ class Tier:
             "model_name\nresnet152\ninception_v3\ndensenet201\nbert_base, %d\ngpt2, %d\n" % (SEQ, SEQ))
         self.kv = tmp / "kv.bin"
         run([T.binary("generate_file"), tmp / "models.txt", self.kv, MAX_BATCH, "--quiet"])
+        self.kv_portable = tmp / "portable.kv.bin"
+        run([T.binary("generate_file"), tmp / "models.txt", self.kv_portable, MAX_BATCH, "--quiet",
+             "--target", "portable"])
         self.meta = T.start_metadata(tmp / "meta", tmp / "meta.log")
         self.storages = []
         for i in range(2):
@@ -79,13 +87,13 @@ class Tier:
         self.refs = {}
 
     def reference(self, model, x, tag):
-        """Output of `pipeps run` on kv.bin for input x."""
+        """Output of `pipeps run` on the portable kv.bin for input x."""
         key = (model, tag)
         if key not in self.refs:
             xin = self.tmp / ("ref-in-%s-%s.npy" % (model, tag))
             yout = self.tmp / ("ref-out-%s-%s.npy" % (model, tag))
             np.save(xin, x)
-            run([T.binary("pipeps"), "run", self.kv, model, "--input", xin, "--output", yout,
+            run([T.binary("pipeps"), "run", self.kv_portable, model, "--input", xin, "--output", yout,
                  "--repeat", "0"])
             self.refs[key] = np.load(yout)
         return self.refs[key]
@@ -168,6 +176,8 @@ def test_outputs_bit_identical_in_every_mode(tier, serving, model):
     cache, a, b, c = serving
     x = make_input(model)
     ref = tier.reference(model, x, "s0")
+    x3 = make_input(model, seed=3, batch=3)
+    ref3 = tier.reference(model, x3, "s3b3")
 
     t, y = infer_ok(a, model, x)                    # cold: only in remote storage
     check_timing(t, "storage", "pipelined")
@@ -176,10 +186,14 @@ def test_outputs_bit_identical_in_every_mode(tier, serving, model):
     t, y = infer_ok(a, model, x)                    # resident in A
     check_timing(t, "resident", "pipelined")
     assert np.array_equal(y, ref), "resident run differs"
-    if model in ("bert_base", "gpt2"):
-        # The cold run used its matmul weights in place; the idle worker
-        # relays them (after the first or, if a request was already queued,
-        # a later request) and the outputs keep the same bits.
+    t, y = infer_ok(a, model, x3)                   # resident, batch 3
+    assert np.array_equal(y, ref3), "resident run at batch 3 differs"
+    if model == "gpt2":
+        # GPT-2's output projection shares its weight with the token
+        # embedding, so the native format keeps it plain: the cold run used
+        # it in place; the idle worker relays it (after the first or, if a
+        # request was already queued, a later request) and the outputs keep
+        # the same bits.
         deadline = time.time() + 20
         while "%s: " % model not in relaid_lines(a) and time.time() < deadline:
             time.sleep(0.05)
@@ -191,10 +205,16 @@ def test_outputs_bit_identical_in_every_mode(tier, serving, model):
     t, y = infer_ok(b, model, x)                    # stop-and-start, from the cache
     check_timing(t, "cache", "stop-and-start")
     assert np.array_equal(y, ref), "stop-and-start differs"
+    t, y = infer_ok(b, model, x3)
+    check_timing(t, "cache", "stop-and-start")
+    assert np.array_equal(y, ref3), "stop-and-start at batch 3 differs"
 
     t, y = infer_ok(c, model, x)                    # pipelined from the cache
     check_timing(t, "cache", "pipelined")
     assert np.array_equal(y, ref), "pipelined from the cache differs"
+    t, y = infer_ok(c, model, x3)
+    check_timing(t, "cache", "pipelined")
+    assert np.array_equal(y, ref3), "pipelined from the cache at batch 3 differs"
 
     st = T.ServerConn(c.port).stat()
     assert st["resident_models"] == 0               # --memory 1 keeps nothing

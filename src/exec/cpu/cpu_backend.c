@@ -78,6 +78,7 @@ struct cpu_step {
     int deferred;
     void *relaid;
     int relaid_done;
+    int64_t relaid_upto;             /* slices done: indices of the outermost dim */
     float alpha, beta;
 };
 
@@ -1191,13 +1192,49 @@ static int cpu_step_weights(struct exec_backend *be, void *context, void *state,
     return 0;
 }
 
+/* A deferred relayout goes in slices of about this many bytes, so a thread
+ * doing it can stop for a request within a millisecond or two. */
+#define RELAYOUT_SLICE_BYTES (2u << 20)
+
+/* One slice: the next rows of the final layout's outermost dimension (its
+ * blocks are contiguous there), reordered from the same rows of the plain
+ * weights. Returns 1 when the step is done, 2 if slices remain. */
 static int cpu_step_relayout(struct exec_backend *be, void *context, void *state)
 {
     (void)be;
     struct cpu_step *cs = state;
     if (!cs->deferred || cs->relaid_done) return 0;
-    int rc = reorder_now(context, &cs->raw_wmd, cs->weights, &cs->wmd, cs->relaid, NULL, 0, 0);
+    const dnnl_memory_desc_t *dst = &cs->wmd, *src = &cs->raw_wmd;
+    const dnnl_blocking_desc_t *db = &dst->format_desc.blocking, *sb = &src->format_desc.blocking;
+    int d = 0;
+    for (int i = 1; i < dst->ndims; i++)
+        if (db->strides[i] > db->strides[d]) d = i;
+    int64_t blk = 1;
+    for (int k = 0; k < db->inner_nblks; k++)
+        if (db->inner_idxs[k] == d) blk *= db->inner_blks[k];
+    uint64_t unit = (uint64_t)db->strides[d] * sizeof(float); /* bytes per block of rows */
+    if (dst->format_kind != dnnl_blocked || src->format_kind != dnnl_blocked || sb->inner_nblks ||
+        dst->offset0 || src->offset0 || !unit) {
+        /* Not sliceable: all at once. */
+        int rc = reorder_now(context, src, cs->weights, dst, cs->relaid, NULL, 0, 0);
+        if (rc) return rc;
+        cs->relaid_done = 1;
+        return 1;
+    }
+    int64_t per = (int64_t)(RELAYOUT_SLICE_BYTES / unit);
+    if (per < 1) per = 1;
+    int64_t n0 = cs->relaid_upto, n1 = n0 + per * blk;
+    if (n1 > dst->dims[d]) n1 = dst->dims[d];
+    dnnl_memory_desc_t sd = *dst, ss = *src;
+    sd.dims[d] = n1 - n0;
+    sd.padded_dims[d] = (n1 - n0 + blk - 1) / blk * blk;
+    ss.dims[d] = ss.padded_dims[d] = n1 - n0;
+    const uint8_t *sp = (const uint8_t *)cs->weights + (uint64_t)n0 * (uint64_t)sb->strides[d] * sizeof(float);
+    uint8_t *dp = (uint8_t *)cs->relaid + (uint64_t)(n0 / blk) * unit;
+    int rc = reorder_now(context, &ss, sp, &sd, dp, NULL, 0, 0);
     if (rc) return rc;
+    cs->relaid_upto = n1;
+    if (n1 < dst->dims[d]) return 2;
     cs->relaid_done = 1;
     return 1;
 }
