@@ -12,8 +12,17 @@ temporary directory. The fetch time of each model (SUBSCRIBE to DONE on an
 empty cache, no server attached) is measured in the same run, unthrottled
 and throttled, so ratios compare figures taken on the same machine state.
 
+Issue 10 added: the parameter format (--target native, the default, or
+portable), a fresh server process's first request from the cache after its
+start-up warm-up (--warm-models) and without it, and a closed loop of
+--alternate SECONDS alternating the first two models on a server whose
+--memory holds only one of them (every request a cold load from the cache):
+the largest queue wait there is time a request spent behind background work
+(a single client: never behind another request).
+
 Usage: bench/bench_server.py [--bin build/bin] [--runs 5] [--models resnet152,bert_base]
                              [--batches 1,8] [--throttle 1.25G] [--threads 2]
+                             [--target native|portable] [--alternate 60]
                              [--markdown out.md] [--keep DIR]
 """
 import argparse
@@ -56,7 +65,8 @@ class Bench:
         open(os.path.join(tmp, "models.txt"), "w").write("model_name\n" + models)
         self.kv = os.path.join(tmp, "kv.bin")
         log("generating kv.bin ...")
-        run([self.b("generate_file"), os.path.join(tmp, "models.txt"), self.kv, "--quiet"])
+        run([self.b("generate_file"), os.path.join(tmp, "models.txt"), self.kv, "--quiet",
+             "--target", opt.target])
         self.meta = self.daemon([self.b("metadata_storage"), None, "--dir", self.p("meta")], "meta")
         self.storages = [self.daemon([self.b("storage"), None, "--dir", self.p("s%d" % i)],
                                      "s%d" % i) for i in range(2)]
@@ -128,14 +138,18 @@ class Bench:
         finally:
             c.close()  # unpins
 
-    def server(self, mode, memory="8G"):
+    def server(self, mode, memory="8G", warm=None):
+        """A server; warm=N: --warm-models N and wait until it warmed N models."""
         self.nserver += 1
+        extra = ["--warm-models", str(warm or 0)]
         d = self.daemon([self.b("server"), "127.0.0.1", None, "127.0.0.1", self.cache.port,
                          "127.0.0.1", "0", "--mode", mode, "--threads", self.opt.threads,
-                         "--memory", memory], "server-%d" % self.nserver)
-        # Wait for its cache connection, so the measured request does not pay for it.
-        for _ in range(600):
-            if T.ServerConn(d.port).stat().get("cache_connected") == 1:
+                         "--memory", memory] + extra, "server-%d" % self.nserver)
+        # Wait for its cache connection (and warm-up), so the measured
+        # request does not pay for them.
+        for _ in range(1200):
+            st = T.ServerConn(d.port).stat()
+            if st.get("cache_connected") == 1 and st.get("warmed_models", 0) >= (warm or 0):
                 break
             time.sleep(0.05)
         return d
@@ -157,6 +171,42 @@ class Bench:
     def close(self):
         for d in self.daemons:
             d.stop()
+
+
+def alternate(bench, opt):
+    """Closed loop alternating two models on a server that keeps one."""
+    a, b = opt.models[0], opt.models[1]
+    bench.start_cache(None)
+    for m in (a, b):
+        bench.fetch_time(m)                              # both in the cache
+    # Room for either of the two, not both (pinned bytes + activations).
+    srv = bench.server("pipelined")
+    for m in (a, b):
+        bench.infer(srv, m, make_input(m, 1))
+    st = T.ServerConn(srv.port).stat()
+    bench.stop_server(srv)
+    used = st["memory_used"]
+    memory = int(used * 0.75)
+    srv = bench.server("pipelined", memory=str(memory))
+    xs = {m: make_input(m, 1) for m in (a, b)}
+    queue, total = [], []
+    t_end = time.time() + opt.alternate
+    i = 0
+    while time.time() < t_end:
+        m = (a, b)[i % 2]
+        t = bench.infer(srv, m, xs[m])
+        if i >= 2:                                       # the first two warm the process
+            queue.append(ms(t["queue_us"]))
+            total.append(ms(t["total_us"]))
+        i += 1
+    st = T.ServerConn(srv.port).stat()
+    bench.stop_server(srv)
+    assert st["served_from_cache"] >= len(queue), st     # every request was a cold load
+    queue.sort()
+    log("alternating: %d requests, queue max %.3f ms" % (len(queue), queue[-1]))
+    return {"n": len(queue), "qmax": queue[-1], "q99": queue[int(0.99 * (len(queue) - 1))],
+            "q50": statistics.median(queue), "t50": statistics.median(total),
+            "memory": "%d MB" % (memory >> 20)}
 
 
 def make_input(model, batch):
@@ -184,6 +234,9 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--throttle", default="1.25G")
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--target", default="native", choices=["native", "portable"])
+    ap.add_argument("--alternate", type=int, default=60,
+                    help="seconds of the alternating closed loop (0: skip)")
     ap.add_argument("--markdown")
     ap.add_argument("--keep")
     opt = ap.parse_args()
@@ -192,6 +245,7 @@ def main():
     tmp = opt.keep or tempfile.mkdtemp(prefix="pipeps-bench-server-")
     os.makedirs(tmp, exist_ok=True)
     bench = Bench(opt, tmp)
+    alt = None
     res = {}   # (model, batch, what) -> [ms]
     fetch = {}  # (model, throttled) -> [s]
     try:
@@ -227,14 +281,16 @@ def main():
                         t = bench.infer(switch["pipelined"], model, x)
                         assert t["source"] == 1, t
                         res[key].append(ms(t["total_us"]))
-                    key = (model, batch, "cache-fresh")
-                    res[key] = []
-                    for _ in range(opt.runs):
-                        srv = bench.server("pipelined")
-                        t = bench.infer(srv, model, x)
-                        bench.stop_server(srv)
-                        assert t["source"] == 1, t
-                        res[key].append(ms(t["total_us"]))
+                    for key, warm in (((model, batch, "cache-fresh"), 1),
+                                      ((model, batch, "cache-fresh-cold"), None)):
+                        res[key] = []
+                        for _ in range(opt.runs):
+                            # the cache lists this model first: the last one used
+                            srv = bench.server("pipelined", warm=warm)
+                            t = bench.infer(srv, model, x)
+                            bench.stop_server(srv)
+                            assert t["source"] == 1, t
+                            res[key].append(ms(t["total_us"]))
                     srv = bench.server("pipelined")
                     bench.infer(srv, model, x)           # load + warm-up
                     bench.infer(srv, model, x)
@@ -247,17 +303,19 @@ def main():
                          statistics.median(res[(model, batch, "resident")])))
             for srv in switch.values():
                 bench.stop_server(srv)
+        if opt.alternate > 0 and len(opt.models) >= 2:
+            alt = alternate(bench, opt)
     finally:
         bench.close()
 
     lines = []
     lines.append("| model | batch | resident | from cache | cache/resident | "
-                 "from cache, fresh process | fetch | "
+                 "from cache, fresh process (warmed) | fresh/resident | fresh, no warm-up | fetch | "
                  "storage pipelined | storage stop-and-start | pipelined/max(fetch, resident) | "
-                 "stop-and-start/pipelined | fetch @%s | pipelined @%s | stop-and-start @%s | "
+                 "pipelined/(fetch+resident) | stop-and-start/pipelined | fetch @%s | pipelined @%s | stop-and-start @%s | "
                  "pipelined/max @%s | s&s/pipelined @%s |"
                  % ((opt.throttle,) * 5))
-    lines.append("|" + "---|" * 16)
+    lines.append("|" + "---|" * 19)
     for model in opt.models:
         for batch in batches:
             g = lambda w: res[(model, batch, w)]  # noqa: E731
@@ -265,16 +323,26 @@ def main():
             resident = statistics.median(g("resident"))
             cache = statistics.median(g("cache"))
             row = [model, str(batch), f(g("resident")), f(g("cache")), "%.3f" % (cache / resident),
-                   f(g("cache-fresh"))]
+                   f(g("cache-fresh")), "%.3f" % (statistics.median(g("cache-fresh")) / resident),
+                   f(g("cache-fresh-cold"))]
             for throttled, tag in ((False, "plain"), (True, "throttled")):
                 fe = [1e3 * v for v in fetch[(model, throttled)]]
                 pipe = statistics.median(g("storage-%s-pipelined" % tag))
                 sas = statistics.median(g("storage-%s-stop-and-start" % tag))
                 bound = max(statistics.median(fe), resident)
                 row += [f(fe), f(g("storage-%s-pipelined" % tag)),
-                        f(g("storage-%s-stop-and-start" % tag)), "%.3f" % (pipe / bound),
-                        "%.3f" % (sas / pipe)]
+                        f(g("storage-%s-stop-and-start" % tag)), "%.3f" % (pipe / bound)]
+                if not throttled:
+                    row.append("%.3f" % (pipe / (statistics.median(fe) + resident)))
+                row.append("%.3f" % (sas / pipe))
             lines.append("| " + " | ".join(row) + " |")
+    if alt:
+        lines.append("")
+        lines.append("Closed loop alternating %s and %s for %d s on one server whose --memory "
+                     "holds one of them (%s): %d requests; queue wait max %.3f ms, p99 %.3f ms, "
+                     "median %.3f ms; total median %.1f ms."
+                     % (opt.models[0], opt.models[1], opt.alternate, alt["memory"], alt["n"],
+                        alt["qmax"], alt["q99"], alt["q50"], alt["t50"]))
     text = "\n".join(lines)
     print("All latencies in ms as min / median of %d runs (server-side total: receipt of the "
           "request to response ready). Cold runs are model switches in a warm server process "

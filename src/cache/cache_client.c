@@ -347,6 +347,16 @@ int cache_client_fetch(struct cache_client *c, const char *model, cache_event_fn
     }
 }
 
+int cache_client_list(struct cache_client *c, struct cache_meta_msg **out, uint32_t *n)
+{
+    uint8_t *resp = NULL;
+    uint64_t len = 0;
+    int rc = call(c, MSG_CACHE_LIST, NULL, 0, 0, &resp, &len);
+    if (!rc) rc = cache_proto_decode_list(resp, (size_t)len, out, n);
+    free(resp);
+    return rc;
+}
+
 int cache_client_stat(struct cache_client *c, char **text)
 {
     uint8_t *resp = NULL;

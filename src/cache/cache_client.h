@@ -90,5 +90,8 @@ int cache_client_fetch(struct cache_client *c, const char *model, cache_event_fn
 
 /* The cache's STAT text, malloc'd; the caller frees. */
 int cache_client_stat(struct cache_client *c, char **text);
+/* The cache's complete models (CACHE_LIST): *out has *n entries, free() it.
+ * Their METADATA blobs are at offset/len in the pool, not pinned. */
+int cache_client_list(struct cache_client *c, struct cache_meta_msg **out, uint32_t *n);
 
 #endif

@@ -1045,6 +1045,34 @@ static void on_register_response(struct conn *c, const struct frame_header *h, c
     log_info("registered with the load balancer at %s:%u", d->cfg.lb_addr, d->cfg.lb_port);
 }
 
+/* CACHE_LIST: the complete models, most recently used first. */
+static void on_list(struct conn *c, const struct frame_header *h)
+{
+    struct cache_daemon *d = c->d;
+    struct cache_meta_msg *v = calloc(CACHE_LIST_MAX, sizeof *v);
+    if (!v) {
+        send_error(c, h->type, h->request_id, PPS_ENOMEM, "out of memory");
+        return;
+    }
+    uint32_t n = 0;
+    for (struct cache_model *m = d->store.lru_head; m && n < CACHE_LIST_MAX; m = m->lru_next) {
+        if (m->state != CACHE_MODEL_READY || !m->in_table) continue;
+        struct cache_meta_msg *e = &v[n++];
+        snprintf(e->model, sizeof e->model, "%s", m->name);
+        e->generation = m->generation;
+        e->total_size = m->total_size;
+        e->nbatches = m->nbatches;
+        e->offset = m->meta.offset;
+        e->len = m->meta.len;
+    }
+    struct wbuf wb;
+    wbuf_init(&wb);
+    cache_proto_encode_list(&wb, v, n);
+    send_response(c, h->type, h->request_id, wb.data, wb.len);
+    wbuf_free(&wb);
+    free(v);
+}
+
 static void dispatch(struct conn *c, const struct frame_header *h, const uint8_t *p)
 {
     struct cache_daemon *d = c->d;
@@ -1083,6 +1111,9 @@ static void dispatch(struct conn *c, const struct frame_header *h, const uint8_t
         break;
     case MSG_CACHE_OUT:
         on_cache_out(c, h, p);
+        break;
+    case MSG_CACHE_LIST:
+        on_list(c, h);
         break;
     default: {
         char msg[96];

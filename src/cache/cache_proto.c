@@ -64,6 +64,44 @@ int cache_proto_decode_meta(const void *p, size_t n, struct cache_meta_msg *m)
     return rbuf_finish(&rb);
 }
 
+void cache_proto_encode_list(struct wbuf *wb, const struct cache_meta_msg *v, uint32_t n)
+{
+    wbuf_u32(wb, n);
+    for (uint32_t i = 0; i < n; i++) cache_proto_encode_meta(wb, &v[i]);
+}
+
+int cache_proto_decode_list(const void *p, size_t n, struct cache_meta_msg **out, uint32_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    struct rbuf rb;
+    rbuf_init(&rb, p, n);
+    uint32_t k = 0;
+    rbuf_u32(&rb, &k);
+    /* each entry takes at least 2 + 8 + 8 + 4 + 8 + 8 bytes */
+    if (rb.err || k > CACHE_LIST_MAX || (uint64_t)k * 38 > n) return PPS_EPROTO;
+    struct cache_meta_msg *v = calloc(k ? k : 1, sizeof *v);
+    if (!v) return PPS_ENOMEM;
+    for (uint32_t i = 0; i < k; i++) {
+        rbuf_str(&rb, v[i].model, CACHE_MODEL_NAME_MAX);
+        rbuf_u64(&rb, &v[i].generation);
+        rbuf_u64(&rb, &v[i].total_size);
+        rbuf_u32(&rb, &v[i].nbatches);
+        rbuf_u64(&rb, &v[i].offset);
+        rbuf_u64(&rb, &v[i].len);
+    }
+    int rc = rbuf_finish(&rb);
+    for (uint32_t i = 0; i < k && !rc; i++)
+        if (!cache_proto_valid_model_name(v[i].model)) rc = PPS_EPROTO;
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *count = k;
+    return 0;
+}
+
 void cache_proto_encode_batch(struct wbuf *wb, const struct cache_batch_msg *m)
 {
     wbuf_u32(wb, m->index);

@@ -12,6 +12,10 @@
  *   CACHE_UNPIN     (u64 sub_id)  -> empty (sub_id = the SUBSCRIBE's request id)
  *   CACHE_IN        (str model)   -> u64 total_size once the whole model is in the pool
  *   CACHE_OUT       (str model)   -> empty; PPS_EBUSY while pinned
+ *   CACHE_LIST      ()            -> u32 n, then n CACHE_META bodies: the complete models,
+ *                                    most recently used first (at most CACHE_LIST_MAX); a
+ *                                    server warms their kernels at start. Nothing is pinned:
+ *                                    the blobs may be evicted while being read.
  * Load-balancer link (the cache connects and keeps the connection):
  *   LB_CACHE_REGISTER (cache -> LB request) -> any response, status 0 = registered
  *   LB_CACHE_EVENT    (cache -> LB, one-way, never answered)
@@ -30,6 +34,8 @@
 #define CACHE_MODEL_NAME_MAX WIRE_NAME_MAX
 #define CACHE_SHM_NAME_MAX 255
 #define CACHE_ADDR_MAX 63
+/* Models a CACHE_LIST answer names at most. */
+#define CACHE_LIST_MAX 1024
 /* Bound of any request payload the cache accepts. */
 #define CACHE_MAX_REQUEST (64u << 10)
 
@@ -98,6 +104,9 @@ void cache_proto_encode_meta(struct wbuf *wb, const struct cache_meta_msg *m);
 int cache_proto_decode_meta(const void *p, size_t n, struct cache_meta_msg *m);
 void cache_proto_encode_batch(struct wbuf *wb, const struct cache_batch_msg *m);
 int cache_proto_decode_batch(const void *p, size_t n, struct cache_batch_msg *m);
+/* CACHE_LIST answer; on success *out (n entries) is malloc'd, free() it. */
+void cache_proto_encode_list(struct wbuf *wb, const struct cache_meta_msg *v, uint32_t n);
+int cache_proto_decode_list(const void *p, size_t n, struct cache_meta_msg **out, uint32_t *count);
 void cache_proto_encode_done(struct wbuf *wb, const struct cache_done_msg *m);
 int cache_proto_decode_done(const void *p, size_t n, struct cache_done_msg *m);
 void cache_proto_encode_u64(struct wbuf *wb, uint64_t v);

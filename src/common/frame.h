@@ -57,6 +57,7 @@
     X(CACHE_UNPIN,   0x0306)                                                  \
     X(CACHE_IN,      0x0307)                                                  \
     X(CACHE_OUT,     0x0308)                                                  \
+    X(CACHE_LIST,    0x0309)                                                  \
     X(INFER,         0x0401)                                                  \
     X(MODEL_INFO,    0x0402)                                                  \
     X(LB_CACHE_REGISTER, 0x0501)                                              \

@@ -983,6 +983,23 @@ void exec_profile_print(struct exec_model *m, FILE *out)
                 total_min > 0 ? 100.0 * rows[i].min_ms / total_min : 0.0);
 }
 
+int exec_model_warm(struct exec_model *m, int64_t batch, char *err, size_t errlen)
+{
+    if (batch < 1) return pps_fail(err, errlen, PPS_EINVAL, "batch size %lld", (long long)batch);
+    pthread_mutex_lock(&m->run_mu);
+    int rc = 0;
+    if (!plan_find(m, batch)) {
+        struct exec_plan *p = NULL;
+        rc = plan_build(m, batch, &p, err, errlen);
+        if (!rc) {
+            p->next = m->plans;
+            m->plans = p;
+        }
+    }
+    pthread_mutex_unlock(&m->run_mu);
+    return rc;
+}
+
 int exec_step_export(struct exec_model *m, int s, struct exec_prepared *out, int max)
 {
     if (s < 0 || s >= m->nsteps) return 0;

@@ -128,6 +128,11 @@ int exec_run(struct exec_model *m, int64_t batch, const void *const *inputs,
              const uint64_t *input_bytes, void *const *outputs, struct exec_timing *timing,
              char *err, size_t errlen);
 
+/* Build (and cache) the plan for batch size batch now, without running:
+ * its kernels are created (oneDNN JIT-compiles them and keeps them in its
+ * process-wide primitive cache, so another model instance of the same
+ * architecture finds them ready). Needs no parameters. */
+int exec_model_warm(struct exec_model *m, int64_t batch, char *err, size_t errlen);
 /* Memory this model owns: prepared weights plus the activation arenas of
  * its cached plans (parameter bytes used in place are not counted). */
 uint64_t exec_model_memory_bytes(const struct exec_model *m);

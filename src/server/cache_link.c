@@ -69,6 +69,8 @@ struct cache_link {
     double next_try;
     int down_logged;
     struct cache_link_stats stats;
+    cache_list_fn list_fn;    /* cache_link_list_once, not yet answered */
+    void *list_arg;
 };
 
 static double now_s(void)
@@ -287,6 +289,55 @@ static void check_stalls(struct cache_link *l)
     }
 }
 
+/* CACHE_LIST on the current connection, the blobs copied out of the pool
+ * (they are not pinned: a blob evicted meanwhile fails its checksum when
+ * decoded and is skipped there). Called with l->lock held. */
+static void answer_list(struct cache_link *l)
+{
+    cache_list_fn fn = l->list_fn;
+    void *arg = l->list_arg;
+    struct cache_client *cc = l->cur->cc;
+    l->list_fn = NULL;
+    pthread_mutex_unlock(&l->lock);
+    struct cache_meta_msg *v = NULL;
+    uint32_t n = 0;
+    int rc = cache_client_list(cc, &v, &n);
+    if (rc) {
+        log_warn("cache %s:%u: cannot list its models (%s): no kernels warmed ahead", l->addr, l->port,
+                 pps_strerror(rc));
+        n = 0;
+    }
+    uint64_t pool_size = 0;
+    const uint8_t *pool = cache_client_pool(cc, &pool_size);
+    struct cache_listed *out = pps_xcalloc(n ? n : 1, sizeof *out);
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (v[i].offset > pool_size || v[i].len > pool_size - v[i].offset || v[i].len == 0 ||
+            v[i].len > (64u << 20))
+            continue;
+        snprintf(out[k].model, sizeof out[k].model, "%s", v[i].model);
+        out[k].meta = pps_xmalloc(v[i].len);
+        memcpy(out[k].meta, pool + v[i].offset, v[i].len);
+        out[k].meta_len = v[i].len;
+        k++;
+    }
+    free(v);
+    fn(out, k, arg);
+    pthread_mutex_lock(&l->lock);
+}
+
+void cache_link_list_once(struct cache_link *l, cache_list_fn fn, void *arg)
+{
+    pthread_mutex_lock(&l->lock);
+    l->list_fn = fn;
+    l->list_arg = arg;
+    pthread_mutex_unlock(&l->lock);
+    char b = 1;
+    if (write(l->wake[1], &b, 1) < 0) {
+        /* the pipe is full: the thread wakes anyway */
+    }
+}
+
 static void *link_thread(void *arg)
 {
     struct cache_link *l = arg;
@@ -294,6 +345,8 @@ static void *link_thread(void *arg)
     while (!l->stopping) {
         if (!l->cur && (find_sub(l, SUB_QUEUED, NULL) || now_s() >= l->next_try))
             try_connect(l);
+        if (l->cur && l->list_fn)
+            answer_list(l);
         send_commands(l);
         drain_events(l);
         check_stalls(l);

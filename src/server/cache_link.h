@@ -66,4 +66,17 @@ void cache_link_release(struct cache_link *l, struct cache_sub *s);
 
 void cache_link_get_stats(struct cache_link *l, struct cache_link_stats *st);
 
+/* One model the cache holds, with a copy of its METADATA blob. */
+struct cache_listed {
+    char model[CACHE_MODEL_NAME_MAX + 1];
+    uint8_t *meta;            /* malloc'd copy; the receiver frees it */
+    uint64_t meta_len;
+};
+/* Called once on the link thread with what the cache held when it was
+ * first reached (most recently used first; n may be 0). v and the blobs are
+ * the callee's to free. Must be quick and not call cache_link functions. */
+typedef void (*cache_list_fn)(struct cache_listed *v, uint32_t n, void *arg);
+/* Ask for that list once, on the first connection (now if connected). */
+void cache_link_list_once(struct cache_link *l, cache_list_fn fn, void *arg);
+
 #endif

@@ -51,6 +51,7 @@
 #include "server/model_info.h"
 #include "server/resident.h"
 #include "server/server_proto.h"
+#include "server/warmup.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -155,6 +156,7 @@ struct server {
     struct model_stats *mstats;     /* guarded by lock */
     int nmstats;
     struct metrics_http *metrics;   /* --metrics-port; NULL when off */
+    struct warmup *warm;            /* --warm-models; NULL when off */
 };
 
 static double now_s(void)
@@ -188,6 +190,7 @@ void server_config_default(struct server_config *cfg)
     cfg->stall_ms = 60000;
     cfg->lb_backoff_max_ms = 5000;
     cfg->metrics_port = -1;
+    cfg->warm_models = 8;
 }
 
 /* The stats of a model name, created on first use (srv->lock held). */
@@ -988,6 +991,7 @@ static void stat_text(struct server *srv, struct wbuf *wb)
     LINE("cache_subscriptions %" PRIu64 "\n", cs.subscriptions);
     LINE("cache_failures %" PRIu64 "\n", cs.failures);
     LINE("cache_pool %s %" PRIu64 "\n", cs.shm_name[0] ? cs.shm_name : "-", cs.pool_size);
+    LINE("warmed_models %d\n", srv->warm ? warmup_done(srv->warm) : 0);
     LINE("lb_registered %d\n", ls.registered);
     LINE("lb_registrations %" PRIu64 "\n", ls.registrations);
 #undef LINE
@@ -1408,12 +1412,22 @@ int server_run(const struct server_config *cfg)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
+    if (cfg->warm_models > 0) {
+        struct exec_options wo;
+        exec_options_default(&wo);
+        wo.threads = cfg->threads;
+        wo.params_persist = 1; /* as the models it warms for will be built */
+        if (warmup_start(&srv->warm, &wo, cfg->warm_models) != 0)
+            srv->warm = NULL; /* only slower first requests */
+    }
     if ((rc = cache_link_start(&srv->cache, cfg->cache_addr, cfg->cache_port, cfg->stall_ms)) != 0 ||
         (rc = lb_link_start(&srv->lb, cfg->lb_addr, cfg->lb_port, cfg->lb_backoff_max_ms,
                             lb_register_payload, srv)) != 0) {
         log_error("cannot start: %s", pps_strerror(rc));
         return rc;
     }
+    if (srv->warm)
+        cache_link_list_once(srv->cache, warmup_offer, srv->warm);
     if (pthread_create(&srv->worker, NULL, worker_thread, srv) != 0) {
         log_error("cannot start the worker thread");
         return PPS_ENOMEM;
@@ -1479,6 +1493,7 @@ int server_run(const struct server_config *cfg)
     while ((e = resident_first(&srv->res)) != NULL)
         smodel_free(srv, resident_remove(&srv->res, e));
     cache_link_stop(srv->cache);
+    warmup_stop(srv->warm); /* after the link: it may still hand the list over */
     resident_destroy(&srv->res);
     while (srv->mstats) {
         struct model_stats *m = srv->mstats;

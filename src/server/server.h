@@ -44,6 +44,7 @@ struct server_config {
     int stall_ms;              /* a fetch with no progress this long fails */
     int lb_backoff_max_ms;
     int metrics_port;          /* --metrics-port on client_addr: -1 = off, 0 = any port */
+    int warm_models;           /* build the kernels of this many cached models at start */
 };
 
 void server_config_default(struct server_config *cfg);

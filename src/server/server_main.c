@@ -5,6 +5,7 @@
 #include "common/inbound.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "cache/cache_proto.h"
 #include "server/server.h"
 #include "server/server_proto.h"
 
@@ -19,12 +20,13 @@ static void usage(FILE *out)
             "              [--max-request BYTES] [--max-batch N] [--max-queue N]\n"
             "              [--stall-timeout SECONDS] [--prep-threads N] [--reserve BYTES]\n"
             "              [--io-timeout SECONDS] [--max-conns N] [--max-partial BYTES]\n"
-            "              [--metrics-port PORT]\n"
+            "              [--metrics-port PORT] [--warm-models N]\n"
             "  Serves INFER requests on CLIENT_ADDR:CLIENT_PORT (also its identity for the load\n"
             "  balancer), loads models through the cache at CACHE_ADDR:CACHE_PORT and registers\n"
             "  with the load balancer at LB_ADDR:LB_PORT (LB_PORT 0: none), retrying until it is up.\n"
             "  --threads        compute threads per inference (default 2)\n"
-            "  --memory         bytes of prepared weights kept resident, LRU (default 4G)\n"
+            "  --memory         bytes of resident models (their parameters pinned in the cache,\n"
+            "                   prepared weights, activations), LRU (default 4G)\n"
             "  --mode           pipelined (default): layer group i runs once batch i is here;\n"
             "                   stop-and-start: wait for every batch, then run (baseline)\n"
             "  --max-request    largest INFER payload accepted (default 256M)\n"
@@ -42,7 +44,10 @@ static void usage(FILE *out)
             "                   it is refused with PPS_EBUSY (default 1G, at least\n"
             "                   --max-request)\n"
             "  --metrics-port   serve Prometheus metrics on http://CLIENT_ADDR:PORT/metrics\n"
-            "                   (0 = any free port, printed; default: off)\n");
+            "                   (0 = any free port, printed; default: off)\n"
+            "  --warm-models    at start, build the kernels of up to N models the cache holds\n"
+            "                   (most recently used first) so their first request is fast\n"
+            "                   (default 8; 0: off)\n");
 }
 
 int server_main(int argc, char **argv)
@@ -52,7 +57,7 @@ int server_main(int argc, char **argv)
         {"max-request", 1, NULL}, {"max-batch", 1, NULL}, {"max-queue", 1, NULL},
         {"stall-timeout", 1, NULL}, {"prep-threads", 1, NULL}, {"reserve", 1, NULL},
         {"io-timeout", 1, NULL},  {"max-conns", 1, NULL}, {"max-partial", 1, NULL},
-        {"metrics-port", 1, NULL},
+        {"metrics-port", 1, NULL}, {"warm-models", 1, NULL},
     };
     struct args a;
     int help = 0;
@@ -126,6 +131,8 @@ int server_main(int argc, char **argv)
     cfg.max_partial = lim.max_partial;
     if (opts[12].value && args_parse_int(opts[12].value, 0, 65535, &cfg.metrics_port))
         bad = fprintf(stderr, "server: bad --metrics-port '%s' (0..65535)\n", opts[12].value);
+    if (opts[13].value && args_parse_int(opts[13].value, 0, CACHE_LIST_MAX, &cfg.warm_models))
+        bad = fprintf(stderr, "server: bad --warm-models '%s' (0..%d)\n", opts[13].value, CACHE_LIST_MAX);
     if (cfg.max_partial < cfg.max_request) /* or such a request could never be served */
         bad = fprintf(stderr, "server: --max-partial must be at least --max-request\n");
     if (bad)

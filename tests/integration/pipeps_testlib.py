@@ -254,7 +254,7 @@ def start_storage(data_dir, log_path, port=None, extra=()):
 MSG.update({
     "CACHE_HELLO": 0x0301, "CACHE_SUBSCRIBE": 0x0302, "CACHE_META": 0x0303,
     "CACHE_BATCH": 0x0304, "CACHE_DONE": 0x0305, "CACHE_UNPIN": 0x0306,
-    "CACHE_IN": 0x0307, "CACHE_OUT": 0x0308,
+    "CACHE_IN": 0x0307, "CACHE_OUT": 0x0308, "CACHE_LIST": 0x0309,
     "LB_CACHE_REGISTER": 0x0501, "LB_CACHE_EVENT": 0x0502,
 })
 E.update({"CANCELED": -19, "INTERNAL": -20})
@@ -385,6 +385,21 @@ class CacheConn(Conn):
 
     def cache_out(self, model):
         return self.call(MSG["CACHE_OUT"], pack_str(model))
+
+    def cache_list(self):
+        """CACHE_LIST: [(model, generation, total_size, nbatches, meta offset, meta len)]."""
+        st, body = self.call(MSG["CACHE_LIST"])
+        assert st == 0, body
+        (n,) = struct.unpack_from("<I", body, 0)
+        pos, out = 4, []
+        for _ in range(n):
+            (k,) = struct.unpack_from("<I", body, pos)
+            name = body[pos + 4:pos + 4 + k].decode()
+            pos += 4 + k
+            out.append((name,) + struct.unpack_from("<QQIQQ", body, pos))
+            pos += 36
+        assert pos == len(body), "trailing bytes in CACHE_LIST"
+        return out
 
     def stat(self):
         st, body = self.call(MSG["STAT"])

@@ -26,6 +26,7 @@ import pipeps_testlib as T
 MODELS = ["resnet152", "inception_v3", "densenet201", "bert_base", "gpt2"]
 SEQ = 16
 MAX_BATCH = "8M"
+PORTABLE_BERT = "bert_base-alter-portable"
 _seq = [0]
 
 
@@ -84,6 +85,14 @@ class Tier:
                                         for d in [self.meta] + self.storages))
         (tmp / "dist.txt").write_text("model, storages\n" + "".join("%s, 0, 1\n" % m for m in MODELS))
         run([T.binary("deploy_file"), tmp / "storage_list.txt", tmp / "dist.txt", self.kv])
+        # One portable model too, whose matmul weights a server relays after
+        # the cold run (PORTABLE_BERT).
+        (tmp / "portable-models.txt").write_text("model_name\n%s, %d\n" % (PORTABLE_BERT, SEQ))
+        run([T.binary("generate_file"), tmp / "portable-models.txt", tmp / "portable-deploy.kv.bin",
+             MAX_BATCH, "--quiet", "--target", "portable"])
+        (tmp / "dist-portable.txt").write_text("model, storages\n%s, 0, 1\n" % PORTABLE_BERT)
+        run([T.binary("deploy_file"), tmp / "storage_list.txt", tmp / "dist-portable.txt",
+             tmp / "portable-deploy.kv.bin"])
         self.refs = {}
 
     def reference(self, model, x, tag):
@@ -218,6 +227,70 @@ def test_outputs_bit_identical_in_every_mode(tier, serving, model):
 
     st = T.ServerConn(c.port).stat()
     assert st["resident_models"] == 0               # --memory 1 keeps nothing
+
+
+def test_request_during_idle_relayout_is_not_held(tier):
+    """A portable model's cold run uses its matmul weights in place; once it
+    is answered the idle worker reorders them (hundreds of ms of work for
+    bert_base) in slices that stop for a request. A request sent right after
+    the first answer arrives during that work and must start within about a
+    slice, not after the whole relayout (the bound is generous: a loaded
+    machine must not make it flake; the old unsliced relayout took over
+    600 ms on a quiet one). The relayout completes afterwards and the
+    outputs keep their bits."""
+    cache = tier.cache(size="1G")
+    srv = tier.server(cache, "pipelined")
+    try:
+        x = make_input("bert_base")
+        ref = tier.reference("bert_base", x, "s0")
+        t, y = infer_ok(srv, PORTABLE_BERT, x)       # cold: weights used in place
+        assert np.array_equal(y, ref)
+        t, y = infer_ok(srv, PORTABLE_BERT, x)       # arrives while the worker relays
+        assert np.array_equal(y, ref)
+        assert t["queue_us"] < 250000, "waited %.1f ms behind the relayout" % (t["queue_us"] / 1e3)
+        deadline = time.time() + 60
+        while "%s: " % PORTABLE_BERT not in relaid_lines(srv) and time.time() < deadline:
+            time.sleep(0.05)
+        assert "%s: " % PORTABLE_BERT in relaid_lines(srv), "the relayout never finished"
+        t, y = infer_ok(srv, PORTABLE_BERT, x)
+        assert np.array_equal(y, ref), "output after the relayout differs"
+    finally:
+        srv.stop()
+        cache.stop()
+
+
+def test_fresh_server_warms_the_cached_models_kernels(tier):
+    """CACHE_LIST names the complete models, most recently used first; a
+    server started afterwards builds their kernels before any request
+    (--warm-models, STAT warmed_models), and then serves them as usual."""
+    cache = tier.cache(size="1G")
+    first = tier.server(cache, "pipelined")
+    try:
+        for m in ("inception_v3", "resnet152"):
+            infer_ok(first, m, make_input(m))
+    finally:
+        first.stop()
+    cc = T.CacheConn(cache.port)
+    try:
+        listed = [e[0] for e in cc.cache_list()]
+    finally:
+        cc.close()
+    assert listed == ["resnet152", "inception_v3"], listed
+    warm = tier.server(cache, "pipelined", extra=["--warm-models", "1"])
+    cold = tier.server(cache, "pipelined", extra=["--warm-models", "0"])
+    try:
+        assert wait_for(lambda: T.ServerConn(warm.port).stat()["warmed_models"] == 1, 120)
+        assert "warm-up: kernels of 1 of the cache's" in warm.log_text()
+        assert T.ServerConn(cold.port).stat()["warmed_models"] == 0
+        x = make_input("resnet152")
+        for srv in (warm, cold):
+            t, y = infer_ok(srv, "resnet152", x)
+            check_timing(t, "cache", "pipelined")
+            assert np.array_equal(y, tier.reference("resnet152", x, "s0"))
+    finally:
+        warm.stop()
+        cold.stop()
+        cache.stop()
 
 
 def test_infer_client_tool(tier, serving):
@@ -492,7 +565,8 @@ def test_registers_with_a_late_load_balancer(tier):
         infer_ok(srv, "inception_v3", make_input("inception_v3"))
         assert wait_for(lambda: any(e["model"] == "inception_v3" and e["kind"] == "resident"
                                     for e in lb.events))
-        # 150M holds one of these two (87 and 104 MB): the older one was dropped (LRU).
+        # 150M holds one of these two (about 90 and 105 MB with the parameters they pin):
+        # the older one was dropped (LRU).
         assert wait_for(lambda: any(e["model"] == "densenet201" and e["kind"] == "evicted"
                                     for e in lb.events))
         st = T.ServerConn(srv.port).stat()

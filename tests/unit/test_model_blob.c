@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -52,7 +53,9 @@ static void assert_graphs_equal(const struct graph *a, const struct graph *b)
         assert_memory_equal(p->dims, q->dims, sizeof(int64_t) * (size_t)p->ndims);
         assert_true(p->nbytes == q->nbytes && p->offset == q->offset);
         assert_int_equal(p->batch, q->batch);
+        assert_memory_equal(&p->layout, &q->layout, sizeof p->layout);
     }
+    assert_string_equal(a->target, b->target);
     assert_int_equal(a->nbatches, b->nbatches);
     for (int i = 0; i < a->nbatches; i++) {
         assert_true(a->batches[i].nbytes == b->batches[i].nbytes);
@@ -135,6 +138,47 @@ static void test_unbatched_and_invalid(void **state)
     zoo_free(&m);
 }
 
+/* A prepared model's layouts and target travel exactly; a layout that does
+ * not describe its param (blocks not dividing the padded dims, another
+ * element count) is refused. */
+static void test_prepared_layouts(void **state)
+{
+    (void)state;
+    struct zoo_model m;
+    char err[256];
+    assert_int_equal(zoo_build(&m, "inception_v3", NULL, err, sizeof err), 0);
+    const struct graph_param *w = &m.g.params[0]; /* Conv2d_1a_3x3.conv.weight [32, 3, 3, 3] */
+    assert_int_equal(w->ndims, 4);
+    struct graph_layout l = {.ndims = 4, .dims = {32, 3, 3, 3}, .padded_dims = {32, 8, 3, 3},
+                             .strides = {72 * 8, 72, 24, 8}, .nblks = 1, .blks = {8}, .idxs = {1}};
+    graph_set_param_layout(&m.g, 0, &l);
+    assert_true(m.g.params[0].nbytes == 32 * 8 * 9 * 4);
+    snprintf(m.g.target, sizeof m.g.target, "%s", "onednn-test/avx2");
+    assert_int_equal(batching_apply(&m.g, 32768000), 0);
+    char name[64];
+    graph_layout_name(&m.g.params[0].layout, name, sizeof name);
+    assert_string_equal(name, "aBcd8b");
+    struct wbuf wb;
+    wbuf_init(&wb);
+    assert_int_equal(model_blob_encode(&m.g, &wb), 0);
+    struct graph g;
+    int rc = model_blob_decode(&g, wb.data, wb.len, err, sizeof err);
+    if (rc) print_error("%s\n", err);
+    assert_int_equal(rc, 0);
+    assert_graphs_equal(&m.g, &g);
+    graph_free(&g);
+    size_t len = wb.len;
+    m.g.params[0].layout.padded_dims[1] = 7; /* not a multiple of the block */
+    assert_int_equal(model_blob_encode(&m.g, &wb), PPS_EINVAL);
+    m.g.params[0].layout.padded_dims[1] = 8;
+    m.g.params[0].layout.dims[0] = 16; /* half the elements */
+    assert_int_not_equal(graph_validate(&m.g, err, sizeof err), 0);
+    assert_non_null(strstr(err, "layout"));
+    assert_int_equal(wb.len, len);
+    wbuf_free(&wb);
+    zoo_free(&m);
+}
+
 static void reseal(uint8_t *blob, size_t len)
 {
     store_le64(blob + len - 8, XXH3_64bits(blob, len - 8));
@@ -158,11 +202,12 @@ static void test_header_errors(void **state)
     assert_int_equal(model_blob_decode(&g, copy, wb.len, err, sizeof err), PPS_EUNSUPPORTED);
     assert_non_null(strstr(err, "version"));
 
-    /* bert_base has optional inputs: flag bit 0; other bits are refused,
-     * and so is a blob whose inputs break graph_validate's rules for them. */
+    /* bert_base has optional inputs: flag bit 0 (bit 1 is a prepared
+     * model's); other bits are refused, and so is a blob whose inputs break
+     * graph_validate's rules for them. */
     assert_int_equal(copy[6] = wb.data[6], 1);
     memcpy(copy, wb.data, wb.len);
-    copy[6] |= 2;
+    copy[6] |= 4;
     reseal(copy, wb.len);
     assert_int_equal(model_blob_decode(&g, copy, wb.len, err, sizeof err), PPS_ECORRUPT);
     assert_non_null(strstr(err, "flags"));
@@ -292,6 +337,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_every_model),
         cmocka_unit_test(test_unbatched_and_invalid),
+        cmocka_unit_test(test_prepared_layouts),
         cmocka_unit_test(test_header_errors),
         cmocka_unit_test(test_truncation_every_offset),
         cmocka_unit_test(test_random_corruption),

@@ -2405,6 +2405,9 @@ static void cpu_destroy(struct exec_backend *be) { (void)be; }
 static void cpu_init_once(void)
 {
     PPS_ASSERT(dnnl_engine_create(&g_cpu.engine, dnnl_cpu, 0) == dnnl_success);
+    /* Room for the kernels of several big models (a server warms those of
+     * the models in its machine's cache at start; default 1024). */
+    dnnl_set_primitive_cache_capacity(4096);
     const dnnl_version_t *v = dnnl_version();
     snprintf(g_target, sizeof g_target, "onednn-%d.%d.%d/%s", v->major, v->minor, v->patch,
              isa_name(dnnl_get_effective_cpu_isa()));
