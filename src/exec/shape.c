@@ -5,6 +5,7 @@
  * becomes a buffer size. */
 #include "exec/shape.h"
 
+#include <float.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -228,6 +229,74 @@ int shape_slice(const struct graph_node *n, const struct exec_tensor *x, struct 
     return 0;
 }
 
+int shape_reduce_axes(const struct graph_node *n, int rank, unsigned *mask, char *err, size_t errlen)
+{
+    int64_t axes[GRAPH_MAX_ATTR_INTS];
+    int na = graph_attr_ints(n, "axes", axes, GRAPH_MAX_ATTR_INTS);
+    int64_t keep = graph_attr_int(n, "keepdims", 1);
+    if (keep != 0 && keep != 1) return fail(err, errlen, n, "keepdims must be 0 or 1");
+    if (na > rank) return fail(err, errlen, n, "more axes than the rank");
+    *mask = 0;
+    if (na == 0) {
+        for (int i = 0; i < rank; i++) *mask |= 1u << i;
+        return 0;
+    }
+    for (int i = 0; i < na; i++) {
+        int a = shape_axis(axes[i], rank);
+        if (a < 0) return fail(err, errlen, n, "axis %lld out of range", (long long)axes[i]);
+        if (*mask & (1u << a)) return fail(err, errlen, n, "axis %d repeated", a);
+        *mask |= 1u << a;
+    }
+    return 0;
+}
+
+int shape_deconv(const struct graph_node *n, const struct exec_tensor *x,
+                 const struct exec_tensor *w, struct shape_deconv *dc, char *err, size_t errlen)
+{
+    memset(dc, 0, sizeof *dc);
+    int sp = x->ndims - 2;
+    if (sp < 1 || sp > 3) return fail(err, errlen, n, "input rank %d (1 to 3 spatial dims supported)", x->ndims);
+    if (w->ndims != x->ndims) return fail(err, errlen, n, "weight rank %d, expected %d", w->ndims, x->ndims);
+    dc->sp = sp;
+    dc->group = graph_attr_int(n, "group", 1);
+    if (dc->group < 1 || x->dims[1] % dc->group || w->dims[0] != x->dims[1])
+        return fail(err, errlen, n, "channels %lld, weight [%lld, ...], group %lld do not agree",
+                    (long long)x->dims[1], (long long)w->dims[0], (long long)dc->group);
+    const struct graph_attr *ap = graph_attr_find(n, "auto_pad");
+    if (ap && ap->kind == GRAPH_ATTR_INT && ap->i != 0)
+        return fail(err, errlen, n, "auto_pad is not supported (use explicit pads)");
+    int64_t v[GRAPH_MAX_ATTR_INTS];
+    const char *names[4] = {"strides", "dilations", "output_padding", "kernel_shape"};
+    int64_t *dst[4] = {dc->stride, dc->dilation, dc->out_pad, NULL};
+    for (int k = 0; k < 4; k++) {
+        int c = graph_attr_ints(n, names[k], v, GRAPH_MAX_ATTR_INTS);
+        if (c && c != sp) return fail(err, errlen, n, "%s needs %d values, has %d", names[k], sp, c);
+        for (int i = 0; i < sp; i++) {
+            if (k == 3) {
+                if (c && v[i] != w->dims[2 + i]) return fail(err, errlen, n, "kernel_shape disagrees with the weight");
+                continue;
+            }
+            dst[k][i] = c ? v[i] : (k == 2 ? 0 : 1);
+        }
+    }
+    int np = graph_attr_ints(n, "pads", v, GRAPH_MAX_ATTR_INTS);
+    if (np && np != 2 * sp) return fail(err, errlen, n, "pads needs %d values, has %d", 2 * sp, np);
+    for (int i = 0; i < sp; i++) {
+        dc->pad_begin[i] = np ? v[i] : 0;
+        dc->pad_end[i] = np ? v[sp + i] : 0;
+        int64_t k = w->dims[2 + i];
+        if (dc->stride[i] < 1 || dc->stride[i] > 4096 || dc->dilation[i] < 1 ||
+            dc->dilation[i] > 4096 || dc->pad_begin[i] < 0 || dc->pad_end[i] < 0 ||
+            dc->pad_begin[i] > 4096 || dc->pad_end[i] > 4096 || dc->out_pad[i] < 0 ||
+            dc->out_pad[i] >= (dc->stride[i] > dc->dilation[i] ? dc->stride[i] : dc->dilation[i]) ||
+            k < 1 || k > 4096)
+            return fail(err, errlen, n, "kernel/stride/dilation/pads/output_padding out of range");
+        dc->out[i] = dc->stride[i] * (x->dims[2 + i] - 1) + dc->out_pad[i] +
+                     (k - 1) * dc->dilation[i] + 1 - dc->pad_begin[i] - dc->pad_end[i];
+    }
+    return 0;
+}
+
 static int check_operands(const struct graph_node *n, int min, int max, char *err, size_t errlen)
 {
     int k = shape_noperands(n);
@@ -382,16 +451,17 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
         if ((rc = check_operands(n, 2, 2, err, errlen))) return rc;
         const struct exec_tensor *a = &op[0], *b = &op[1];
         if ((rc = need_f32(n, a, err, errlen)) || (rc = need_f32(n, b, err, errlen))) return rc;
-        if (a->ndims < 2 || b->ndims < 2) return fail(err, errlen, n, "rank-1 operands are not supported");
-        if (a->dims[a->ndims - 1] != b->dims[b->ndims - 2])
-            return fail(err, errlen, n, "inner dimensions differ");
+        if (a->ndims < 1 || b->ndims < 1) return fail(err, errlen, n, "rank-0 operands");
+        /* numpy: a 1-D a is [1, K], a 1-D b is [K, 1]; the 1 is dropped. */
+        int64_t ka = a->dims[a->ndims - 1], kb = b->dims[b->ndims == 1 ? 0 : b->ndims - 2];
+        if (ka != kb) return fail(err, errlen, n, "inner dimensions %lld and %lld differ",
+                                  (long long)ka, (long long)kb);
         struct exec_tensor ba = *a, bb = *b;
-        ba.ndims -= 2;
-        bb.ndims -= 2;
+        ba.ndims = a->ndims >= 2 ? a->ndims - 2 : 0;
+        bb.ndims = b->ndims >= 2 ? b->ndims - 2 : 0;
         if (shape_broadcast(&ba, &bb, out)) return fail(err, errlen, n, "batch dimensions do not broadcast");
-        out->dims[out->ndims] = a->dims[a->ndims - 2];
-        out->dims[out->ndims + 1] = b->dims[b->ndims - 1];
-        out->ndims += 2;
+        if (a->ndims >= 2) out->dims[out->ndims++] = a->dims[a->ndims - 2];
+        if (b->ndims >= 2) out->dims[out->ndims++] = b->dims[b->ndims - 1];
         out->dtype = GRAPH_F32;
         break;
     }
@@ -476,7 +546,8 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
             data = &op[1];
             idx = &op[0];
         }
-        if (idx->dtype != GRAPH_I64) return fail(err, errlen, n, "indices must be int64");
+        if (idx->dtype != GRAPH_I64 && !(idx == &op[1] && n->ninputs < 2))
+            return fail(err, errlen, n, "indices must be int64 (or a float parameter)");
         int axis = shape_axis(graph_attr_int(n, "axis", 0), data->ndims);
         if (axis < 0) return fail(err, errlen, n, "axis out of range");
         if (data->ndims + idx->ndims - 1 > GRAPH_MAX_DIMS) return fail(err, errlen, n, "result rank too large");
@@ -513,6 +584,184 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
         if ((rc = shape_slice(n, &op[0], &sl, err, errlen))) return rc;
         *out = op[0];
         for (int d = 0; d < out->ndims; d++) out->dims[d] = sl.count[d];
+        break;
+    }
+    case GRAPH_OP_CONSTANT:
+        if (n->ninputs != 0 || n->nparams != 1)
+            return fail(err, errlen, n, "needs no inputs and exactly one parameter");
+        *out = op[0];
+        break;
+    case GRAPH_OP_NEG: case GRAPH_OP_ABS: case GRAPH_OP_EXP: case GRAPH_OP_LOG:
+    case GRAPH_OP_RECIPROCAL: case GRAPH_OP_LEAKYRELU: case GRAPH_OP_HARDSIGMOID:
+    case GRAPH_OP_HARDSWISH: case GRAPH_OP_ELU: case GRAPH_OP_SELU: case GRAPH_OP_SOFTPLUS:
+    case GRAPH_OP_SIN: case GRAPH_OP_COS: case GRAPH_OP_FLOOR: case GRAPH_OP_CEIL:
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        *out = op[0];
+        break;
+    case GRAPH_OP_CLIP: {
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        float lo = graph_attr_float(n, "min", -FLT_MAX), hi = graph_attr_float(n, "max", FLT_MAX);
+        if (lo != lo || hi != hi) return fail(err, errlen, n, "min/max is NaN");
+        *out = op[0];
+        break;
+    }
+    case GRAPH_OP_NOT:
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        *out = op[0];
+        out->dtype = GRAPH_F32;
+        break;
+    case GRAPH_OP_CAST: {
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        int64_t to = graph_attr_int(n, "to", 0);
+        if (to != 1 && to != 7)
+            return fail(err, errlen, n, "cast to type %lld: only float (1) and int64 (7) are supported",
+                        (long long)to);
+        *out = op[0];
+        out->dtype = to == 7 ? GRAPH_I64 : GRAPH_F32;
+        break;
+    }
+    case GRAPH_OP_PRELU:
+        if ((rc = check_operands(n, 2, 2, err, errlen))) return rc;
+        if (n->ninputs < 1) return fail(err, errlen, n, "needs an activation operand");
+        if ((rc = need_f32(n, &op[0], err, errlen)) || (rc = need_f32(n, &op[1], err, errlen)))
+            return rc;
+        if (shape_broadcast(&op[0], &op[1], out) || out->ndims != op[0].ndims ||
+            memcmp(out->dims, op[0].dims, sizeof(int64_t) * (size_t)op[0].ndims) != 0)
+            return fail(err, errlen, n, "slope does not broadcast to the input");
+        break;
+    case GRAPH_OP_MAX: case GRAPH_OP_MIN: case GRAPH_OP_EQUAL: case GRAPH_OP_LESS:
+    case GRAPH_OP_GREATER:
+        if ((rc = check_operands(n, 2, 2, err, errlen))) return rc;
+        if (n->ninputs < 1) return fail(err, errlen, n, "needs an activation operand");
+        if ((n->op == GRAPH_OP_MAX || n->op == GRAPH_OP_MIN) &&
+            ((rc = need_f32(n, &op[0], err, errlen)) || (rc = need_f32(n, &op[1], err, errlen))))
+            return rc;
+        if (shape_broadcast(&op[0], &op[1], out))
+            return fail(err, errlen, n, "operands do not broadcast");
+        out->dtype = GRAPH_F32;
+        break;
+    case GRAPH_OP_LOGSOFTMAX:
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        if (shape_axis(graph_attr_int(n, "axis", -1), op[0].ndims) < 0)
+            return fail(err, errlen, n, "axis out of range");
+        *out = op[0];
+        break;
+    case GRAPH_OP_INSTANCENORM:
+        if ((rc = check_operands(n, 3, 3, err, errlen))) return rc;
+        if (n->ninputs != 1) return fail(err, errlen, n, "scale and B must be parameters");
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        if (op[0].ndims < 3) return fail(err, errlen, n, "input rank < 3");
+        for (int k = 1; k < 3; k++)
+            if (op[k].ndims != 1 || op[k].dims[0] != op[0].dims[1])
+                return fail(err, errlen, n, "scale/B must be [%lld]", (long long)op[0].dims[1]);
+        *out = op[0];
+        break;
+    case GRAPH_OP_GLOBALMAXPOOL:
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        if (op[0].ndims < 3) return fail(err, errlen, n, "input rank < 3");
+        *out = op[0];
+        for (int i = 2; i < out->ndims; i++) out->dims[i] = 1;
+        break;
+    case GRAPH_OP_REDUCEMEAN: case GRAPH_OP_REDUCESUM: case GRAPH_OP_REDUCEMAX:
+    case GRAPH_OP_REDUCEMIN: {
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        unsigned mask;
+        if ((rc = shape_reduce_axes(n, op[0].ndims, &mask, err, errlen))) return rc;
+        int keep = (int)graph_attr_int(n, "keepdims", 1);
+        out->ndims = 0;
+        for (int i = 0; i < op[0].ndims; i++) {
+            if (!(mask & (1u << i))) out->dims[out->ndims++] = op[0].dims[i];
+            else if (keep) out->dims[out->ndims++] = 1;
+        }
+        break;
+    }
+    case GRAPH_OP_EXPAND: {
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        int64_t sh[GRAPH_MAX_ATTR_INTS];
+        int ns = graph_attr_ints(n, "shape", sh, GRAPH_MAX_ATTR_INTS);
+        if (ns < 1 || ns > GRAPH_MAX_DIMS) return fail(err, errlen, n, "shape attribute missing");
+        struct exec_tensor t;
+        memset(&t, 0, sizeof t);
+        t.ndims = ns;
+        for (int i = 0; i < ns; i++) {
+            if (sh[i] < 1 || sh[i] > (int64_t)SHAPE_MAX_ELEMS)
+                return fail(err, errlen, n, "shape entry %d is %lld", i, (long long)sh[i]);
+            t.dims[i] = sh[i];
+        }
+        if (shape_broadcast(&op[0], &t, out))
+            return fail(err, errlen, n, "input does not broadcast to the shape");
+        out->dtype = op[0].dtype;
+        break;
+    }
+    case GRAPH_OP_TILE: {
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        int64_t rep[GRAPH_MAX_ATTR_INTS];
+        int nr = graph_attr_ints(n, "repeats", rep, GRAPH_MAX_ATTR_INTS);
+        if (nr != op[0].ndims) return fail(err, errlen, n, "repeats has %d entries for rank %d", nr, op[0].ndims);
+        *out = op[0];
+        for (int i = 0; i < nr; i++) {
+            if (rep[i] < 1 || rep[i] > (1 << 24)) return fail(err, errlen, n, "repeats[%d] is %lld", i, (long long)rep[i]);
+            out->dims[i] = op[0].dims[i] * rep[i];
+        }
+        break;
+    }
+    case GRAPH_OP_PAD: {
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        int64_t pads[GRAPH_MAX_ATTR_INTS];
+        int r = op[0].ndims, np = graph_attr_ints(n, "pads", pads, GRAPH_MAX_ATTR_INTS);
+        if (np != 2 * r) return fail(err, errlen, n, "pads has %d entries for rank %d", np, r);
+        int64_t mode = graph_attr_int(n, "mode", 0);
+        if (mode < 0 || mode > 2) return fail(err, errlen, n, "mode %lld (0 constant, 1 reflect, 2 edge)", (long long)mode);
+        *out = op[0];
+        for (int i = 0; i < r; i++) {
+            int64_t b = pads[i], e = pads[r + i], d = op[0].dims[i];
+            if (b < -d || e < -d || b > (1 << 24) || e > (1 << 24))
+                return fail(err, errlen, n, "pads out of range on axis %d", i);
+            if (mode != 0 && (b < 0 || e < 0)) return fail(err, errlen, n, "negative pads need mode constant");
+            if (mode == 1 && (b >= d || e >= d) && d > 1)
+                return fail(err, errlen, n, "reflect pads must be smaller than the dimension (axis %d)", i);
+            out->dims[i] = d + b + e;
+        }
+        break;
+    }
+    case GRAPH_OP_RESIZE: {
+        if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        int64_t sz[GRAPH_MAX_ATTR_INTS];
+        int r = op[0].ndims, ns = graph_attr_ints(n, "sizes", sz, GRAPH_MAX_ATTR_INTS);
+        if (ns != r) return fail(err, errlen, n, "sizes has %d entries for rank %d", ns, r);
+        int64_t mode = graph_attr_int(n, "mode", 0), coord = graph_attr_int(n, "coord", 0),
+                nm = graph_attr_int(n, "nearest", 0);
+        if (mode < 0 || mode > 1 || coord < 0 || coord > 3 || nm < 0 || nm > 3)
+            return fail(err, errlen, n, "mode/coord/nearest out of range");
+        *out = op[0];
+        for (int i = 0; i < r; i++) {
+            if (sz[i] < 0 || sz[i] > (1 << 24)) return fail(err, errlen, n, "sizes[%d] is %lld", i, (long long)sz[i]);
+            if (sz[i] > 0) out->dims[i] = sz[i];
+        }
+        break;
+    }
+    case GRAPH_OP_CONVTRANSPOSE: {
+        if ((rc = check_operands(n, 2, 3, err, errlen))) return rc;
+        if (n->ninputs != 1) return fail(err, errlen, n, "needs exactly one activation input");
+        if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
+        struct shape_deconv dc;
+        if ((rc = shape_deconv(n, &op[0], &op[1], &dc, err, errlen))) return rc;
+        if (nop == 3 && (op[2].ndims != 1 || op[2].dims[0] != op[1].dims[1] * dc.group))
+            return fail(err, errlen, n, "bias must be [%lld]", (long long)(op[1].dims[1] * dc.group));
+        out->ndims = op[0].ndims;
+        out->dims[0] = op[0].dims[0];
+        out->dims[1] = op[1].dims[1] * dc.group;
+        for (int i = 0; i < dc.sp; i++) {
+            out->dims[2 + i] = dc.out[i];
+            if (dc.out[i] < 1) return fail(err, errlen, n, "output size %lld on axis %d", (long long)dc.out[i], 2 + i);
+        }
         break;
     }
     default:

@@ -64,6 +64,20 @@ struct shape_slice {
 int shape_slice(const struct graph_node *n, const struct exec_tensor *x, struct shape_slice *sl,
                 char *err, size_t errlen);
 
+/* Reduce*'s "axes" (absent = all) as a bit mask over the input's axes;
+ * checks range, repeats and keepdims. */
+int shape_reduce_axes(const struct graph_node *n, int rank, unsigned *mask, char *err,
+                      size_t errlen);
+
+/* Geometry of a ConvTranspose (1 to 3 spatial dims) after checks. */
+struct shape_deconv {
+    int sp;
+    int64_t group;
+    int64_t stride[3], dilation[3], pad_begin[3], pad_end[3], out_pad[3], out[3];
+};
+int shape_deconv(const struct graph_node *n, const struct exec_tensor *x,
+                 const struct exec_tensor *w, struct shape_deconv *dc, char *err, size_t errlen);
+
 /* Normalised axis in [0, rank) or -1 if out of range. */
 int shape_axis(int64_t axis, int rank);
 

@@ -129,7 +129,7 @@ static void test_validate(void **state)
     g.nodes[0].params[0] = 4;
     assert_int_equal(graph_validate(&g, err, sizeof err), PPS_ECORRUPT);
     g.nodes[0].params[0] = 0;
-    g.nodes[0].attrs[0].nints = 9;
+    g.nodes[0].attrs[0].nints = GRAPH_MAX_ATTR_INTS + 1;
     assert_int_equal(graph_validate(&g, err, sizeof err), PPS_ECORRUPT);
     g.nodes[0].attrs[0].nints = 2;
     memset(g.nodes[0].name, 'a', sizeof g.nodes[0].name); /* no terminator */
