@@ -39,6 +39,7 @@
 #include "exec/shape.h"
 #include "onnx.pb-c.h"
 #include "onnx/onnx_fold.h"
+#include "onnx/onnx_patterns.h"
 
 #define MAX_TENSOR_ELEMS (1ull << 40) /* as graph_validate */
 #define MAX_NODES 1000000
@@ -96,6 +97,8 @@ struct importer {
     const Onnx__NodeProto *node; /* being mapped (messages) */
     char node_name[GRAPH_NAME_MAX + 1];
     int nsub;                  /* graph nodes emitted for the current ONNX node */
+    uint8_t *absorbed;         /* per ONNX node: part of a rewritten pattern, skipped */
+    struct onnx_rewrite *rw;   /* per ONNX node: the last node of a pattern, imported as one op */
 };
 
 /* ---- messages -------------------------------------------------------------- */
@@ -1035,7 +1038,7 @@ static int map_reshape_like(struct importer *im, const char *op)
         /* rank 0 results are not graph values; keep rank 1 */
         return nfail(im, PPS_EUNSUPPORTED, "a rank-0 activation (squeezed to a scalar)");
     }
-    int32_t gid;
+    int32_t gid = -1;
     int rc;
     if (strcmp(op, "Flatten") == 0) {
         gid = begin_node(im, GRAPH_OP_FLATTEN, 1, &x->gid, 0, NULL);
@@ -1747,6 +1750,63 @@ static void node_display_name(const Onnx__NodeProto *n, int index, char *out, si
     else snprintf(out, cap, "%s_%d", n->op_type ? n->op_type : "node", index);
 }
 
+static int rewrite_supported(enum onnx_rewrite_kind k)
+{
+    return graph_op_from_name(k == ONNX_REWRITE_GELU ? "Gelu" : "LayerNormalization") != GRAPH_OP_INVALID;
+}
+
+static int node_supported(struct importer *im, size_t i)
+{
+    if (im->absorbed[i]) return 1;
+    if (im->rw[i].kind) return rewrite_supported(im->rw[i].kind);
+    return rule_supported(find_rule(im->gp->node[i]));
+}
+
+/* A recognised pattern (onnx_patterns.h) as its one graph op. */
+static int map_rewrite(struct importer *im, const struct onnx_rewrite *rw)
+{
+    struct ival *x = find_val(im, rw->x);
+    int rc = 0;
+    if (!is_act(x)) return nfail(im, PPS_EUNSUPPORTED, "the input of a %s pattern must not be a constant",
+                                 rw->kind == ONNX_REWRITE_GELU ? "GELU" : "LayerNorm");
+    if (rw->kind == ONNX_REWRITE_GELU) {
+        int32_t gid = begin_node(im, GRAPH_OP_GELU, 1, &x->gid, 0, NULL);
+        if ((rc = end_node(im))) return rc;
+        return set_out_act(im, 0, gid);
+    }
+    int64_t d[2][GRAPH_MAX_DIMS];
+    int r = vdims(im, x, 0, d[0]);
+    vdims(im, x, 1, d[1]);
+    if (r < 2 || d[0][r - 1] != d[1][r - 1]) return nfail(im, PPS_EUNSUPPORTED, "LayerNorm over the batch dimension");
+    int64_t len = d[0][r - 1];
+    const char *names[2] = {rw->gamma, rw->beta};
+    int32_t pars[2];
+    for (int k = 0; k < 2; k++) {
+        struct ival *v = names[k] ? find_val(im, names[k]) : NULL;
+        if (v && !is_const(v)) return nfail(im, PPS_EUNSUPPORTED, "LayerNorm %s must be a constant", k ? "bias" : "scale");
+        if (v && v->c[0]->n == (uint64_t)len && onnx_const_equal(v->c[0], v->c[1])) {
+            if ((pars[k] = param_of(im, v, &rc)) < 0) return rc;
+            continue;
+        }
+        struct onnx_const *c;
+        if (v) {
+            if (v->c[0]->n != 1) return nfail(im, PPS_EUNSUPPORTED, "LayerNorm %s has %llu values for %lld", k ? "bias" : "scale",
+                                              (unsigned long long)v->c[0]->n, (long long)len);
+            c = onnx_fold_expand(&im->m->pool, v->c[0], 1, &len, im->err, im->errlen);
+        } else {
+            c = onnx_const_new(&im->m->pool, ONNX_CONST_F32, 1, &len, im->err, im->errlen);
+            for (int64_t i = 0; c && k == 0 && i < len; i++) onnx_const_set(c, (uint64_t)i, 1.0);
+        }
+        if (!c) return PPS_ETOOBIG;
+        char name[GRAPH_NAME_MAX + 1];
+        snprintf(name, sizeof name, "%.80s.%s", im->node_name, k ? "bias" : "scale");
+        if ((pars[k] = param_from(im, name, c, c, &rc)) < 0) return rc;
+    }
+    int32_t gid = begin_node(im, GRAPH_OP_LAYERNORM, 1, &x->gid, 2, pars);
+    if ((rc = set_int(im, "axis", -1)) || (rc = set_float(im, "epsilon", rw->epsilon)) || (rc = end_node(im))) return rc;
+    return set_out_act(im, 0, gid);
+}
+
 /* Op-type statistics and the unsupported list. */
 static void count_ops(struct importer *im)
 {
@@ -1755,8 +1815,7 @@ static void count_ops(struct importer *im)
     for (size_t i = 0; i < gp->n_node; i++) {
         const Onnx__NodeProto *n = gp->node[i];
         const char *dom = n->domain ? n->domain : "";
-        const struct op_rule *r = find_rule(n);
-        int sup = rule_supported(r);
+        int sup = node_supported(im, i);
         int k;
         for (k = 0; k < m->nops; k++)
             if (strcmp(m->ops[k].op_type, n->op_type) == 0 && strcmp(m->ops[k].domain, dom) == 0) break;
@@ -1765,10 +1824,11 @@ static void count_ops(struct importer *im)
             memset(&m->ops[k], 0, sizeof m->ops[k]);
             snprintf(m->ops[k].op_type, sizeof m->ops[k].op_type, "%s", n->op_type);
             snprintf(m->ops[k].domain, sizeof m->ops[k].domain, "%s", dom);
-            m->ops[k].supported = sup;
+            m->ops[k].supported = 1;
             m->nops++;
         }
         m->ops[k].count++;
+        m->ops[k].supported &= sup;
         if (!sup) {
             m->unsup = pps_xrealloc(m->unsup, (unsigned long)(m->nunsup + 1) * sizeof *m->unsup);
             struct onnx_unsupported_node *u = &m->unsup[m->nunsup++];
@@ -1950,20 +2010,6 @@ static int import_graph(struct importer *im)
     for (size_t i = 0; i < gp->n_node; i++)
         if (!gp->node[i]->op_type || !gp->node[i]->op_type[0])
             return pps_fail(im->err, im->errlen, PPS_EINVAL, "node %zu has no op_type", i);
-    count_ops(im);
-    if (m->nunsup && !im->opt->allow_unsupported) {
-        size_t len = 0;
-        int k = snprintf(im->err, im->errlen, "%d node(s) cannot be served:", m->nunsup);
-        if (k > 0) len = (size_t)k;
-        for (int i = 0; i < m->nunsup && len < im->errlen; i++) {
-            const struct onnx_unsupported_node *u = &m->unsup[i];
-            k = snprintf(im->err + len, im->errlen - len, "%s '%s' (%s%s%s, opset %lld)", i ? "," : "", u->name,
-                         u->domain[0] ? u->domain : "", u->domain[0] ? "." : "", u->op_type, (long long)u->opset);
-            if (k < 0) break;
-            len += (size_t)k;
-        }
-        return PPS_EUNSUPPORTED;
-    }
     /* value table */
     size_t nv = gp->n_input + gp->n_initializer;
     for (size_t i = 0; i < gp->n_node; i++) nv += gp->node[i]->n_output;
@@ -1997,6 +2043,23 @@ static int import_graph(struct importer *im)
             }
         }
     }
+    im->absorbed = pps_xcalloc((unsigned long)gp->n_node + 1, sizeof *im->absorbed);
+    im->rw = pps_xcalloc((unsigned long)gp->n_node + 1, sizeof *im->rw);
+    onnx_find_patterns(gp, im->absorbed, im->rw);
+    count_ops(im);
+    if (m->nunsup && !im->opt->allow_unsupported) {
+        size_t len = 0;
+        int k = snprintf(im->err, im->errlen, "%d node(s) cannot be served:", m->nunsup);
+        if (k > 0) len = (size_t)k;
+        for (int i = 0; i < m->nunsup && len < im->errlen; i++) {
+            const struct onnx_unsupported_node *u = &m->unsup[i];
+            k = snprintf(im->err + len, im->errlen - len, "%s '%s' (%s%s%s, opset %lld)", i ? "," : "", u->name,
+                         u->domain[0] ? u->domain : "", u->domain[0] ? "." : "", u->op_type, (long long)u->opset);
+            if (k < 0) break;
+            len += (size_t)k;
+        }
+        return PPS_EUNSUPPORTED;
+    }
     int *order = pps_xmalloc(((unsigned long)gp->n_node + 1) * sizeof *order);
     if ((rc = topo_sort(im, order))) {
         free(order);
@@ -2008,8 +2071,9 @@ static int import_graph(struct importer *im)
         im->node = n;
         im->nsub = 0;
         node_display_name(n, i, im->node_name, sizeof im->node_name);
+        if (im->absorbed[i]) continue;
         const struct op_rule *r = find_rule(n);
-        int skip = !rule_supported(r);
+        int skip = !node_supported(im, (size_t)i);
         for (size_t k = 0; k < n->n_input && !skip; k++)
             if (n->input[k][0] && find_val(im, n->input[k])->kind == IV_SKIPPED) skip = 1;
         if (skip) {
@@ -2017,7 +2081,7 @@ static int import_graph(struct importer *im)
                 if (n->output[k][0]) find_val(im, n->output[k])->kind = IV_SKIPPED;
             continue;
         }
-        rc = map_node(im, r);
+        rc = im->rw[i].kind ? map_rewrite(im, &im->rw[i]) : map_node(im, r);
         if (!rc)
             for (size_t k = 0; k < n->n_output; k++) {
                 struct ival *v = n->output[k][0] ? find_val(im, n->output[k]) : NULL;
@@ -2104,6 +2168,8 @@ int onnx_import_memory(const void *bytes, size_t len, const char *base_dir, cons
     int rc = import_graph(&im);
     free(im.vals);
     free(im.hash);
+    free(im.absorbed);
+    free(im.rw);
     free(im.shapes[0]);
     free(im.shapes[1]);
     if (rc) {
