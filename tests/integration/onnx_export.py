@@ -120,8 +120,11 @@ def max_rel_error(got, want):
 
 
 if __name__ == "__main__":
-    # onnx_export.py NAME OUT.onnx [OPSET]: export one model (for the benchmark).
-    if len(sys.argv) not in (3, 4) or sys.argv[1] not in ALL:
-        print("usage: onnx_export.py {%s} OUT.onnx [OPSET]" % ",".join(ALL), file=sys.stderr)
+    # onnx_export.py NAME OUT.onnx [OPSET]: export one model (for the benchmark);
+    # NAME is text_encoder or any torchvision.models constructor (resnet152, ...).
+    import torchvision
+    if len(sys.argv) not in (3, 4) or (sys.argv[1] != TEXT and not hasattr(torchvision.models, sys.argv[1])):
+        print("usage: onnx_export.py {%s|any torchvision model} OUT.onnx [OPSET]" % ",".join(ALL),
+              file=sys.stderr)
         sys.exit(2)
     export(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else 17)
