@@ -774,6 +774,10 @@ int shape_infer(const struct graph *g, int64_t batch, struct exec_tensor *vals, 
                 size_t errlen)
 {
     if (batch < 1 || batch > (1 << 20)) return fail(err, errlen, NULL, "batch size %lld out of range", (long long)batch);
+    int64_t fixed = graph_fixed_batch(g);
+    if (fixed && batch != fixed)
+        return fail(err, errlen, NULL, "the model's batch size is fixed at %lld (its inputs' first dimension), not %lld",
+                    (long long)fixed, (long long)batch);
     for (int i = 0; i < g->ninputs; i++) {
         const struct graph_io *io = &g->inputs[i];
         struct exec_tensor *t = &vals[i];

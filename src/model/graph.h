@@ -72,6 +72,7 @@
 #define GRAPH_MAX_ATTRS 8
 #define GRAPH_MAX_ATTR_INTS 16 /* Pad on rank 8: 16; the blob stores the count */
 #define GRAPH_NAME_MAX 95      /* names are at most this many bytes */
+#define GRAPH_MAX_FIXED_BATCH (1 << 20) /* the executor's batch limit */
 #define GRAPH_PARAM_ALIGN 512  /* every parameter is padded to this in a batch */
 
 /* Operation list; the name string is the ONNX op_type. Append only: the
@@ -187,7 +188,8 @@ struct graph_node {
 };
 
 /* A model input or output: dims[0] is the dynamic batch dimension (stored
- * as -1); other dims are fixed. Outputs are float32; an output's ndims may
+ * as -1, or for inputs the fixed batch: graph_set_fixed_batch); other dims
+ * are fixed. Outputs are float32; an output's ndims may
  * be 0 (shape not recorded; the executor infers it).
  *
  * An optional input (BERT's attention_mask, token_type_ids) may be left
@@ -234,6 +236,12 @@ void graph_init(struct graph *g, const char *name);
 void graph_free(struct graph *g);
 int32_t graph_add_input(struct graph *g, const char *name, enum graph_dtype dtype, int ndims,
                         const int64_t *dims);
+/* A model whose shapes hold at one batch size only (an ONNX file with a
+ * fixed first dimension, as the ONNX node tests are): every input's
+ * dims[0] records that size instead of -1, and the executor runs it at
+ * that batch size only. graph_fixed_batch is 0 for a dynamic batch. */
+void graph_set_fixed_batch(struct graph *g, int64_t batch);
+int64_t graph_fixed_batch(const struct graph *g);
 /* Make input index optional with the given fill value (see graph_io). */
 void graph_set_input_optional(struct graph *g, int index, int64_t fill);
 /* Number of leading required inputs (the rest are optional). */

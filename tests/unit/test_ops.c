@@ -2251,6 +2251,43 @@ static void test_onnx_constant_matmul_gather(void **state)
     tm_free(&t);
 }
 
+/* A fixed-batch model (an ONNX file with a static first dimension):
+ * Reshape [3,4] -> [2,6] holds at batch 3 only; it is planned and run at 3,
+ * and another batch size is refused with a message that says why. */
+static void test_fixed_batch(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "fixed");
+    int64_t xd[2] = {-1, 4}, sh[2] = {2, 6};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 2, xd);
+    graph_set_fixed_batch(&t.g, 3);
+    assert_int_equal(graph_fixed_batch(&t.g), 3);
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_RESHAPE, "r", 1, &x, 0, NULL);
+    graph_set_ints(&t.g, "shape", 2, sh);
+    v = graph_add_node(&t.g, GRAPH_OP_NEG, "neg", 1, &v, 0, NULL);
+    graph_add_output(&t.g, "y", v);
+    char err[256] = "";
+    assert_int_equal(graph_validate(&t.g, err, sizeof err), 0);
+    float xs[12], ref[12];
+    for (int k = 0; k < 12; k++) {
+        xs[k] = (float)k - 5.5f;
+        ref[k] = -xs[k];
+    }
+    uint64_t nout;
+    float *out = run_single(&t, 3, xs, &nout);
+    assert_int_equal(nout, 12);
+    assert_memory_equal(out, ref, sizeof ref);
+    free(out);
+    struct exec_model *m;
+    assert_int_equal(exec_model_create(&m, &t.g, NULL, err, sizeof err), 0);
+    struct exec_tensor to;
+    assert_int_equal(exec_output_info(m, 0, 2, &to, err, sizeof err), PPS_ESHAPE);
+    assert_non_null(strstr(err, "fixed at 3"));
+    exec_model_destroy(m);
+    tm_free(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2281,6 +2318,7 @@ int main(void)
         cmocka_unit_test(test_onnx_layout_ops),
         cmocka_unit_test(test_onnx_convtranspose),
         cmocka_unit_test(test_onnx_constant_matmul_gather),
+        cmocka_unit_test(test_fixed_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
