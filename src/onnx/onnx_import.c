@@ -532,7 +532,11 @@ static int end_node(struct importer *im)
     char msg[256];
     for (int w = 0; w < 2; w++) {
         int rc = shape_node(g, &g->nodes[g->nnodes - 1], im->shapes[w], &im->shapes[w][gid], msg, sizeof msg);
-        if (rc) return nfail(im, rc, "%s", msg);
+        if (rc) {
+            /* shape_node's message names the graph node (the ONNX node's name) */
+            if (im->err && im->errlen) snprintf(im->err, im->errlen, "%s", msg);
+            return rc;
+        }
     }
     return 0;
 }
@@ -1229,8 +1233,24 @@ static int map_window(struct importer *im, enum graph_op op)
                                         "count_include_pad", "output_padding", NULL};
     if ((rc = copy_attrs(im, n, names))) return rc;
     if (npads && (rc = set_ints(im, "pads", npads, pads))) return rc;
-    if (strcmp(n->op_type, "ConvTranspose") == 0 && attr(n, "output_shape"))
-        return nfail(im, PPS_EUNSUPPORTED, "output_shape is not supported (give pads)");
+    if (strcmp(n->op_type, "ConvTranspose") == 0 && attr(n, "output_shape")) {
+        int64_t os[GRAPH_MAX_DIMS], xd[GRAPH_MAX_DIMS], st[4] = {1, 1, 1, 1}, dl[4] = {1, 1, 1, 1}, outpad[4] = {0, 0, 0, 0};
+        int r = vdims(im, x, 0, xd), ns = r - 2;
+        int no = attr_ints(n, "output_shape", os, GRAPH_MAX_DIMS);
+        if (ns < 1 || ns > 4 || nk != ns || (no != ns && no != r) || attr_ints(n, "strides", st, 4) < 0 ||
+            attr_ints(n, "dilations", dl, 4) < 0 || attr_ints(n, "output_padding", outpad, 4) < 0)
+            return nfail(im, PPS_EINVAL, "output_shape, kernel_shape, strides or dilations do not fit rank %d", r);
+        char mode[32];
+        attr_str(n, "auto_pad", mode, sizeof mode);
+        int lower = strcmp(mode, "SAME_LOWER") == 0;
+        for (int i = 0; i < ns; i++) {
+            int64_t total = st[i] * (xd[2 + i] - 1) + outpad[i] + (kernel[i] - 1) * dl[i] + 1 - os[no - ns + i];
+            if (total < 0) return nfail(im, PPS_EUNSUPPORTED, "output_shape larger than the full output (negative padding)");
+            pads[i] = lower ? total - total / 2 : total / 2;
+            pads[ns + i] = lower ? total / 2 : total - total / 2;
+        }
+        if ((rc = set_ints(im, "pads", 2 * ns, pads))) return rc;
+    }
     if ((rc = end_node(im))) return rc;
     only_first_output(im);
     return set_out_act(im, 0, gid);
