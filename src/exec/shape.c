@@ -115,18 +115,14 @@ int64_t shape_window_out(int64_t in, int64_t k, int64_t s, int64_t d, int64_t pb
     return out;
 }
 
-static int get_pair(const struct graph_node *n, const char *name, int64_t dflt, int64_t *v,
-                    char *err, size_t errlen)
+/* An ints attribute with one value per spatial dim (sp of them). */
+static int get_spatial(const struct graph_node *n, const char *name, int sp, int64_t dflt,
+                       int64_t *v, char *err, size_t errlen)
 {
     int64_t tmp[GRAPH_MAX_ATTR_INTS];
     int c = graph_attr_ints(n, name, tmp, GRAPH_MAX_ATTR_INTS);
-    if (c == 0) {
-        v[0] = v[1] = dflt;
-        return 0;
-    }
-    if (c != 2) return fail(err, errlen, n, "attribute %s needs 2 values, has %d", name, c);
-    v[0] = tmp[0];
-    v[1] = tmp[1];
+    if (c != 0 && c != sp) return fail(err, errlen, n, "attribute %s needs %d values, has %d", name, sp, c);
+    for (int i = 0; i < sp; i++) v[i] = c ? tmp[i] : dflt;
     return 0;
 }
 
@@ -134,7 +130,11 @@ int shape_window(const struct graph_node *n, const struct exec_tensor *x,
                  const struct exec_tensor *w, struct shape_window *win, char *err, size_t errlen)
 {
     memset(win, 0, sizeof *win);
-    if (x->ndims != 4) return fail(err, errlen, n, "only 2-D (rank 4) inputs are supported, rank is %d", x->ndims);
+    if (w && x->ndims != 4)
+        return fail(err, errlen, n, "only 2-D (rank 4) convolutions are supported, rank is %d", x->ndims);
+    if (x->ndims < 3 || x->ndims > 5)
+        return fail(err, errlen, n, "only 1-D to 3-D (rank 3 to 5) inputs are supported, rank is %d", x->ndims);
+    int sp = win->sp = x->ndims - 2;
     const struct graph_attr *ap = graph_attr_find(n, "auto_pad");
     if (ap && ap->kind == GRAPH_ATTR_INT && ap->i != 0)
         return fail(err, errlen, n, "auto_pad is not supported (use explicit pads)");
@@ -147,27 +147,26 @@ int shape_window(const struct graph_node *n, const struct exec_tensor *x,
         if (nk && (nk != 2 || ks[0] != w->dims[2] || ks[1] != w->dims[3]))
             return fail(err, errlen, n, "kernel_shape disagrees with the weight");
     } else {
-        if (nk != 2) return fail(err, errlen, n, "kernel_shape needs 2 values");
-        win->kernel[0] = ks[0];
-        win->kernel[1] = ks[1];
+        if (nk != sp) return fail(err, errlen, n, "kernel_shape needs %d values", sp);
+        for (int i = 0; i < sp; i++) win->kernel[i] = ks[i];
     }
     int rc;
-    if ((rc = get_pair(n, "strides", 1, win->stride, err, errlen))) return rc;
-    if ((rc = get_pair(n, "dilations", 1, win->dilation, err, errlen))) return rc;
+    if ((rc = get_spatial(n, "strides", sp, 1, win->stride, err, errlen))) return rc;
+    if ((rc = get_spatial(n, "dilations", sp, 1, win->dilation, err, errlen))) return rc;
     int64_t pads[GRAPH_MAX_ATTR_INTS];
     int np = graph_attr_ints(n, "pads", pads, GRAPH_MAX_ATTR_INTS);
     if (np == 0) {
-        pads[0] = pads[1] = pads[2] = pads[3] = 0;
-    } else if (np != 4) {
-        return fail(err, errlen, n, "pads needs 4 values, has %d", np);
+        for (int i = 0; i < 2 * sp; i++) pads[i] = 0;
+    } else if (np != 2 * sp) {
+        return fail(err, errlen, n, "pads needs %d values, has %d", 2 * sp, np);
     }
-    win->pad_begin[0] = pads[0];
-    win->pad_begin[1] = pads[1];
-    win->pad_end[0] = pads[2];
-    win->pad_end[1] = pads[3];
+    for (int i = 0; i < sp; i++) {
+        win->pad_begin[i] = pads[i];
+        win->pad_end[i] = pads[sp + i];
+    }
     win->ceil_mode = (int)graph_attr_int(n, "ceil_mode", 0);
     win->group = graph_attr_int(n, "group", 1);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < sp; i++) {
         if (win->kernel[i] < 1 || win->kernel[i] > 4096 || win->stride[i] < 1 ||
             win->stride[i] > 4096 || win->dilation[i] < 1 || win->dilation[i] > 4096 ||
             win->pad_begin[i] < 0 || win->pad_end[i] < 0 || win->pad_begin[i] > 4096 ||
@@ -370,12 +369,13 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
         if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
         struct shape_window win;
         if ((rc = shape_window(n, &op[0], NULL, &win, err, errlen))) return rc;
-        if (n->op == GRAPH_OP_AVGPOOL && (win.dilation[0] != 1 || win.dilation[1] != 1))
-            return fail(err, errlen, n, "dilated average pooling is not supported");
-        out->ndims = 4;
+        for (int i = 0; i < win.sp; i++)
+            if (n->op == GRAPH_OP_AVGPOOL && win.dilation[i] != 1)
+                return fail(err, errlen, n, "dilated average pooling is not supported");
+        out->ndims = op[0].ndims;
         out->dims[0] = op[0].dims[0];
         out->dims[1] = op[0].dims[1];
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < win.sp; i++)
             out->dims[2 + i] = shape_window_out(op[0].dims[2 + i], win.kernel[i], win.stride[i],
                                                 win.dilation[i], win.pad_begin[i], win.pad_end[i],
                                                 win.ceil_mode);

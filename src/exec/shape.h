@@ -42,15 +42,17 @@ int shape_broadcast(const struct exec_tensor *a, const struct exec_tensor *b,
 uint64_t shape_elems(const struct exec_tensor *t);
 size_t shape_dtype_size(enum graph_dtype t);
 
-/* Geometry of a 2-D window op (Conv, MaxPool, AveragePool) after checks. */
+/* Geometry of a window op (Conv: 2-D; MaxPool, AveragePool: 1-D to 3-D)
+ * after checks; sp is the number of spatial dims. */
 struct shape_window {
-    int64_t kernel[2], stride[2], dilation[2], pad_begin[2], pad_end[2];
+    int sp;
+    int64_t kernel[3], stride[3], dilation[3], pad_begin[3], pad_end[3];
     int ceil_mode;
     int64_t group;
 };
-/* Reads and checks the window attributes of n for input x (rank 4). For
- * Conv, w is the weight tensor (kernel taken from it when kernel_shape is
- * absent); NULL for pooling. */
+/* Reads and checks the window attributes of n for input x (rank 4 for
+ * Conv, 3 to 5 for pooling). For Conv, w is the weight tensor (kernel taken
+ * from it when kernel_shape is absent); NULL for pooling. */
 int shape_window(const struct graph_node *n, const struct exec_tensor *x,
                  const struct exec_tensor *w, struct shape_window *win, char *err, size_t errlen);
 /* Output length along one spatial axis. */

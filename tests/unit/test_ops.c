@@ -2288,6 +2288,51 @@ static void test_fixed_batch(void **state)
     tm_free(&t);
 }
 
+/* MaxPool / AveragePool on 1-D and 3-D inputs (ceil_mode, pads,
+ * count_include_pad off): hand-computed. */
+static void test_onnx_pool_nd(void **state)
+{
+    (void)state;
+    struct pcase {
+        enum graph_op op;
+        int rank;
+        int64_t dims[5];
+        int64_t k[3], s[3], pads[6];
+        int ceil;
+        int nout;
+        float y[8];
+    };
+    const struct pcase cases[] = {
+        {GRAPH_OP_MAXPOOL, 3, {1, 1, 5}, {2}, {2}, {0, 0}, 1, 3, {3, 5, 4}},
+        {GRAPH_OP_AVGPOOL, 3, {1, 1, 5}, {3}, {1}, {1, 1}, 0, 5, {2, 2, 10.0f / 3, 11.0f / 3, 4.5f}},
+        {GRAPH_OP_MAXPOOL, 5, {1, 1, 2, 2, 2}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0, 0, 0, 0}, 0, 1, {7}},
+        {GRAPH_OP_AVGPOOL, 5, {1, 1, 2, 2, 2}, {2, 1, 2}, {1, 1, 1}, {0, 0, 0, 0, 0, 0}, 0, 2, {2.5f, 4.5f}},
+    };
+    const float x1[5] = {1, 3, 2, 5, 4}, x3[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const struct pcase *pc = &cases[i];
+        int sp = pc->rank - 2;
+        struct tmodel t;
+        tm_init(&t, "poolnd");
+        int64_t xd[5];
+        memcpy(xd, pc->dims, sizeof xd);
+        xd[0] = -1;
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, pc->rank, xd);
+        int32_t v = graph_add_node(&t.g, pc->op, "pool", 1, &x, 0, NULL);
+        graph_set_ints(&t.g, "kernel_shape", sp, pc->k);
+        graph_set_ints(&t.g, "strides", sp, pc->s);
+        graph_set_ints(&t.g, "pads", 2 * sp, pc->pads);
+        graph_set_int(&t.g, "ceil_mode", pc->ceil);
+        graph_add_output(&t.g, "y", v);
+        uint64_t nout;
+        float *out = run_single(&t, 1, sp == 1 ? x1 : x3, &nout);
+        assert_int_equal(nout, (uint64_t)pc->nout);
+        check_close(graph_op_name(pc->op), out, pc->y, nout, 1e-6);
+        free(out);
+        tm_free(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2319,6 +2364,7 @@ int main(void)
         cmocka_unit_test(test_onnx_convtranspose),
         cmocka_unit_test(test_onnx_constant_matmul_gather),
         cmocka_unit_test(test_fixed_batch),
+        cmocka_unit_test(test_onnx_pool_nd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

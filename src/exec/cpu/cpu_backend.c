@@ -1567,7 +1567,7 @@ static int prep_pool(PREP_ARGS)
         if (rc) return rc;
         int include = n->op == GRAPH_OP_AVGPOOL && graph_attr_int(n, "count_include_pad", 0);
         int extended = 0;
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < win.sp; i++) {
             kernel[i] = win.kernel[i];
             strides[i] = win.stride[i];
             dil[i] = win.dilation[i] - 1;
@@ -1583,6 +1583,9 @@ static int prep_pool(PREP_ARGS)
         alg = n->op == GRAPH_OP_MAXPOOL ? dnnl_pooling_max
               : include                  ? dnnl_pooling_avg_include_padding
                                          : dnnl_pooling_avg_exclude_padding;
+        if (include && extended && win.sp != 2)
+            return efail(err, errlen, cs, PPS_EUNSUPPORTED,
+                         "ceil_mode with count_include_pad is supported for 2-D pooling only");
         if (include && extended) {
             /* oneDNN would divide the hanging window by the full kernel. */
             struct src_ref r;
