@@ -301,3 +301,23 @@ def test_external_weight_past_2_gib_in_a_sparse_file(tmp_path):
                     "--output", tmp_path / "y.npy", "--repeat", "0"])
     assert rc == 0, text
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), x @ w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["Gather", "Concat", "Unsqueeze", "Reshape", "MatMul"])
+def test_node_with_too_few_operands(tmp_path, op):
+    """A node missing a required operand (found by fuzz_onnx_import: a Gather
+    on a shape with no indices) is refused naming the node, in the folding
+    path (operands computed from Shape) and the compute path alike."""
+    ins = {"Gather": ["s"], "Concat": [], "Unsqueeze": ["s"], "Reshape": ["x"], "MatMul": ["x"]}[op]
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape0"),
+             helper.make_node(op, ins, ["v"], name="short_node"),
+             helper.make_node("Relu", ["x"], ["y"], name="relu0")]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])]
+    if op in ("Reshape", "MatMul"):
+        nodes[2] = helper.make_node("Relu", ["v"], ["y"], name="relu0")
+    else:
+        nodes.insert(2, helper.make_node("Reshape", ["x", "v"], ["xr"], name="reshape0"))
+        nodes[3] = helper.make_node("Relu", ["xr"], ["y"], name="relu0")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    m = make_model(nodes, [], [x], outs, check=False)
+    refused(tmp_path, write(tmp_path, "short.onnx", m), "short_node")
