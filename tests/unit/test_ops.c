@@ -2333,6 +2333,81 @@ static void test_onnx_pool_nd(void **state)
     }
 }
 
+/* Widened semantics of existing ops: BatchNormalization on rank 2, 3 and
+ * 5; Gather along axis 2 of an activation with int64 indices from an input;
+ * Softmax on axis 1 of a rank-3 tensor. */
+static void test_onnx_widened(void **state)
+{
+    (void)state;
+    const int64_t N = 2, C = 3;
+    const int ranks[3] = {2, 3, 5};
+    for (int ri = 0; ri < 3; ri++) {
+        int r = ranks[ri];
+        struct tmodel t;
+        tm_init(&t, "bn");
+        int64_t xd[5] = {-1, C, 2, 3, 2}, cd[1] = {C};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, r, xd);
+        int32_t ps[4] = {tm_param(&t, "g", 1, cd, 0.5f, 1.5f), tm_param(&t, "b", 1, cd, -1, 1),
+                         tm_param(&t, "m", 1, cd, -1, 1), tm_param(&t, "v", 1, cd, 0.5f, 2)};
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_BATCHNORM, "bn", 1, &x, 4, ps);
+        graph_add_output(&t.g, "y", v);
+        int64_t inner = 1;
+        for (int i = 2; i < r; i++) inner *= xd[i];
+        uint64_t n = (uint64_t)(N * C * inner);
+        float *in = rand_buf(n, -2, 2), *ref = malloc(n * 4);
+        memcpy(ref, in, n * 4);
+        ref_bn(ref, N, C, inner, tm_data(&t, "g"), tm_data(&t, "b"), tm_data(&t, "m"), tm_data(&t, "v"), 1e-5f);
+        uint64_t nout;
+        float *out = run_single(&t, N, in, &nout);
+        assert_int_equal(nout, n);
+        check_close("batchnorm rank", out, ref, n, 1e-5);
+        free(out); free(ref); free(in);
+        tm_free(&t);
+    }
+    {
+        struct tmodel t;
+        tm_init(&t, "gather");
+        int64_t xd[3] = {-1, 3, 4}, id[2] = {-1, 2};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t ix = graph_add_input(&t.g, "idx", GRAPH_I64, 2, id);
+        int32_t ins[2] = {x, ix};
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_GATHER, "g", 2, ins, 0, NULL);
+        graph_set_int(&t.g, "axis", 2);
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        float xs[24];
+        for (int k = 0; k < 24; k++) xs[k] = (float)k;
+        int64_t is[4] = {3, 0, 1, 1};
+        float ref[2 * 3 * 2 * 2];
+        for (int n = 0; n < 2; n++)
+            for (int a = 0; a < 3; a++)
+                for (int q = 0; q < 4; q++) ref[(n * 3 + a) * 4 + q] = xs[(n * 3 + a) * 4 + is[q]];
+        const void *in2[2] = {xs, is};
+        uint64_t nout;
+        float *out = tm_run(&t, 2, in2, &nout);
+        assert_int_equal(nout, 24);
+        check_close("gather axis 2", out, ref, 24, 0);
+        free(out);
+        tm_free(&t);
+    }
+    {
+        struct tmodel t;
+        tm_init(&t, "softmax");
+        int64_t xd[3] = {-1, 4, 3};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_SOFTMAX, "sm", 1, &x, 0, NULL);
+        graph_set_int(&t.g, "axis", 1);
+        graph_add_output(&t.g, "y", v);
+        float *in = rand_buf(24, -3, 3), ref[24];
+        ref_softmax(in, ref, 2, 4, 3);
+        uint64_t nout;
+        float *out = run_single(&t, 2, in, &nout);
+        check_close("softmax axis 1", out, ref, 24, 1e-5);
+        free(out); free(in);
+        tm_free(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2365,6 +2440,7 @@ int main(void)
         cmocka_unit_test(test_onnx_constant_matmul_gather),
         cmocka_unit_test(test_fixed_batch),
         cmocka_unit_test(test_onnx_pool_nd),
+        cmocka_unit_test(test_onnx_widened),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
