@@ -1245,11 +1245,15 @@ static int map_window(struct importer *im, enum graph_op op)
         int lower = strcmp(mode, "SAME_LOWER") == 0;
         for (int i = 0; i < ns; i++) {
             int64_t total = st[i] * (xd[2 + i] - 1) + outpad[i] + (kernel[i] - 1) * dl[i] + 1 - os[no - ns + i];
-            if (total < 0) return nfail(im, PPS_EUNSUPPORTED, "output_shape larger than the full output (negative padding)");
+            if (total < 0) {
+                /* a larger output than the kernel covers: extra output padding at the end */
+                outpad[i] -= total;
+                total = 0;
+            }
             pads[i] = lower ? total - total / 2 : total / 2;
             pads[ns + i] = lower ? total / 2 : total - total / 2;
         }
-        if ((rc = set_ints(im, "pads", 2 * ns, pads))) return rc;
+        if ((rc = set_ints(im, "pads", 2 * ns, pads)) || (rc = set_ints(im, "output_padding", ns, outpad))) return rc;
     }
     if ((rc = end_node(im))) return rc;
     only_first_output(im);
@@ -1601,6 +1605,52 @@ static int map_cast(struct importer *im)
     return set_out_act(im, 0, gid);
 }
 
+/* LayerNormalization's optional outputs Mean and InvStdDev (over the axes
+ * from "axis" on, kept as 1), built from graph ops when something reads
+ * them. */
+static int layernorm_stats(struct importer *im, struct ival *x)
+{
+    const Onnx__NodeProto *n = im->node;
+    int want_mean = n->n_output > 1 && n->output[1][0], want_inv = n->n_output > 2 && n->output[2][0];
+    if (!want_mean && !want_inv) return 0;
+    int rc = 0;
+    enum graph_op rmean = need_op(im, "ReduceMean", &rc), recip = need_op(im, "Reciprocal", &rc);
+    if (!rmean || !recip) return rc;
+    int64_t d[GRAPH_MAX_DIMS];
+    int r = vdims(im, x, 0, d);
+    int64_t axis = attr_int(n, "axis", -1);
+    if (axis < 0) axis += r;
+    if (axis < 0 || axis >= r) return nfail(im, PPS_EINVAL, "axis out of range");
+    int64_t axes[GRAPH_MAX_DIMS];
+    int na = 0;
+    for (int64_t a = axis; a < r; a++) axes[na++] = a;
+    int32_t mean = begin_node(im, rmean, 1, &x->gid, 0, NULL);
+    if ((rc = set_ints(im, "axes", na, axes)) || (rc = set_int(im, "keepdims", 1)) || (rc = end_node(im))) return rc;
+    if (want_mean) set_out_act(im, 1, mean);
+    if (!want_inv) return 0;
+    int32_t ops[2] = {x->gid, mean};
+    int32_t centred = begin_node(im, GRAPH_OP_SUB, 2, ops, 0, NULL);
+    if ((rc = end_node(im))) return rc;
+    ops[0] = ops[1] = centred;
+    int32_t sq = begin_node(im, GRAPH_OP_MUL, 2, ops, 0, NULL);
+    if ((rc = end_node(im))) return rc;
+    int32_t var = begin_node(im, rmean, 1, &sq, 0, NULL);
+    if ((rc = set_ints(im, "axes", na, axes)) || (rc = set_int(im, "keepdims", 1)) || (rc = end_node(im))) return rc;
+    struct onnx_const *eps = onnx_const_new(&im->m->pool, ONNX_CONST_F32, 0, NULL, NULL, 0);
+    onnx_const_set(eps, 0, attr_float(n, "epsilon", 1e-5f));
+    char name[GRAPH_NAME_MAX + 1];
+    snprintf(name, sizeof name, "%.80s.epsilon", im->node_name);
+    int32_t pe = param_from(im, name, eps, eps, &rc);
+    if (pe < 0) return rc;
+    int32_t ve = begin_node(im, GRAPH_OP_ADD, 1, &var, 1, &pe);
+    if ((rc = end_node(im))) return rc;
+    int32_t sd = begin_node(im, GRAPH_OP_SQRT, 1, &ve, 0, NULL);
+    if ((rc = end_node(im))) return rc;
+    int32_t inv = begin_node(im, recip, 1, &sd, 0, NULL);
+    if ((rc = end_node(im))) return rc;
+    return set_out_act(im, 2, inv);
+}
+
 /* ---- the op table ------------------------------------------------------------- */
 
 enum map_kind {
@@ -1727,7 +1777,9 @@ static int map_node(struct importer *im, const struct op_rule *rule)
         for (size_t k = 1; k < n->n_input; k++)
             if (in(im, (int)k) && !is_const(in(im, (int)k)))
                 return nfail(im, PPS_EUNSUPPORTED, "scale/bias/mean/variance must be constants");
-        return map_generic(im, gop, names, strcmp(op, "BatchNormalization") == 0 ? 5 : 3);
+        if ((rc = map_generic(im, gop, names, strcmp(op, "BatchNormalization") == 0 ? 5 : 3))) return rc;
+        if (strcmp(op, "LayerNormalization") == 0) return layernorm_stats(im, x);
+        return 0;
     }
     if (strcmp(op, "PRelu") == 0 || strcmp(op, "Where") == 0 || strcmp(op, "MatMul") == 0 ||
         strcmp(op, "Concat") == 0 || strcmp(op, "Transpose") == 0) {
@@ -1943,6 +1995,12 @@ static int add_inputs(struct importer *im)
         nin++;
     }
     if (nin == 0) return nfail(im, PPS_EUNSUPPORTED, "the model has no inputs (every graph input is an initializer)");
+    /* a fixed first dimension: the executor runs the model at that batch only */
+    if (im->batch[0] == im->batch[1]) {
+        if (im->batch[0] > GRAPH_MAX_FIXED_BATCH)
+            return nfail(im, PPS_EUNSUPPORTED, "fixed batch %lld is too large", (long long)im->batch[0]);
+        graph_set_fixed_batch(&im->m->g, im->batch[0]);
+    }
     return 0;
 }
 
