@@ -1716,11 +1716,36 @@ static int rule_supported(const struct op_rule *r)
     return r && (!r->graph_op || graph_op_from_name(r->graph_op) != GRAPH_OP_INVALID);
 }
 
+/* Operands an op cannot do without (ONNX's required inputs; optional ones
+ * the importer needs count too: Resize's scales or sizes). */
+static size_t required_inputs(const char *op, int64_t opset)
+{
+    static const struct { const char *op; size_t n; } req[] = {
+        {"Add", 2}, {"Sub", 2}, {"Mul", 2}, {"Div", 2}, {"Pow", 2}, {"Equal", 2}, {"Less", 2},
+        {"Greater", 2}, {"And", 2}, {"Or", 2}, {"Mod", 2}, {"PRelu", 2}, {"Where", 3}, {"Conv", 2},
+        {"ConvTranspose", 2}, {"Gemm", 2}, {"MatMul", 2}, {"Gather", 2}, {"BatchNormalization", 5},
+        {"InstanceNormalization", 3}, {"LayerNormalization", 2}, {"Reshape", 2}, {"Expand", 2},
+        {"Tile", 2}, {"Range", 3}, {"Resize", 2}, {"Upsample", 2},
+    };
+    if (strcmp(op, "Constant") == 0) return 0;
+    if (strcmp(op, "Unsqueeze") == 0) return opset >= 13 ? 2 : 1;
+    if (strcmp(op, "Slice") == 0) return opset >= 10 ? 3 : 1;
+    if (strcmp(op, "Pad") == 0) return opset >= 11 ? 2 : 1;
+    for (size_t i = 0; i < sizeof req / sizeof req[0]; i++)
+        if (strcmp(req[i].op, op) == 0) return req[i].n;
+    return 1;
+}
+
 static int map_node(struct importer *im, const struct op_rule *rule)
 {
     const Onnx__NodeProto *n = im->node;
     const char *op = n->op_type;
     int all_const = 1, rc = 0;
+    size_t need = required_inputs(op, im->m->opset);
+    for (size_t k = 0; k < need; k++)
+        if (k >= n->n_input || !n->input[k][0])
+            return nfail(im, PPS_EINVAL, "has %zu operand(s); %s needs at least %zu", n->n_input, op, need);
+    if (n->n_output < 1 || !n->output[0][0]) return nfail(im, PPS_EINVAL, "has no output");
     for (size_t k = 0; k < n->n_input; k++) {
         if (!n->input[k][0]) continue;
         struct ival *v = find_val(im, n->input[k]);
