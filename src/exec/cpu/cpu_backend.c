@@ -2379,6 +2379,86 @@ static int k_convtranspose(const struct cpu_node *nd, const struct cpu_step *cs,
     return 0;
 }
 
+/* 2-D ConvTranspose as a oneDNN deconvolution. The weight parameter is
+ * ONNX's [Cin, Cout/group, kh, kw], which is oneDNN's iohw (giohw with
+ * groups); it is reordered into the primitive's layout on every run (into
+ * scratch), like the per-run fallback of prep_conv. output_padding extends
+ * the right padding's output side: padding_r = pads_end - output_padding.
+ * Returns 1 (nothing built) when oneDNN has no fitting primitive. */
+static int deconv_dnnl(PREP_ARGS, const struct shape_deconv *dc)
+{
+    (void)mask;
+    (void)plan;
+    int64_t cin = in[0].dims[1], cout = out->dims[1], g = dc->group;
+    struct exec_tensor w;
+    operand_tensor(cs, in, 1, &w);
+    int64_t wd[5];
+    int wnd;
+    if (g > 1) {
+        int64_t d5[5] = {g, cout / g, cin / g, w.dims[2], w.dims[3]};
+        memcpy(wd, d5, sizeof d5);
+        wnd = 5;
+    } else {
+        int64_t d4[4] = {cout, cin, w.dims[2], w.dims[3]};
+        memcpy(wd, d4, sizeof d4);
+        wnd = 4;
+    }
+    dnnl_memory_desc_t src, wany, wraw, dst, bias;
+    md_any(&src, 4, in[0].dims);
+    md_any(&wany, wnd, wd);
+    dnnl_dims_t wdims;
+    for (int i = 0; i < wnd; i++) wdims[i] = wd[i];
+    if (dnnl_memory_desc_init_by_tag(&wraw, wnd, wdims, dnnl_f32, g > 1 ? dnnl_giohw : dnnl_iohw) !=
+        dnnl_success)
+        return 1;
+    if (out_plain) md_plain(&dst, 4, out->dims);
+    else md_any(&dst, 4, out->dims);
+    int has_bias = cs->node->nparams >= 2;
+    md_plain(&bias, 1, &cout);
+    dnnl_dims_t strides, dil, pl, pr;
+    for (int i = 0; i < 2; i++) {
+        strides[i] = dc->stride[i];
+        dil[i] = dc->dilation[i] - 1;
+        pl[i] = dc->pad_begin[i];
+        pr[i] = dc->pad_end[i] - dc->out_pad[i];
+    }
+    dnnl_deconvolution_desc_t dd;
+    dnnl_primitive_desc_t pd;
+    if (dnnl_dilated_deconvolution_forward_desc_init(&dd, dnnl_forward_inference,
+                                                     dnnl_deconvolution_direct, &src, &wany,
+                                                     has_bias ? &bias : NULL, &dst, strides, dil,
+                                                     pl, pr) != dnnl_success ||
+        pd_create(&pd, &dd, NULL, 0) != dnnl_success)
+        return 1;
+    const dnnl_memory_desc_t *want_src = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *want_wei = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *got_dst = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    set_out(nd, got_dst, out);
+    dnnl_memory_desc_t have;
+    md_of(&have, &in[0]);
+    struct src_ref sref = {B_IN, 0, 0}, wref = {B_PARAM, 0, 0};
+    int rc = 0;
+    if (!dnnl_memory_desc_equal(&have, want_src)) {
+        sref.bind = B_SCRATCH;
+        sref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_src));
+        rc = reorder_call(nd, &have, B_IN, 0, 0, want_src, B_SCRATCH, 0, sref.off);
+    }
+    if (!rc && !dnnl_memory_desc_equal(&wraw, want_wei)) {
+        wref.bind = B_SCRATCH;
+        wref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_wei));
+        rc = reorder_call(nd, &wraw, B_PARAM, 0, 0, want_wei, B_SCRATCH, 0, wref.off);
+    }
+    struct ccall *c;
+    if (!rc) rc = prim_call(nd, pd, &c);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC, want_src, sref.bind, sref.idx, sref.off);
+    if (!rc) rc = add_arg(c, DNNL_ARG_WEIGHTS, want_wei, wref.bind, wref.idx, wref.off);
+    if (!rc && has_bias) rc = add_arg(c, DNNL_ARG_BIAS, &bias, B_PARAM, 1, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, got_dst, B_OUT, 0, 0);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the deconvolution");
+    return 0;
+}
+
 static int prep_convtranspose(PREP_ARGS)
 {
     (void)mask;
@@ -2389,6 +2469,10 @@ static int prep_convtranspose(PREP_ARGS)
     struct shape_deconv dc;
     int rc = shape_deconv(cs->node, &in[0], &w, &dc, err, errlen);
     if (rc) return rc;
+    if (dc.sp == 2 && !getenv("PIPEPS_REF_DECONV")) {
+        rc = deconv_dnnl(cs, nd, in, mask, out_plain, out, plan, err, errlen, &dc);
+        if (rc <= 0) return rc; /* 1: no oneDNN primitive, nothing built */
+    }
     struct src_ref r;
     if ((rc = plain_input(nd, &in[0], 0, &r))) return efail(err, errlen, cs, rc, "cannot reorder the input");
     to_shape(&nd->sh[0], &in[0]);
