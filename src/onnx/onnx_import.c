@@ -823,7 +823,8 @@ static int try_fold(struct importer *im, const char *op)
     if (strcmp(op, "Concat") == 0) {
         const struct onnx_const *parts[2][64];
         int np = 0;
-        for (size_t k = 0; k < n->n_input && np < 64; k++) {
+        if (n->n_input > 64) return nfail(im, PPS_EUNSUPPORTED, "Concat of %zu constants (at most 64)", n->n_input);
+        for (size_t k = 0; k < n->n_input; k++) {
             struct ival *o = in(im, (int)k);
             if (!o) continue;
             parts[0][np] = o->c[0];
@@ -1849,7 +1850,44 @@ static void node_display_name(const Onnx__NodeProto *n, int index, char *out, si
 
 static int rewrite_supported(enum onnx_rewrite_kind k)
 {
-    return graph_op_from_name(k == ONNX_REWRITE_GELU ? "Gelu" : "LayerNormalization") != GRAPH_OP_INVALID;
+    (void)k; /* Gelu, LayerNormalization, Gemm, MatMul and Add are in every build */
+    return 1;
+}
+
+/* MatMul(x, W) + Add(b) as Gemm(x; W, b): A of rank >= 2, b with N
+ * values; otherwise the two nodes as they were. */
+static int map_linear(struct importer *im, struct ival *x, const struct onnx_rewrite *rw)
+{
+    struct ival *w = find_val(im, rw->gamma), *b = find_val(im, rw->beta);
+    int rc = 0;
+    if (!is_const(w) || !is_const(b)) return nfail(im, PPS_EINTERNAL, "Linear pattern without constants");
+    int64_t d[GRAPH_MAX_DIMS];
+    int r = vdims(im, x, 0, d);
+    int64_t nn = w->c[0]->dims[1];
+    int32_t wp = param_of(im, w, &rc);
+    if (wp < 0) return rc;
+    if (r >= 2 && d[r - 1] == w->c[0]->dims[0] && b->c[0]->n == (uint64_t)nn && onnx_const_equal(b->c[0], b->c[1])) {
+        struct onnx_const *bc = b->c[0];
+        int32_t bp;
+        if (bc->ndims == 1) {
+            bp = param_of(im, b, &rc);
+        } else {
+            if (!(bc = onnx_const_reshape(&im->m->pool, bc, 1, &nn, im->err, im->errlen))) return PPS_EINVAL;
+            bp = param_from(im, b->name, bc, bc, &rc);
+        }
+        if (bp < 0) return rc;
+        int32_t pars[2] = {wp, bp};
+        int32_t gid = begin_node(im, GRAPH_OP_GEMM, 1, &x->gid, 2, pars);
+        if ((rc = end_node(im))) return rc;
+        return set_out_act(im, 0, gid);
+    }
+    int32_t mm = begin_node(im, GRAPH_OP_MATMUL, 1, &x->gid, 1, &wp);
+    if ((rc = end_node(im))) return rc;
+    int32_t bp = param_of(im, b, &rc);
+    if (bp < 0) return rc;
+    int32_t gid = begin_node(im, GRAPH_OP_ADD, 1, &mm, 1, &bp);
+    if ((rc = end_node(im))) return rc;
+    return set_out_act(im, 0, gid);
 }
 
 static int node_supported(struct importer *im, size_t i)
@@ -1865,7 +1903,8 @@ static int map_rewrite(struct importer *im, const struct onnx_rewrite *rw)
     struct ival *x = find_val(im, rw->x);
     int rc = 0;
     if (!is_act(x)) return nfail(im, PPS_EUNSUPPORTED, "the input of a %s pattern must not be a constant",
-                                 rw->kind == ONNX_REWRITE_GELU ? "GELU" : "LayerNorm");
+                                 rw->kind == ONNX_REWRITE_GELU ? "GELU" : rw->kind == ONNX_REWRITE_LINEAR ? "MatMul+Add" : "LayerNorm");
+    if (rw->kind == ONNX_REWRITE_LINEAR) return map_linear(im, x, rw);
     if (rw->kind == ONNX_REWRITE_GELU) {
         int32_t gid = begin_node(im, GRAPH_OP_GELU, 1, &x->gid, 0, NULL);
         if ((rc = end_node(im))) return rc;

@@ -274,6 +274,30 @@ static int match_layernorm(const Onnx__GraphProto *gp, struct ptab *t, int mi, u
     return 1;
 }
 
+/* MatMul(x, W) read only by Add(., b), W and b constants. */
+static int match_linear(const Onnx__GraphProto *gp, struct ptab *t, int mi, uint8_t *absorbed,
+                        struct onnx_rewrite *rw)
+{
+    const Onnx__NodeProto *mm = gp->node[mi];
+    struct pval *w = lookup(t, mm->input[1], 0);
+    if (!w || !w->tensor || w->tensor->n_dims != 2) return 0;
+    int ai = sole_reader(t, mm->output[0]);
+    const Onnx__NodeProto *add = node_of(gp, ai);
+    if (!is_op(add, "Add", 2) || absorbed[ai] || rw[ai].kind) return 0;
+    const char *b = other_operand(add, mm->output[0]);
+    struct pval *bv = b ? lookup(t, b, 0) : NULL;
+    if (!bv || !bv->tensor || bv->tensor->n_dims < 1 || bv->tensor->n_dims > 2 ||
+        bv->tensor->dims[bv->tensor->n_dims - 1] != w->tensor->dims[1])
+        return 0;
+    if (bv->tensor->n_dims == 2 && bv->tensor->dims[0] != 1) return 0;
+    absorbed[mi] = 1;
+    rw[ai].kind = ONNX_REWRITE_LINEAR;
+    rw[ai].x = mm->input[0];
+    rw[ai].gamma = mm->input[1];
+    rw[ai].beta = b;
+    return 1;
+}
+
 int onnx_find_patterns(const Onnx__GraphProto *gp, uint8_t *absorbed, struct onnx_rewrite *rw)
 {
     size_t nv = gp->n_initializer + gp->n_input;
@@ -329,6 +353,9 @@ int onnx_find_patterns(const Onnx__GraphProto *gp, uint8_t *absorbed, struct onn
         if (is_op(n, "Erf", 1)) found += match_gelu(gp, &t, (int)i, absorbed, rw);
         else if (strcmp(n->op_type, "ReduceMean") == 0) found += match_layernorm(gp, &t, (int)i, absorbed, rw);
     }
+    for (size_t i = 0; i < gp->n_node; i++)
+        if (!absorbed[i] && !rw[i].kind && is_op(gp->node[i], "MatMul", 2))
+            found += match_linear(gp, &t, (int)i, absorbed, rw);
     free(t.v);
     free(t.hash);
     return found;

@@ -6,6 +6,8 @@
  *   LayerNorm    ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div,
  *                [Mul gamma], [Add beta] over the last axis
  *                                                   -> LayerNormalization
+ *   Linear       MatMul(x, W) + Add(b) with W and b constants (torch's
+ *                nn.Linear export)                   -> Gemm(x; W, b)
  * The easy thing to get wrong: an inner value of a pattern that something
  * else also reads (another node or a graph output) must stop the rewrite,
  * since the rewritten graph no longer computes it. */
@@ -16,14 +18,14 @@
 
 #include "onnx.pb-c.h"
 
-enum onnx_rewrite_kind { ONNX_REWRITE_NONE = 0, ONNX_REWRITE_GELU, ONNX_REWRITE_LAYERNORM };
+enum onnx_rewrite_kind { ONNX_REWRITE_NONE = 0, ONNX_REWRITE_GELU, ONNX_REWRITE_LAYERNORM, ONNX_REWRITE_LINEAR };
 
 /* Set on the last node of a pattern: that node is imported as this op. */
 struct onnx_rewrite {
     enum onnx_rewrite_kind kind;
     const char *x;      /* the input */
-    const char *gamma;  /* LayerNorm: scale, or NULL (ones) */
-    const char *beta;   /* LayerNorm: bias, or NULL (zeros) */
+    const char *gamma;  /* LayerNorm: scale, or NULL (ones); Linear: W */
+    const char *beta;   /* LayerNorm: bias, or NULL (zeros); Linear: b */
     float epsilon;
 };
 

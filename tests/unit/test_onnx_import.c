@@ -784,6 +784,52 @@ static void test_layernorm_pattern(void **state)
     mb_free(&b);
 }
 
+/* torch's nn.Linear export: Add(b, MatMul(x, W)) -> Gemm(x; W, b) */
+static void test_linear_pattern(void **state)
+{
+    (void)state;
+    struct mb b;
+    mb_init(&b, 17);
+    int64_t xd[3] = {-1, 3, 4}, wd[2] = {4, 5}, bd[1] = {5};
+    float w[20], bias[5] = {1, 2, 3, 4, 5};
+    for (int i = 0; i < 20; i++) w[i] = (float)i;
+    mb_input(&b, "x", 3, xd);
+    mb_init_f(&b, "W", 2, wd, w);
+    mb_init_f(&b, "bias", 1, bd, bias);
+    mb_node(&b, "MatMul", "mm", "x W", "m");
+    mb_node(&b, "Add", "add", "bias m", "y");
+    mb_output(&b, "y");
+    struct onnx_model *m = NULL;
+    char err[512];
+    assert_int_equal(mb_import(&b, NULL, 0, &m, err, sizeof err), 0);
+    const struct graph *g = onnx_model_graph(m);
+    assert_int_equal(g->nnodes, 1);
+    assert_int_equal(g->nodes[0].op, GRAPH_OP_GEMM);
+    assert_int_equal(g->nodes[0].nparams, 2);
+    assert_int_equal(graph_attr_int(&g->nodes[0], "transB", 0), 0);
+    assert_int_equal(g->outputs[0].ndims, 3);
+    assert_int_equal(g->outputs[0].dims[2], 5);
+    onnx_model_free(m);
+    mb_free(&b);
+
+    /* the MatMul's result also read elsewhere: no rewrite */
+    mb_init(&b, 17);
+    mb_input(&b, "x", 3, xd);
+    mb_init_f(&b, "W", 2, wd, w);
+    mb_init_f(&b, "bias", 1, bd, bias);
+    mb_node(&b, "MatMul", "mm", "x W", "m");
+    mb_node(&b, "Add", "add", "bias m", "y");
+    mb_output(&b, "y");
+    mb_output(&b, "m");
+    assert_int_equal(mb_import(&b, NULL, 0, &m, err, sizeof err), 0);
+    g = onnx_model_graph(m);
+    assert_int_equal(count_op(g, "MatMul"), 1);
+    assert_int_equal(count_op(g, "Add"), 1);
+    assert_int_equal(count_op(g, "Gemm"), 0);
+    onnx_model_free(m);
+    mb_free(&b);
+}
+
 /* ---- external data ---- */
 
 static char tmpdir[256];
@@ -905,6 +951,7 @@ int main(void)
         cmocka_unit_test(test_gemm_alpha_beta),
         cmocka_unit_test(test_gelu_pattern),
         cmocka_unit_test(test_layernorm_pattern),
+        cmocka_unit_test(test_linear_pattern),
         cmocka_unit_test(test_external_data),
         cmocka_unit_test(test_rank0_input_and_no_graph),
     };
