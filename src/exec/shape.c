@@ -443,7 +443,7 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
             int ok = (c->ndims == 1 && (c->dims[0] == nn || c->dims[0] == 1)) ||
                      (c->ndims == 2 && (c->dims[0] == 1 || c->dims[0] == m) &&
                       (c->dims[1] == nn || c->dims[1] == 1));
-            if (!ok || n->ninputs > 1) return fail(err, errlen, n, "C must be a [N] or [1,N] parameter");
+            if (!ok) return fail(err, errlen, n, "C must broadcast to [M, N]");
         }
         break;
     }

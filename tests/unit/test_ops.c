@@ -2414,6 +2414,57 @@ static void test_onnx_widened(void **state)
     }
 }
 
+/* Gemm forms oneDNN's matmul does not take (the reference kernel): a
+ * row-varying C [M,N] with transA, alpha and beta, then a Relu fused after
+ * it; and B an activation with C [M,1]. */
+static void test_onnx_gemm_ref(void **state)
+{
+    (void)state;
+    const int64_t M = 3, K = 4, N = 5;
+    for (int variant = 0; variant < 2; variant++) {
+        struct tmodel t;
+        tm_init(&t, "gemmref");
+        int64_t ad[2] = {-1, M}, bd[2] = {-1, N}, bpd[2] = {K, N}, cd[2] = {M, variant ? 1 : N};
+        int32_t a = graph_add_input(&t.g, "a", GRAPH_F32, 2, ad); /* [K, M]: transA */
+        int32_t v;
+        int32_t c = tm_param(&t, "c", 2, cd, -1, 1);
+        if (variant == 0) {
+            int32_t ps[2] = {tm_param(&t, "b", 2, bpd, -1, 1), c};
+            v = graph_add_node(&t.g, GRAPH_OP_GEMM, "gemm", 1, &a, 2, ps);
+        } else {
+            int32_t b = graph_add_input(&t.g, "b", GRAPH_F32, 2, bd);
+            int32_t ab[2] = {a, b};
+            v = graph_add_node(&t.g, GRAPH_OP_GEMM, "gemm", 2, ab, 1, &c);
+        }
+        graph_set_fixed_batch(&t.g, K); /* A's rows (transA) are the batch */
+        graph_set_int(&t.g, "transA", 1);
+        graph_set_float(&t.g, "alpha", 0.5f);
+        graph_set_float(&t.g, "beta", -2.0f);
+        v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu", 1, &v, 0, NULL);
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        float *xa = rand_buf((uint64_t)(K * M), -1, 1), *xb = rand_buf((uint64_t)(K * N), -1, 1);
+        const float *bsrc = variant ? xb : tm_data(&t, "b"), *cs = tm_data(&t, "c");
+        float ref[3 * 5];
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                double s = 0;
+                for (int64_t q = 0; q < K; q++) s += (double)xa[q * M + i] * bsrc[q * N + j];
+                s = 0.5 * s - 2.0 * cs[variant ? i : i * N + j];
+                ref[i * N + j] = (float)(s > 0 ? s : 0);
+            }
+        const void *ins[2] = {xa, xb};
+        uint64_t n1, n2;
+        float *fused = tm_run_opts(&t, K, ins, &n1, 0, FEED_ALL_FIRST, 0);
+        float *plain = tm_run_opts(&t, K, ins, &n2, 1, FEED_ALL_FIRST, 0);
+        assert_int_equal(n1, (uint64_t)(M * N));
+        check_close("gemm ref fused", fused, ref, n1, 1e-5);
+        check_close("gemm ref unfused", plain, ref, n2, 1e-5);
+        free(fused); free(plain); free(xa); free(xb);
+        tm_free(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2447,6 +2498,7 @@ int main(void)
         cmocka_unit_test(test_fixed_batch),
         cmocka_unit_test(test_onnx_pool_nd),
         cmocka_unit_test(test_onnx_widened),
+        cmocka_unit_test(test_onnx_gemm_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

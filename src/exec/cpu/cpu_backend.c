@@ -930,6 +930,16 @@ static int gemm_raw_fast(const struct cpu_step *cs, const struct exec_tensor *in
     return fast;
 }
 
+/* A Gemm oneDNN's matmul (with a bias row) cannot express: C varies along
+ * the rows ([M,N] or [M,1] with M > 1), or B is an activation. */
+static int gemm_needs_ref(const struct graph *g, const struct graph_node *n)
+{
+    if (n->ninputs != 1) return 1;
+    if (n->nparams < 2) return 0;
+    const struct graph_param *c = &g->params[n->params[1]];
+    return c->ndims == 2 && c->dims[0] > 1;
+}
+
 static int cpu_step_init(struct exec_backend *be, const struct graph *g, const struct exec_step *st,
                          const struct exec_tensor *in, const struct exec_tensor *out, unsigned flags,
                          void **state, char *err, size_t errlen)
@@ -943,7 +953,7 @@ static int cpu_step_init(struct exec_backend *be, const struct graph *g, const s
     *state = cs;
     const struct graph_node *n = cs->node;
     if (n->op == GRAPH_OP_CONV) return init_conv(cs, in, out, err, errlen);
-    if (n->op == GRAPH_OP_GEMM ||
+    if ((n->op == GRAPH_OP_GEMM && !gemm_needs_ref(g, n)) ||
         (n->op == GRAPH_OP_MATMUL && n->ninputs == 1 && n->nparams == 1 &&
          g->params[n->params[0]].ndims == 2 && in[0].ndims >= 2)) {
         int rc = init_gemm(cs, in, err, errlen);
@@ -2491,6 +2501,65 @@ static int prep_convtranspose(PREP_ARGS)
     return 0;
 }
 
+/* The step's post-ops (fusion gave a Gemm/MatMul some) as separate calls
+ * after a reference kernel; a fused Transpose is not one of them. */
+static int ref_post_calls(const struct cpu_step *cs, struct cpu_node *nd,
+                          const struct exec_tensor *in, const struct exec_tensor *out, char *err,
+                          size_t errlen)
+{
+    for (int i = 0; i < cs->st->npost; i++)
+        if (cs->st->post[i].kind == EXEC_POST_PERMUTE)
+            return efail(err, errlen, cs, PPS_EUNSUPPORTED, "a fused Transpose after this MatMul");
+    dnnl_memory_desc_t omd;
+    md_plain(&omd, out->ndims, out->dims);
+    int rc = post_calls(nd, cs, in, 0, &omd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the post-ops");
+    return 0;
+}
+
+static int k_ref_gemm(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    const struct graph_node *n = cs->node;
+    int nops = n->ninputs + n->nparams;
+    cpuref_gemm(p[0], p[1], nops == 3 ? p[2] : NULL, &nd->sh[2], p[nops], nd->sh[3].dims[0],
+                nd->sh[3].dims[1], nd->sh[3].dims[2], nd->perm[0], nd->perm[1], nd->alpha, nd->beta);
+    return 0;
+}
+
+/* Gemm with a row-varying C or an activation B (gemm_needs_ref). */
+static int prep_ref_gemm(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    const struct graph_node *n = cs->node;
+    int nops = shape_noperands(n);
+    struct src_ref refs[3];
+    struct exec_tensor t[3];
+    for (int k = 0; k < nops; k++) {
+        operand_tensor(cs, in, k, &t[k]);
+        int rc = operand_ref(nd, cs, in, k, &refs[k]);
+        if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    }
+    int ta = (int)graph_attr_int(n, "transA", 0), tb = (int)graph_attr_int(n, "transB", 0);
+    int64_t k = ta ? t[0].dims[0] : t[0].dims[t[0].ndims - 1];
+    int64_t nn = tb ? t[1].dims[0] : t[1].dims[1];
+    int64_t m = (int64_t)(shape_elems(&t[0]) / (uint64_t)k);
+    if (nops == 3) to_shape(&nd->sh[2], &t[2]);
+    nd->sh[3].ndims = 3;
+    nd->sh[3].dims[0] = m;
+    nd->sh[3].dims[1] = k;
+    nd->sh[3].dims[2] = nn;
+    nd->perm[0] = ta;
+    nd->perm[1] = tb;
+    nd->alpha = graph_attr_float(n, "alpha", 1.0f);
+    nd->beta = graph_attr_float(n, "beta", 1.0f);
+    kernel_call(nd, k_ref_gemm, refs, nops);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return ref_post_calls(cs, nd, in, out, err, errlen);
+}
+
 static int k_ref_matmul(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
 {
     (void)cs;
@@ -2537,7 +2606,7 @@ static int prep_ref_matmul(PREP_ARGS)
     kernel_call(nd, k_ref_matmul, refs, 2);
     out->layout = NULL;
     out->nbytes = shape_elems(out) * sizeof(float);
-    return 0;
+    return ref_post_calls(cs, nd, in, out, err, errlen);
 }
 
 static void node_destroy(struct cpu_node *nd)
@@ -2591,7 +2660,10 @@ static int cpu_node_prepare(struct exec_backend *be, void *step_state, const str
     in = local;
     switch (cs->node->op) {
     case GRAPH_OP_CONV: rc = prep_conv(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
-    case GRAPH_OP_GEMM: rc = prep_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_GEMM:
+        rc = cs->gemm_2d ? prep_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen)
+                         : prep_ref_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
     case GRAPH_OP_MATMUL:
         if (in[0].ndims < 2 || (cs->node->ninputs > 1 ? in[1].ndims
                                                        : cs->g->params[cs->node->params[0]].ndims) < 2) {

@@ -451,6 +451,25 @@ void cpuref_matmul(const float *a, const struct cpuk_shape *as, const float *b,
     }
 }
 
+void cpuref_gemm(const float *a, const float *b, const float *c, const struct cpuk_shape *cs,
+                 float *y, int64_t m, int64_t k, int64_t n, int ta, int tb, float alpha,
+                 float beta)
+{
+    struct cpuk_shape ys = {2, {m, n}};
+    int64_t sc[CPUK_MAX_DIMS] = {0, 0};
+    if (c) bstrides(cs, &ys, sc);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            double s = 0;
+            for (int64_t q = 0; q < k; q++)
+                s += (double)(ta ? a[q * m + i] : a[i * k + q]) * (double)(tb ? b[j * k + q] : b[q * n + j]);
+            s *= alpha;
+            if (c) s += (double)beta * c[i * sc[0] + j * sc[1]];
+            y[i * n + j] = (float)s;
+        }
+}
+
 int cpuref_gather_findex(const void *data, const struct cpuk_shape *ds, size_t esize,
                          const float *idx, uint64_t nidx, int axis, void *out)
 {

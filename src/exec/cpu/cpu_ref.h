@@ -89,6 +89,13 @@ void cpuref_convtranspose(const float *x, const struct cpuk_shape *xs, const flo
 void cpuref_matmul(const float *a, const struct cpuk_shape *as, const float *b,
                    const struct cpuk_shape *bs, float *y, const struct cpuk_shape *ys);
 
+/* Gemm: y[M,N] = alpha * A' B' + beta * C, A' = transA ? A^T : A (A is
+ * [M,K] or [K,M]), B' likewise from B; C (NULL: none) broadcasts to
+ * [M,N] from cs (rank <= 2). */
+void cpuref_gemm(const float *a, const float *b, const float *c, const struct cpuk_shape *cs,
+                 float *y, int64_t m, int64_t k, int64_t n, int ta, int tb, float alpha,
+                 float beta);
+
 /* Gather along axis with float indices (a constant index tensor stored as
  * a parameter): each is rounded to an integer, negative counts from the
  * end; PPS_ERANGE if one is outside [-dim, dim). */
