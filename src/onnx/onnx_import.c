@@ -1907,6 +1907,7 @@ static int map_rewrite(struct importer *im, const struct onnx_rewrite *rw)
     if (rw->kind == ONNX_REWRITE_LINEAR) return map_linear(im, x, rw);
     if (rw->kind == ONNX_REWRITE_GELU) {
         int32_t gid = begin_node(im, GRAPH_OP_GELU, 1, &x->gid, 0, NULL);
+        if (rw->approximate && (rc = set_int(im, "approximate", 1))) return rc;
         if ((rc = end_node(im))) return rc;
         return set_out_act(im, 0, gid);
     }

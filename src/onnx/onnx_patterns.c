@@ -128,20 +128,14 @@ static const char *other_operand(const Onnx__NodeProto *n, const char *other)
     return NULL;
 }
 
-static int match_gelu(const Onnx__GraphProto *gp, struct ptab *t, int erf, uint8_t *absorbed,
-                      struct onnx_rewrite *rw)
+/* The part after Erf/Tanh (index core): Add 1, then the products with x
+ * and 0.5 in any of the three orders. head[] are the nodes from x to the
+ * core's input. */
+static int gelu_tail(const Onnx__GraphProto *gp, struct ptab *t, int core, const char *x, const int *head,
+                     int nhead, int approximate, uint8_t *absorbed, struct onnx_rewrite *rw)
 {
-    const Onnx__NodeProto *e = gp->node[erf];
-    struct pval *din = lookup(t, e->input[0], 0);
-    if (!din || din->readers != 1) return 0;
-    int di = din->producer;
-    const Onnx__NodeProto *d = node_of(gp, di);
+    const Onnx__NodeProto *e = gp->node[core];
     double c;
-    const char *x;
-    if (is_op(d, "Div", 2) && scalar(t, d->input[1], &c) && near(c, sqrt(2.0))) x = d->input[0];
-    else if (is_op(d, "Mul", 2) && scalar(t, d->input[1], &c) && near(c, sqrt(0.5))) x = d->input[0];
-    else if (is_op(d, "Mul", 2) && scalar(t, d->input[0], &c) && near(c, sqrt(0.5))) x = d->input[1];
-    else return 0;
     int ai = sole_reader(t, e->output[0]);
     const Onnx__NodeProto *a = node_of(gp, ai);
     if (!is_op(a, "Add", 2)) return 0;
@@ -176,10 +170,84 @@ static int match_gelu(const Onnx__GraphProto *gp, struct ptab *t, int erf, uint8
         last = m1i;
         extra = hv->producer;
     }
-    absorbed[di] = absorbed[erf] = absorbed[ai] = absorbed[extra] = 1;
+    for (int i = 0; i < nhead; i++) absorbed[head[i]] = 1;
+    absorbed[core] = absorbed[ai] = absorbed[extra] = 1;
     rw[last].kind = ONNX_REWRITE_GELU;
     rw[last].x = x;
+    rw[last].approximate = approximate;
     return 1;
+}
+
+/* The producer of a value only the pattern reads, or -1. */
+static int sole_producer(struct ptab *t, const char *name)
+{
+    struct pval *v = lookup(t, name, 0);
+    return v && v->readers == 1 ? v->producer : -1;
+}
+
+/* Binary node with a scalar operand near want: the other operand. */
+static const char *with_scalar(struct ptab *t, const Onnx__NodeProto *n, const char *op, double want)
+{
+    double c;
+    if (!is_op(n, op, 2)) return NULL;
+    if (scalar(t, n->input[1], &c) && near(c, want)) return n->input[0];
+    if (scalar(t, n->input[0], &c) && near(c, want)) return n->input[1];
+    return NULL;
+}
+
+static int match_gelu(const Onnx__GraphProto *gp, struct ptab *t, int erf, uint8_t *absorbed,
+                      struct onnx_rewrite *rw)
+{
+    int di = sole_producer(t, gp->node[erf]->input[0]);
+    const Onnx__NodeProto *d = node_of(gp, di);
+    double c;
+    const char *x = NULL;
+    if (is_op(d, "Div", 2) && scalar(t, d->input[1], &c) && near(c, sqrt(2.0))) x = d->input[0];
+    else x = with_scalar(t, d, "Mul", sqrt(0.5));
+    if (!x) return 0;
+    return gelu_tail(gp, t, erf, x, &di, 1, 0, absorbed, rw);
+}
+
+/* tanh GELU: Tanh(sqrt(2/pi) * (x + 0.044715 * x^3)), x^3 as Pow(x, 3) or
+ * Mul(x, Mul(x, x)). */
+static int match_gelu_tanh(const Onnx__GraphProto *gp, struct ptab *t, int th, uint8_t *absorbed,
+                           struct onnx_rewrite *rw)
+{
+    int head[5], nh = 0;
+    int vi = sole_producer(t, gp->node[th]->input[0]);
+    const char *u = with_scalar(t, node_of(gp, vi), "Mul", sqrt(2.0 / M_PI));
+    if (!u) return 0;
+    head[nh++] = vi;
+    int ui = sole_producer(t, u);
+    const Onnx__NodeProto *un = node_of(gp, ui);
+    if (!is_op(un, "Add", 2)) return 0;
+    head[nh++] = ui;
+    for (int side = 0; side < 2; side++) {
+        const char *x = un->input[side], *tv = un->input[1 - side];
+        int ti = sole_producer(t, tv);
+        const char *x3 = with_scalar(t, node_of(gp, ti), "Mul", 0.044715);
+        if (!x3) continue;
+        int ci = sole_producer(t, x3);
+        const Onnx__NodeProto *cn = node_of(gp, ci);
+        double c;
+        int n = nh;
+        int h2[5];
+        memcpy(h2, head, sizeof head);
+        h2[n++] = ti;
+        h2[n++] = ci;
+        if (is_op(cn, "Pow", 2) && strcmp(cn->input[0], x) == 0 && scalar(t, cn->input[1], &c) && c == 3.0)
+            return gelu_tail(gp, t, th, x, h2, n, 1, absorbed, rw);
+        if (is_op(cn, "Mul", 2)) {
+            const char *sq = other_operand(cn, x);
+            int si = sq ? sole_producer(t, sq) : -1;
+            const Onnx__NodeProto *sn = node_of(gp, si);
+            if (is_op(sn, "Mul", 2) && strcmp(sn->input[0], x) == 0 && strcmp(sn->input[1], x) == 0) {
+                h2[n++] = si;
+                return gelu_tail(gp, t, th, x, h2, n, 1, absorbed, rw);
+            }
+        }
+    }
+    return 0;
 }
 
 /* ReduceMean over the last axis only, keepdims 1: its input, or NULL. */
@@ -351,6 +419,7 @@ int onnx_find_patterns(const Onnx__GraphProto *gp, uint8_t *absorbed, struct onn
         if (absorbed[i] || rw[i].kind) continue;
         const Onnx__NodeProto *n = gp->node[i];
         if (is_op(n, "Erf", 1)) found += match_gelu(gp, &t, (int)i, absorbed, rw);
+        else if (is_op(n, "Tanh", 1)) found += match_gelu_tanh(gp, &t, (int)i, absorbed, rw);
         else if (strcmp(n->op_type, "ReduceMean") == 0) found += match_layernorm(gp, &t, (int)i, absorbed, rw);
     }
     for (size_t i = 0; i < gp->n_node; i++)

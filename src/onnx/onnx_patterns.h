@@ -3,6 +3,8 @@
  *   exact GELU   x * 0.5 * (1 + Erf(x / sqrt(2)))   in the orders exporters
  *                write it (Div or Mul by 1/sqrt(2); the 0.5 applied first,
  *                last or to x)                      -> Gelu
+ *   tanh GELU    x * 0.5 * (1 + Tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
+ *                                                   -> Gelu approximate=1
  *   LayerNorm    ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div,
  *                [Mul gamma], [Add beta] over the last axis
  *                                                   -> LayerNormalization
@@ -27,6 +29,7 @@ struct onnx_rewrite {
     const char *gamma;  /* LayerNorm: scale, or NULL (ones); Linear: W */
     const char *beta;   /* LayerNorm: bias, or NULL (zeros); Linear: b */
     float epsilon;
+    int approximate;    /* GELU: 1 = the tanh form */
 };
 
 /* absorbed[i] = 1 for the other nodes of a pattern (skipped by the

@@ -738,6 +738,31 @@ static void test_gelu_pattern(void **state)
     assert_int_equal(count_op(g, "Erf"), 1);
     onnx_model_free(m);
     mb_free(&b);
+    /* tanh form: 0.5 * x * (1 + Tanh(sqrt(2/pi) * (x + 0.044715 * Pow(x, 3)))) */
+    mb_init(&b, 17);
+    float k0 = 0.7978845608f, k1 = 0.044715f, three = 3.0f;
+    mb_input(&b, "x", 2, xd);
+    mb_init_f(&b, "k0", 0, NULL, &k0);
+    mb_init_f(&b, "k1", 0, NULL, &k1);
+    mb_init_f(&b, "three", 0, NULL, &three);
+    mb_init_f(&b, "one", 0, NULL, &one);
+    mb_init_f(&b, "half", 0, NULL, &half);
+    mb_node(&b, "Pow", "cube", "x three", "x3");
+    mb_node(&b, "Mul", "m1", "k1 x3", "t");
+    mb_node(&b, "Add", "a1", "x t", "u");
+    mb_node(&b, "Mul", "m2", "k0 u", "v");
+    mb_node(&b, "Tanh", "tanh", "v", "th");
+    mb_node(&b, "Add", "a2", "one th", "a");
+    mb_node(&b, "Mul", "m3", "x a", "m");
+    mb_node(&b, "Mul", "m4", "half m", "y");
+    mb_output(&b, "y");
+    assert_int_equal(mb_import(&b, NULL, 0, &m, err, sizeof err), 0);
+    g = onnx_model_graph(m);
+    assert_int_equal(g->nnodes, 1);
+    assert_int_equal(g->nodes[0].op, GRAPH_OP_GELU);
+    assert_int_equal(graph_attr_int(&g->nodes[0], "approximate", 0), 1);
+    onnx_model_free(m);
+    mb_free(&b);
 }
 
 /* Decomposed LayerNorm over the last axis -> one LayerNormalization */
