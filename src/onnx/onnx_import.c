@@ -1800,6 +1800,8 @@ static int map_node(struct importer *im, const struct op_rule *rule)
         strcmp(op, "LayerNormalization") == 0) {
         static const char *const names[] = {"epsilon", "axis", NULL};
         if (!is_act(x)) return nfail(im, PPS_EUNSUPPORTED, "the input must not be a constant");
+        if (attr_int(n, "training_mode", 0))
+            return nfail(im, PPS_EUNSUPPORTED, "training_mode=1 (batch statistics) is not served; export in eval mode");
         for (size_t k = 1; k < n->n_input; k++)
             if (in(im, (int)k) && !is_const(in(im, (int)k)))
                 return nfail(im, PPS_EUNSUPPORTED, "scale/bias/mean/variance must be constants");
