@@ -90,26 +90,28 @@ _SPECIAL = {"prelu": "PRelu", "leakyrelu": "LeakyRelu", "hardswish": "HardSwish"
             "layer_normalization": "LayerNormalization", "matmul": "MatMul", "constantofshape": "ConstantOfShape",
             "reduce_sum": "ReduceSum", "reduce_mean": "ReduceMean", "reduce_max": "ReduceMax",
             "reduce_min": "ReduceMin", "softplus": "Softplus", "basic_conv": "Conv", "conv": "Conv",
-            "gather": "Gather", "gemm": "Gemm", "resize": "Resize", "clip": "Clip", "pow": "Pow"}
+            "gather": "Gather", "gemm": "Gemm", "resize": "Resize", "clip": "Clip", "pow": "Pow",
+            "constant_pad": "Pad", "mvn": "MeanVarianceNormalization", "nllloss": "NegativeLogLikelihoodLoss",
+            "sce": "SoftmaxCrossEntropyLoss"}
 
 
 def test_operator(name, model):
-    """The operator a node test is about (its table row): the op whose
-    snake-case name is the longest prefix of the test name, else the
-    single node's op."""
-    base = name[len("test_"):]
+    """The operator a node test is about (its table row): the op whose name
+    (underscores aside) is the longest prefix of the test name
+    (test_blackmanwindow_expanded -> BlackmanWindow, test_castlike_... ->
+    CastLike), else the first node's op."""
+    base = name[len("test_"):].replace("_", "")
     best = None
-    for key, op in _SPECIAL.items():
-        if base.startswith(key) and (best is None or len(key) > len(best[0])):
-            best = (key, op)
     for op in _ALL_OPS:
-        key = snake(op)
-        if base == key or base.startswith(key + "_"):
-            if best is None or len(key) > len(best[0]):
-                best = (key, op)
-            break
+        key = op.lower()
+        if base.startswith(key) and (best is None or len(key) > len(best.lower())):
+            best = op
+    for key, op in _SPECIAL.items():
+        k = key.replace("_", "")
+        if base.startswith(k) and (best is None or len(k) > len(best)):
+            best = op
     if best:
-        return best[1]
+        return best
     return model.graph.node[0].op_type if model.graph.node else "?"
 
 
@@ -133,13 +135,23 @@ def _all_nodes(graph):
                 yield from _all_nodes(g)
 
 
+def _leading_dim(vi):
+    dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
+    if not dims:
+        return None
+    return dims[0].dim_value if dims[0].HasField("dim_value") else dims[0].dim_param
+
+
 def frozen_inputs(model):
-    """Names of the runtime inputs that feed an operand the graph form keeps
-    as an attribute (Reshape's shape, Slice's starts, Resize's sizes, ...)
-    or a parameter (Conv's weights, BatchNormalization's statistics, ...).
-    The node tests give those as inputs; exported models have them as
-    constants, so the test freezes them into initializers with the data
-    set's values before importing."""
+    """Names of the runtime inputs the test turns into initializers:
+    - those feeding an operand the graph form keeps as an attribute
+      (Reshape's shape, Slice's starts, Resize's sizes, ...) or a parameter
+      (Conv's weights, BatchNormalization's statistics, ...): constants in
+      exported models;
+    - float inputs after the first whose first dimension is not the first
+      input's: PipePS batches every input along dim 0, so a broadcast
+      operand of another leading size ([5] added to [3, 4, 5]) can only be
+      a constant in a servable model."""
     g = model.graph
     init = {i.name for i in g.initializer}
     names = set()
@@ -147,8 +159,19 @@ def frozen_inputs(model):
         for pos in CONSTANT_OPERANDS.get(n.op_type, ()):
             if pos < len(n.input) and n.input[pos] and n.input[pos] not in init:
                 names.add(n.input[pos])
+    runtime = [vi for vi in g.input if vi.name not in init and vi.name not in names]
+    if runtime:
+        batch = _leading_dim(runtime[0])
+        for vi in runtime[1:]:
+            if len(vi.type.tensor_type.shape.dim) == 0 or _leading_dim(vi) != batch:
+                names.add(vi.name)
     graph_inputs = {vi.name for vi in g.input}
     return names & graph_inputs
+
+
+# Where a runtime int64 input may go: PipePS computes in float32; int64
+# inputs are token ids / indices.
+INT64_CONSUMERS = {("Gather", 1), ("Cast", 0)}
 
 
 def _attr(node, name, default=None):
@@ -215,6 +238,11 @@ def out_of_scope(model, name):
             return "%s input" % dtype
         if rank == 0:
             return "rank-0 input"
+    int64_inputs = {vi.name for vi in runtime_inputs if _value_type(vi)[0] == "int64"}
+    for n in g.node:
+        for pos, name in enumerate(n.input):
+            if name in int64_inputs and (n.op_type, pos) not in INT64_CONSUMERS:
+                return "int64 operand of %s (int64 inputs are indices; PipePS computes in float32)" % n.op_type
     for vi in g.output:
         dtype, _ = _value_type(vi)
         if dtype == "string":
@@ -297,7 +325,15 @@ def _freeze(model, frozen, values, path):
 
 def run_case(test_dir, work):
     """Runs one node test; returns (ok, reason) where reason classifies a
-    failure ('import refused: ...', 'wrong values: ...', 'crash: ...')."""
+    failure ('import refused: ...', 'wrong values: ...', 'crash: ...'),
+    with the paths of the test and of its work folder cut out."""
+    ok, reason = _run_case(test_dir, work)
+    for prefix in (os.path.abspath(work) + "/", os.path.abspath(test_dir).rstrip("/") + "/"):
+        reason = reason.replace(prefix, "")
+    return ok, reason
+
+
+def _run_case(test_dir, work):
     os.makedirs(work, exist_ok=True)
     model_path = os.path.join(test_dir, "model.onnx")
     model = onnx.load(model_path, load_external_data=False)
@@ -448,7 +484,9 @@ def write_table(path, results):
         "Resize's scales/sizes, reduction axes, Clip's bounds, ...) or a parameter (Conv/ConvTranspose/Gemm",
         "weights and bias, normalisation scales and statistics) is a runtime input in the node tests",
         "but a constant in exported models: the test turns it into an initializer holding the data",
-        "set's value before importing, so those tests run too.",
+        "set's value before importing, so those tests run too. So is an input after the first whose",
+        "first dimension differs from the first input's (a broadcast operand such as `y` [5] in",
+        "`test_add_bcast`): PipePS batches every input along dimension 0.",
         "",
         "Totals: %d node tests; %d passed, %d failed, %d skipped." % (total, passed, failed, skipped),
         "",
