@@ -419,36 +419,39 @@ def test_node_tests_are_present():
 
 
 def test_claim_matches_the_importer(tmp_path):
-    """Every claimed operator is reported supported by `pipeps import --json`
-    for some node test using it, and no claimed-but-missing op hides: an
-    importer that drops an op fails here even when its node tests are all
-    skipped."""
-    users = {}
-    for d, name, op, why in sorted(CASES, key=lambda c: c[3] is not None):  # in-scope tests first
+    """Every claimed operator with an in-scope node test is reported
+    supported by `pipeps import --json` on that test's model (constant
+    operands frozen as in run_case): a claim the importer does not back
+    fails here by name, whatever the values."""
+    first = {}
+    for d, name, op, why in CASES:
+        if why:
+            continue
         model = onnx.load(os.path.join(d, "model.onnx"), load_external_data=False)
         for n in model.graph.node:
-            if n.op_type in CLAIMED_OPS:
-                users.setdefault(n.op_type, []).append(d)
+            first.setdefault(n.op_type, (d, model))
     wrong = []
-    for op, dirs in sorted(users.items()):
-        problems = []
-        for d in dirs[:3]:
-            rc, text = _run([T.binary("pipeps"), "import", os.path.join(d, "model.onnx"), "--json", "--seq", "8"])
-            if rc < 0 or _sanitizer_report(text):
-                problems.append("pipeps import crashed on %s" % d)
-                break
-            try:
-                report = json.loads(text[text.index("{"):text.rindex("}") + 1])
-            except ValueError:
-                problems.append("no JSON for %s: %s" % (d, text[:200]))
-                continue
-            entry = [e for e in report.get("op_types", []) if e.get("op_type") == op]
-            if entry and entry[0].get("supported"):
-                problems = []
-                break
-            problems.append("%s: %s" % (d, "not reported supported" if entry else report.get("error", "no entry")))
-        if problems:
-            wrong.append("%s: %s" % (op, "; ".join(problems)))
+    for op, (d, model) in sorted(first.items()):
+        path = os.path.join(d, "model.onnx")
+        frozen = frozen_inputs(model)
+        if frozen:
+            _ds, ins, _outs = data_sets(d)[0]
+            names = [vi.name for vi in model.graph.input]
+            path = str(tmp_path / ("%s.onnx" % op))
+            _freeze(model, frozen, {n: x for n, x in zip(names, ins) if n in frozen}, path)
+        rc, text = _run([T.binary("pipeps"), "import", path, "--json"])
+        if rc < 0 or _sanitizer_report(text):
+            wrong.append("%s: pipeps import crashed on %s" % (op, d))
+            continue
+        try:
+            report = json.loads(text[text.index("{"):text.rindex("}") + 1])
+        except ValueError:
+            wrong.append("%s: no JSON for %s: %s" % (op, d, text[:200]))
+            continue
+        entry = [e for e in report.get("op_types", []) if e.get("op_type") == op]
+        if not entry or not entry[0].get("supported"):
+            wrong.append("%s: not reported supported for %s (%s)" % (op, d, report.get("error", "")))
+    assert len(first) > 40, sorted(first)
     assert not wrong, "\n".join(wrong)
 
 
