@@ -1726,7 +1726,7 @@ static size_t required_inputs(const char *op, int64_t opset)
         {"Greater", 2}, {"And", 2}, {"Or", 2}, {"Mod", 2}, {"PRelu", 2}, {"Where", 3}, {"Conv", 2},
         {"ConvTranspose", 2}, {"Gemm", 2}, {"MatMul", 2}, {"Gather", 2}, {"BatchNormalization", 5},
         {"InstanceNormalization", 3}, {"LayerNormalization", 2}, {"Reshape", 2}, {"Expand", 2},
-        {"Tile", 2}, {"Range", 3}, {"Resize", 2}, {"Upsample", 2},
+        {"Tile", 2}, {"Range", 3}, {"Upsample", 2},
     };
     if (strcmp(op, "Constant") == 0) return 0;
     if (strcmp(op, "Unsqueeze") == 0) return opset >= 13 ? 2 : 1;
