@@ -202,6 +202,8 @@ def test_builtin_model_exported_from_the_oracle_matches_the_builtin(tmp_path, mo
         path = str(tmp_path / (model + ".onnx"))
         name = "ids" if x.dtype == np.int64 else "input"
         X.export_module(module, torch.from_numpy(x), path, 17, input_name=name)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
     finally:
         del module
         k.close()
@@ -211,3 +213,5 @@ def test_builtin_model_exported_from_the_oracle_matches_the_builtin(tmp_path, mo
     err = X.max_rel_error(imported, builtin)
     record(model=model, opset=17, batch=1, path="oracle export vs built-in", max_rel_error=err)
     assert err <= ORACLE_TOL, "%s: imported vs built-in max relative error %.3g" % (model, err)
+    # ... and both are the model (not merely equal to each other).
+    assert X.max_rel_error(imported, want) <= TOL, "%s: imported vs PyTorch" % model
