@@ -215,3 +215,36 @@ def test_builtin_model_exported_from_the_oracle_matches_the_builtin(tmp_path, mo
     assert err <= ORACLE_TOL, "%s: imported vs built-in max relative error %.3g" % (model, err)
     # ... and both are the model (not merely equal to each other).
     assert X.max_rel_error(imported, want) <= TOL, "%s: imported vs PyTorch" % model
+
+
+# ---- script mode: the results table of docs/onnx.md ---------------------------
+
+def results_table(paths):
+    """Markdown tables from PIPEPS_ONNX_RESULTS files (later rows win)."""
+    d = {}
+    for p in paths:
+        with open(p) as f:
+            for line in f:
+                r = json.loads(line)
+                d[(r["model"], r["opset"], r["batch"], r["path"])] = r["max_rel_error"]
+    cols = [(13, 1, "pipeps run"), (13, 4, "pipeps run"), (17, 1, "pipeps run"), (17, 4, "pipeps run"),
+            (17, 1, "served"), (17, 4, "served")]
+
+    def cell(k):
+        return "%.1e" % d[k] if k in d else "fails"
+    out = ["| model | run, opset 13, b1 | run, opset 13, b4 | run, opset 17, b1 | run, opset 17, b4 "
+           "| served, opset 17, b1 | served, opset 17, b4 |", "|---|---|---|---|---|---|---|"]
+    for m in X.ALL:
+        out.append("| %s | %s |" % (m, " | ".join(cell((m,) + c) for c in cols)))
+    out += ["", "| built-in model | imported vs built-in, batch 1 |", "|---|---|"]
+    for m in ORACLE_MODELS:
+        out.append("| %s | %s |" % (m, cell((m, 17, 1, "oracle export vs built-in"))))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    # test_onnx_models.py --table RESULTS.jsonl...: print the tables of docs/onnx.md
+    if len(sys.argv) < 3 or sys.argv[1] != "--table":
+        print("usage: %s --table RESULTS.jsonl..." % sys.argv[0], file=sys.stderr)
+        sys.exit(2)
+    print(results_table(sys.argv[2:]))
