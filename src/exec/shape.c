@@ -407,7 +407,9 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
     case GRAPH_OP_POW:
         if ((rc = check_operands(n, 2, 2, err, errlen))) return rc;
         if (n->ninputs < 1) return fail(err, errlen, n, "needs an activation operand");
-        if ((rc = need_f32(n, &op[0], err, errlen)) || (rc = need_f32(n, &op[1], err, errlen)))
+        /* Pow's exponent may be int64 (ONNX allows it; the result is float) */
+        if ((rc = need_f32(n, &op[0], err, errlen)) ||
+            (!(n->op == GRAPH_OP_POW && op[1].dtype == GRAPH_I64) && (rc = need_f32(n, &op[1], err, errlen))))
             return rc;
         if (shape_broadcast(&op[0], &op[1], out))
             return fail(err, errlen, n, "operands do not broadcast");

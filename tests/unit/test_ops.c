@@ -1878,6 +1878,28 @@ static void test_onnx_binary_compare_cast(void **state)
             tm_free(&t);
         }
     }
+    /* Pow(x, e) with an int64 exponent input. */
+    {
+        struct tmodel t;
+        tm_init(&t, "powi");
+        int64_t xd[2] = {-1, 3};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 2, xd);
+        int32_t e = graph_add_input(&t.g, "e", GRAPH_I64, 2, xd);
+        int32_t xe[2] = {x, e};
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_POW, "pow", 2, xe, 0, NULL);
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        float xs[6] = {2, -3, 0.5f, 1.5f, -1, 4};
+        int64_t es[6] = {3, 2, -1, 0, 5, 1};
+        float ref[6] = {8, 9, 2, 1, -1, 4};
+        const void *ins[2] = {xs, es};
+        uint64_t nout;
+        float *out = tm_run(&t, 2, ins, &nout);
+        assert_int_equal(nout, 6);
+        check_close("pow int64 exponent", out, ref, 6, 1e-6);
+        free(out);
+        tm_free(&t);
+    }
     /* Not(Equal(ids, ids2)) on int64 inputs; Cast(Cast(x, int64), float). */
     struct tmodel t;
     tm_init(&t, "cmp");

@@ -1761,10 +1761,17 @@ static int same_dims(const struct exec_tensor *a, const struct exec_tensor *b)
     return 1;
 }
 
+static int prep_ref_binary(PREP_ARGS);
+
 static int prep_binary(PREP_ARGS)
 {
     const struct graph_node *n = cs->node;
-    if (n->op == GRAPH_OP_POW) return binary_c(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+    if (n->op == GRAPH_OP_POW) {
+        struct exec_tensor e;
+        operand_tensor(cs, in, 1, &e);
+        if (e.dtype == GRAPH_I64) return prep_ref_binary(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        return binary_c(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+    }
     struct exec_tensor t0, t1;
     operand_tensor(cs, in, 0, &t0);
     operand_tensor(cs, in, 1, &t1);
@@ -2245,6 +2252,7 @@ static int prep_ref_binary(PREP_ARGS)
     case GRAPH_OP_EQUAL: nd->ref_bop = CPUREF_EQUAL; break;
     case GRAPH_OP_LESS: nd->ref_bop = CPUREF_LESS; break;
     case GRAPH_OP_GREATER: nd->ref_bop = CPUREF_GREATER; break;
+    case GRAPH_OP_POW: nd->ref_bop = CPUREF_POW; break;
     default: nd->ref_bop = CPUREF_PRELU; break;
     }
     kernel_call(nd, k_ref_binary, refs, 2);

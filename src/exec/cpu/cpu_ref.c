@@ -112,6 +112,7 @@ void cpuref_binary(enum cpuref_binop op, const void *a, enum graph_dtype at,
             case CPUREF_EQUAL: r = x == z; break;
             case CPUREF_LESS: r = x < z; break;
             case CPUREF_GREATER: r = x > z; break;
+            case CPUREF_POW: r = powf((float)x, (float)z); break;
             default: r = (float)(x < 0 ? x * z : x); break;
             }
         } else {
@@ -123,6 +124,7 @@ void cpuref_binary(enum cpuref_binop op, const void *a, enum graph_dtype at,
             case CPUREF_EQUAL: r = x == z; break;
             case CPUREF_LESS: r = x < z; break;
             case CPUREF_GREATER: r = x > z; break;
+            case CPUREF_POW: r = powf((float)x, (float)z); break;
             default: r = (float)x < 0 ? (float)x * (float)z : (float)x; break;
             }
         }

@@ -30,11 +30,13 @@ enum cpuref_unop {
 void cpuref_unary(enum cpuref_unop op, float alpha, float beta, const float *x, float *y,
                   uint64_t n);
 
-enum cpuref_binop { CPUREF_MAX, CPUREF_MIN, CPUREF_EQUAL, CPUREF_LESS, CPUREF_GREATER, CPUREF_PRELU };
+enum cpuref_binop {
+    CPUREF_MAX, CPUREF_MIN, CPUREF_EQUAL, CPUREF_LESS, CPUREF_GREATER, CPUREF_PRELU, CPUREF_POW
+};
 
 /* y (float32, shape ys) = a op b with numpy broadcasting; a and b are
  * float32 or int64 (compared exactly when both are int64). PRelu is
- * a < 0 ? a * b : a. */
+ * a < 0 ? a * b : a; Pow is powf (a float base, a float or int64 exponent). */
 void cpuref_binary(enum cpuref_binop op, const void *a, enum graph_dtype at,
                    const struct cpuk_shape *as, const void *b, enum graph_dtype bt,
                    const struct cpuk_shape *bs, float *y, const struct cpuk_shape *ys);
