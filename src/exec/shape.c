@@ -249,6 +249,22 @@ int shape_reduce_axes(const struct graph_node *n, int rank, unsigned *mask, char
     return 0;
 }
 
+int shape_resize_scales(const struct graph_node *n, float *scales)
+{
+    int64_t bits[GRAPH_MAX_ATTR_INTS];
+    int c = graph_attr_ints(n, "scales_bits", bits, GRAPH_MAX_ATTR_INTS);
+    if (c > GRAPH_MAX_DIMS) return -1;
+    for (int i = 0; i < c; i++) {
+        if (bits[i] < 0 || bits[i] > 0xffffffffll) return -1;
+        uint32_t b = (uint32_t)bits[i];
+        float f;
+        memcpy(&f, &b, sizeof f);
+        if (!(f > 0.0f) || f > 1e9f) return -1;
+        scales[i] = f;
+    }
+    return c;
+}
+
 int shape_deconv(const struct graph_node *n, const struct exec_tensor *x,
                  const struct exec_tensor *w, struct shape_deconv *dc, char *err, size_t errlen)
 {
@@ -747,6 +763,10 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
             if (sz[i] < 0 || sz[i] > (1 << 24)) return fail(err, errlen, n, "sizes[%d] is %lld", i, (long long)sz[i]);
             if (sz[i] > 0) out->dims[i] = sz[i];
         }
+        float sc[GRAPH_MAX_DIMS];
+        int nsc = shape_resize_scales(n, sc);
+        if (nsc < 0 || (nsc > 0 && nsc != r))
+            return fail(err, errlen, n, "scales_bits needs %d positive finite floats", r);
         break;
     }
     case GRAPH_OP_CONVTRANSPOSE: {

@@ -71,6 +71,10 @@ int shape_slice(const struct graph_node *n, const struct exec_tensor *x, struct 
 int shape_reduce_axes(const struct graph_node *n, int rank, unsigned *mask, char *err,
                       size_t errlen);
 
+/* Resize's "scales_bits" (graph.h) decoded into scales; returns how many
+ * (0: absent), -1 if malformed (not positive and finite, or too many). */
+int shape_resize_scales(const struct graph_node *n, float *scales);
+
 /* Geometry of a ConvTranspose (1 to 3 spatial dims) after checks. */
 struct shape_deconv {
     int sp;

@@ -47,7 +47,9 @@
  *    "keepdims" default 1.
  *  - Resize: int "mode" 0 nearest, 1 linear (bilinear etc. on every
  *    resized axis); ints "sizes" = the full output shape, where 0 keeps the
- *    input's dimension (the batch); the scale of an axis is out/in. Int
+ *    input's dimension (the batch); the scale of an axis is out/in, or
+ *    (ONNX's scales input, which need not be out/in: 0.6 of 4 is 2) the
+ *    float32 whose bit pattern is in ints "scales_bits" (one per axis). Int
  *    "coord" (coordinate_transformation_mode): 0 half_pixel, 1 asymmetric,
  *    2 align_corners, 3 pytorch_half_pixel; int "nearest" (nearest_mode):
  *    0 round_prefer_floor, 1 round_prefer_ceil, 2 floor, 3 ceil.

@@ -2094,6 +2094,8 @@ static void test_onnx_layout_ops(void **state)
         {GRAPH_OP_RESIZE, 3, {1, 1, 4}, {1, 2, 3, 4}, 8,
          {1, 1.42857142857f, 1.85714285714f, 2.28571428571f, 2.71428571429f, 3.14285714286f,
           3.57142857143f, 4}},
+        /* Resize linear [1,2,4] -> [1,1,2] with ONNX scales 0.6 (not out/in) */
+        {GRAPH_OP_RESIZE, 3, {1, 2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}, 2, {2.6666665f, 4.3333331f}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const struct lcase *lc = &cases[i];
@@ -2125,11 +2127,24 @@ static void test_onnx_layout_ops(void **state)
             graph_set_int(&t.g, "mode", 1);
             break;
         }
-        default: {
+        case 8: {
             int64_t sz[3] = {0, 1, 8};
             graph_set_ints(&t.g, "sizes", 3, sz);
             graph_set_int(&t.g, "mode", 1);
             graph_set_int(&t.g, "coord", 2);
+            break;
+        }
+        default: {
+            int64_t sz[3] = {0, 1, 2}, bits[3];
+            const float sc[3] = {1.0f, 0.6f, 0.6f};
+            for (int k = 0; k < 3; k++) {
+                uint32_t b;
+                memcpy(&b, &sc[k], 4);
+                bits[k] = b;
+            }
+            graph_set_ints(&t.g, "sizes", 3, sz);
+            graph_set_ints(&t.g, "scales_bits", 3, bits);
+            graph_set_int(&t.g, "mode", 1);
             break;
         }
         }

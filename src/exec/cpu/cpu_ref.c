@@ -291,9 +291,8 @@ void cpuref_pad(const float *x, const struct cpuk_shape *xs, const int64_t *pads
 }
 
 /* Source coordinate of output index o along an axis (graph.h's "coord"). */
-static double resize_coord(int64_t o, int64_t in, int64_t out, int coord)
+static double resize_coord(int64_t o, int64_t in, int64_t out, int coord, double scale)
 {
-    double scale = (double)out / (double)in;
     switch (coord) {
     case 1: return (double)o / scale;
     case 2: return out == 1 ? 0.0 : (double)o * (double)(in - 1) / (double)(out - 1);
@@ -318,7 +317,8 @@ static int64_t resize_nearest(double xo, int64_t in, int nearest)
 }
 
 void cpuref_resize(const float *x, const struct cpuk_shape *xs, float *y,
-                   const struct cpuk_shape *ys, int mode, int coord, int nearest)
+                   const struct cpuk_shape *ys, int mode, int coord, int nearest,
+                   const float *scales)
 {
     int r = ys->ndims;
     int64_t n = elems(ys), str[CPUK_MAX_DIMS], acc = 1;
@@ -328,7 +328,7 @@ void cpuref_resize(const float *x, const struct cpuk_shape *xs, float *y,
     }
     int lin[CPUK_MAX_DIMS], nlin = 0;
     for (int i = 0; i < r; i++)
-        if (mode == 1 && xs->dims[i] != ys->dims[i]) lin[nlin++] = i;
+        if (mode == 1 && (xs->dims[i] != ys->dims[i] || (scales && scales[i] != 1.0f))) lin[nlin++] = i;
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < n; o++) {
         int64_t idx[CPUK_MAX_DIMS], rem = o, base = 0;
@@ -340,11 +340,12 @@ void cpuref_resize(const float *x, const struct cpuk_shape *xs, float *y,
         }
         for (int i = 0; i < r; i++) {
             int64_t in = xs->dims[i];
-            if (in == ys->dims[i]) {
+            double scale = scales ? (double)scales[i] : (double)ys->dims[i] / (double)in;
+            if (in == ys->dims[i] && scale == 1.0) {
                 base += idx[i] * str[i];
                 continue;
             }
-            double xo = resize_coord(idx[i], in, ys->dims[i], coord);
+            double xo = resize_coord(idx[i], in, ys->dims[i], coord, scale);
             if (mode == 1) {
                 double f = floor(xo);
                 i0[i] = clamp_i((int64_t)f, in - 1);

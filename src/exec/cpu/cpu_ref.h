@@ -71,9 +71,11 @@ void cpuref_pad(const float *x, const struct cpuk_shape *xs, const int64_t *pads
                 enum cpuref_pad_mode mode, float value, float *y, const struct cpuk_shape *ys);
 
 /* Resize x to ys: mode 0 nearest, 1 linear (separable over every axis whose
- * size changes); coord and nearest as in graph.h's Resize. */
+ * size changes); coord and nearest as in graph.h's Resize; scales (NULL:
+ * out/in) are the per-axis scales the coordinate transform uses. */
 void cpuref_resize(const float *x, const struct cpuk_shape *xs, float *y,
-                   const struct cpuk_shape *ys, int mode, int coord, int nearest);
+                   const struct cpuk_shape *ys, int mode, int coord, int nearest,
+                   const float *scales);
 
 /* Transposed convolution, 1 to 3 spatial dims: x [N, Cin, s...], w [Cin,
  * Cout/group, k...], bias [Cout] or NULL, y [N, Cout, o...]. */
