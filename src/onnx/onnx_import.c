@@ -1905,6 +1905,37 @@ static int topo_sort(struct importer *im, int *order)
     return rc;
 }
 
+/* Nodes no graph output depends on are not imported (nor checked for
+ * support): an exporter's leftover branch costs nothing and cannot make a
+ * model unservable. */
+static void skip_dead_nodes(struct importer *im)
+{
+    Onnx__GraphProto *gp = im->gp;
+    size_t cap = gp->n_output + 1;
+    for (size_t i = 0; i < gp->n_node; i++) cap += gp->node[i]->n_input;
+    int *stack = pps_xmalloc(cap * sizeof *stack);
+    uint8_t *live = pps_xcalloc((unsigned long)gp->n_node + 1, 1);
+    size_t top = 0;
+    for (size_t i = 0; i < gp->n_output; i++) {
+        struct ival *v = find_val(im, gp->output[i]->name);
+        if (v && v->producer >= 0) stack[top++] = v->producer;
+    }
+    while (top > 0) {
+        int i = stack[--top];
+        if (live[i]) continue;
+        live[i] = 1;
+        const Onnx__NodeProto *n = gp->node[i];
+        for (size_t k = 0; k < n->n_input; k++) {
+            struct ival *v = n->input[k][0] ? find_val(im, n->input[k]) : NULL;
+            if (v && v->producer >= 0 && !live[v->producer]) stack[top++] = v->producer;
+        }
+    }
+    for (size_t i = 0; i < gp->n_node; i++)
+        if (!live[i]) im->absorbed[i] = 1;
+    free(stack);
+    free(live);
+}
+
 static int import_graph(struct importer *im)
 {
     struct onnx_model *m = im->m;
@@ -1956,6 +1987,7 @@ static int import_graph(struct importer *im)
     im->absorbed = pps_xcalloc((unsigned long)gp->n_node + 1, sizeof *im->absorbed);
     im->rw = pps_xcalloc((unsigned long)gp->n_node + 1, sizeof *im->rw);
     onnx_find_patterns(gp, im->absorbed, im->rw);
+    skip_dead_nodes(im);
     count_ops(im);
     if (m->nunsup && !im->opt->allow_unsupported) {
         size_t len = 0;

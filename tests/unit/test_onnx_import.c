@@ -493,6 +493,18 @@ static void test_unsupported(void **state)
     assert_int_equal(onnx_model_op_type(m, 1)->supported, 0);
     onnx_model_free(m);
     mb_free(&b);
+
+    /* an unsupported node no output depends on is left out, not refused */
+    mb_init(&b, 17);
+    mb_input(&b, "x", 2, xd);
+    mb_node(&b, "Relu", "r", "x", "y");
+    mb_node(&b, "NonMaxSuppression", "nms", "x", "unused");
+    mb_output(&b, "y");
+    assert_int_equal(mb_import(&b, NULL, 0, &m, err, sizeof err), 0);
+    assert_int_equal(onnx_model_graph(m)->nnodes, 1);
+    assert_int_equal(onnx_model_nunsupported(m), 0);
+    onnx_model_free(m);
+    mb_free(&b);
 }
 
 /* x [N, 4, 6] -> Reshape(x, Concat(Unsqueeze(Gather(Shape(x), 0)), [24])) */
