@@ -1037,9 +1037,20 @@ static int map_binary(struct importer *im, enum graph_op op, int commutative)
         if (!is_act(acc)) return nfail(im, PPS_EUNSUPPORTED, "constant operand");
         return set_out_act(im, 0, acc->gid);
     }
-    struct ival tmp;
+    struct ival tmp, cast;
     for (size_t k = 1; k < n->n_input; k++) {
         struct ival *o = in(im, (int)k);
+        if (op == GRAPH_OP_POW && is_act(o) && im->shapes[0][o->gid].dtype == GRAPH_I64) {
+            /* an integer exponent (ONNX allows it for Pow): as float */
+            enum graph_op cop = need_op(im, "Cast", &rc);
+            if (!cop) return rc;
+            memset(&cast, 0, sizeof cast);
+            cast.kind = IV_ACT;
+            cast.param = cast.const_gid = -1;
+            cast.gid = begin_node(im, cop, 1, &o->gid, 0, NULL);
+            if ((rc = set_int(im, "to", 1)) || (rc = end_node(im))) return rc;
+            o = &cast;
+        }
         if (!o) continue;
         struct ival *ops[2] = {acc, o};
         if (commutative && !is_act(acc) && is_act(o)) {
@@ -1447,7 +1458,7 @@ static const struct op_rule rules[] = {
     {"Ceil", "Ceil", MK_UNARY}, {"Sign", "Sign", MK_UNARY}, {"Not", "Not", MK_UNARY},
     {"Add", "Add", MK_BINARY_COMM}, {"Mul", "Mul", MK_BINARY_COMM}, {"Sub", "Sub", MK_BINARY},
     {"Div", "Div", MK_BINARY}, {"Pow", "Pow", MK_BINARY}, {"Max", "Max", MK_BINARY_COMM},
-    {"Min", "Min", MK_BINARY_COMM}, {"Sum", "Add", MK_BINARY_COMM}, {"Equal", "Equal", MK_BINARY_COMM},
+    {"Min", "Min", MK_BINARY_COMM}, {"Sum", "Add", MK_BINARY_COMM}, {"Mean", "Add", MK_SPECIAL}, {"Equal", "Equal", MK_BINARY_COMM},
     {"Less", "Less", MK_BINARY}, {"Greater", "Greater", MK_BINARY}, {"And", "And", MK_BINARY_COMM},
     {"Or", "Or", MK_BINARY_COMM}, {"Mod", "Mod", MK_BINARY},
     {"PRelu", "PRelu", MK_SPECIAL}, {"Where", "Where", MK_SPECIAL},
@@ -1580,6 +1591,20 @@ static int map_node(struct importer *im, const struct op_rule *rule)
         return map_generic(im, gop, names, 16);
     }
     if (strcmp(op, "Gemm") == 0) return map_gemm(im);
+    if (strcmp(op, "Mean") == 0) {
+        /* a chain of Adds, then one Mul by 1/n */
+        if ((rc = map_binary(im, GRAPH_OP_ADD, 1)) || n->n_input < 2) return rc;
+        struct ival *sum = find_val(im, n->output[0]);
+        struct onnx_const *k = onnx_const_new(&im->m->pool, ONNX_CONST_F32, 0, NULL, NULL, 0);
+        onnx_const_set(k, 0, 1.0 / (double)n->n_input);
+        char name[GRAPH_NAME_MAX + 1];
+        snprintf(name, sizeof name, "%.80s.1/n", im->node_name);
+        int32_t p = param_from(im, name, k, k, &rc);
+        if (p < 0) return rc;
+        int32_t gid = begin_node(im, GRAPH_OP_MUL, 1, &sum->gid, 1, &p);
+        if ((rc = end_node(im))) return rc;
+        return set_out_act(im, 0, gid);
+    }
     if (strcmp(op, "Gather") == 0) return map_gather(im);
     if (strcmp(op, "Softmax") == 0 || strcmp(op, "LogSoftmax") == 0) return map_softmax(im, gop);
     if (strcmp(op, "Clip") == 0) return map_clip(im, gop);
