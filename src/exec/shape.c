@@ -613,6 +613,7 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
     case GRAPH_OP_RECIPROCAL: case GRAPH_OP_LEAKYRELU: case GRAPH_OP_HARDSIGMOID:
     case GRAPH_OP_HARDSWISH: case GRAPH_OP_ELU: case GRAPH_OP_SELU: case GRAPH_OP_SOFTPLUS:
     case GRAPH_OP_SIN: case GRAPH_OP_COS: case GRAPH_OP_FLOOR: case GRAPH_OP_CEIL:
+    case GRAPH_OP_SIGN:
         if ((rc = check_operands(n, 1, 1, err, errlen))) return rc;
         if ((rc = need_f32(n, &op[0], err, errlen))) return rc;
         *out = op[0];
@@ -650,10 +651,12 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
             return fail(err, errlen, n, "slope does not broadcast to the input");
         break;
     case GRAPH_OP_MAX: case GRAPH_OP_MIN: case GRAPH_OP_EQUAL: case GRAPH_OP_LESS:
-    case GRAPH_OP_GREATER:
+    case GRAPH_OP_GREATER: case GRAPH_OP_AND: case GRAPH_OP_OR: case GRAPH_OP_MOD:
         if ((rc = check_operands(n, 2, 2, err, errlen))) return rc;
         if (n->ninputs < 1) return fail(err, errlen, n, "needs an activation operand");
-        if ((n->op == GRAPH_OP_MAX || n->op == GRAPH_OP_MIN) &&
+        if (n->op == GRAPH_OP_MOD && graph_attr_int(n, "fmod", 0) != 0 && graph_attr_int(n, "fmod", 0) != 1)
+            return fail(err, errlen, n, "fmod must be 0 or 1");
+        if ((n->op == GRAPH_OP_MAX || n->op == GRAPH_OP_MIN || n->op == GRAPH_OP_MOD) &&
             ((rc = need_f32(n, &op[0], err, errlen)) || (rc = need_f32(n, &op[1], err, errlen))))
             return rc;
         if (shape_broadcast(&op[0], &op[1], out))

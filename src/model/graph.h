@@ -58,8 +58,10 @@
  *    "strides", "dilations", "output_padding", "group".
  *  - Cast: int "to" = the ONNX TensorProto type, 1 (float) or 7 (int64);
  *    float to int64 truncates toward zero.
- *  - Equal/Less/Greater/Not give float 0/1 (the graph's outputs and most
- *    operands are float); their inputs may be float32 or int64.
+ *  - Equal/Less/Greater/Not/And/Or give float 0/1 (the graph's outputs and
+ *    most operands are float); their inputs may be float32 or int64
+ *    (nonzero = true). Mod takes float operands; int "fmod" 1 is C's fmod,
+ *    0 (default) takes the divisor's sign (Python's %).
  *  - Max/Min are binary (the importer chains variadic ones).
  */
 #ifndef PIPEPS_GRAPH_H
@@ -144,7 +146,11 @@
     X(SIN, 62, "Sin")                                                         \
     X(COS, 63, "Cos")                                                         \
     X(FLOOR, 64, "Floor")                                                     \
-    X(CEIL, 65, "Ceil")
+    X(CEIL, 65, "Ceil")                                                       \
+    X(SIGN, 66, "Sign")                                                       \
+    X(AND, 67, "And")                                                         \
+    X(OR, 68, "Or")                                                           \
+    X(MOD, 69, "Mod")
 
 enum graph_op {
     GRAPH_OP_INVALID = 0,

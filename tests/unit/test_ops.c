@@ -1717,7 +1717,7 @@ static void test_onnx_unary(void **state)
                                  GRAPH_OP_RECIPROCAL, GRAPH_OP_LEAKYRELU, GRAPH_OP_CLIP,
                                  GRAPH_OP_CLIP, GRAPH_OP_HARDSIGMOID, GRAPH_OP_HARDSWISH,
                                  GRAPH_OP_ELU, GRAPH_OP_SELU, GRAPH_OP_SOFTPLUS, GRAPH_OP_SIN,
-                                 GRAPH_OP_COS, GRAPH_OP_FLOOR, GRAPH_OP_CEIL};
+                                 GRAPH_OP_COS, GRAPH_OP_FLOOR, GRAPH_OP_CEIL, GRAPH_OP_SIGN};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         struct tmodel t;
         tm_init(&t, "un");
@@ -1765,6 +1765,7 @@ static void test_onnx_unary(void **state)
             case GRAPH_OP_COS: r = cos(z); break;
             case GRAPH_OP_FLOOR: r = floor(z); break;
             case GRAPH_OP_CEIL: r = ceil(z); break;
+            case GRAPH_OP_SIGN: r = z > 0 ? 1 : (z < 0 ? -1 : 0); break;
             default: fail();
             }
             ref[k] = (float)r;
@@ -1827,7 +1828,7 @@ static void test_onnx_binary_compare_cast(void **state)
 {
     (void)state;
     const enum graph_op ops[] = {GRAPH_OP_MAX, GRAPH_OP_MIN, GRAPH_OP_PRELU, GRAPH_OP_EQUAL,
-                                 GRAPH_OP_LESS, GRAPH_OP_GREATER};
+                                 GRAPH_OP_LESS, GRAPH_OP_GREATER, GRAPH_OP_AND, GRAPH_OP_OR};
     const int64_t N = 2;
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
         for (int with_param = 0; with_param < 2; with_param++) {
@@ -1865,6 +1866,8 @@ static void test_onnx_binary_compare_cast(void **state)
                         case GRAPH_OP_EQUAL: y = x == z; break;
                         case GRAPH_OP_LESS: y = x < z; break;
                         case GRAPH_OP_GREATER: y = x > z; break;
+                        case GRAPH_OP_AND: y = x != 0 && z != 0; break;
+                        case GRAPH_OP_OR: y = x != 0 || z != 0; break;
                         default: fail();
                         }
                         ref[(n * rows + r) * 4 + j] = y;
@@ -1877,6 +1880,26 @@ static void test_onnx_binary_compare_cast(void **state)
             free(out);
             tm_free(&t);
         }
+    }
+    /* Mod (Python's sign rule) and Mod fmod=1 (C's) by a parameter. */
+    for (int fm = 0; fm < 2; fm++) {
+        struct tmodel t;
+        tm_init(&t, "mod");
+        int64_t xd[2] = {-1, 4}, dd[1] = {4};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 2, xd);
+        float dv[4] = {2, 2, -2, -2};
+        int32_t d = tm_param_data(&t, "d", 1, dd, dv);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_MOD, "mod", 1, &x, 1, &d);
+        graph_set_int(&t.g, "fmod", fm);
+        graph_add_output(&t.g, "y", v);
+        float xs[4] = {5.5f, -5.5f, 5.5f, -5.5f};
+        float ref[2][4] = {{1.5f, 0.5f, -0.5f, -1.5f}, {1.5f, -1.5f, 1.5f, -1.5f}};
+        uint64_t nout;
+        float *out = run_single(&t, 1, xs, &nout);
+        assert_int_equal(nout, 4);
+        check_close(fm ? "Mod fmod" : "Mod", out, ref[fm], 4, 0);
+        free(out);
+        tm_free(&t);
     }
     /* Pow(x, e) with an int64 exponent input. */
     {

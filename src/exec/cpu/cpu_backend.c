@@ -2178,6 +2178,7 @@ static enum cpuref_unop ref_unop_of(enum graph_op op)
     case GRAPH_OP_SIN: return CPUREF_SIN;
     case GRAPH_OP_COS: return CPUREF_COS;
     case GRAPH_OP_FLOOR: return CPUREF_FLOOR;
+    case GRAPH_OP_SIGN: return CPUREF_SIGN;
     default: return CPUREF_CEIL;
     }
 }
@@ -2254,6 +2255,9 @@ static int prep_ref_binary(PREP_ARGS)
     case GRAPH_OP_LESS: nd->ref_bop = CPUREF_LESS; break;
     case GRAPH_OP_GREATER: nd->ref_bop = CPUREF_GREATER; break;
     case GRAPH_OP_POW: nd->ref_bop = CPUREF_POW; break;
+    case GRAPH_OP_AND: nd->ref_bop = CPUREF_AND; break;
+    case GRAPH_OP_OR: nd->ref_bop = CPUREF_OR; break;
+    case GRAPH_OP_MOD: nd->ref_bop = graph_attr_int(cs->node, "fmod", 0) ? CPUREF_FMOD : CPUREF_MOD; break;
     default: nd->ref_bop = CPUREF_PRELU; break;
     }
     kernel_call(nd, k_ref_binary, refs, 2);
@@ -2689,7 +2693,8 @@ static int cpu_node_prepare(struct exec_backend *be, void *step_state, const str
     case GRAPH_OP_GELU: case GRAPH_OP_NEG: case GRAPH_OP_ABS: case GRAPH_OP_EXP: case GRAPH_OP_LOG:
     case GRAPH_OP_RECIPROCAL: case GRAPH_OP_LEAKYRELU: case GRAPH_OP_CLIP: case GRAPH_OP_HARDSWISH:
     case GRAPH_OP_ELU: case GRAPH_OP_SOFTPLUS: case GRAPH_OP_HARDSIGMOID: case GRAPH_OP_SELU:
-    case GRAPH_OP_SIN: case GRAPH_OP_COS: case GRAPH_OP_FLOOR: case GRAPH_OP_CEIL: {
+    case GRAPH_OP_SIN: case GRAPH_OP_COS: case GRAPH_OP_FLOOR: case GRAPH_OP_CEIL:
+    case GRAPH_OP_SIGN: {
         float a, b;
         if (unary_alg(cs->node, &a, &b) != dnnl_alg_kind_undef)
             rc = prep_eltwise(cs, nd, in, mask, out_plain, out, plan, err, errlen);
@@ -2699,7 +2704,7 @@ static int cpu_node_prepare(struct exec_backend *be, void *step_state, const str
     }
     case GRAPH_OP_CONSTANT: rc = prep_constant(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
     case GRAPH_OP_PRELU: case GRAPH_OP_MAX: case GRAPH_OP_MIN: case GRAPH_OP_EQUAL:
-    case GRAPH_OP_LESS: case GRAPH_OP_GREATER:
+    case GRAPH_OP_LESS: case GRAPH_OP_GREATER: case GRAPH_OP_AND: case GRAPH_OP_OR: case GRAPH_OP_MOD:
         rc = prep_ref_binary(cs, nd, in, mask, out_plain, out, plan, err, errlen);
         break;
     case GRAPH_OP_NOT: case GRAPH_OP_CAST:

@@ -74,6 +74,7 @@ static inline float unop(enum cpuref_unop op, float alpha, float beta, float v)
     case CPUREF_COS: return cosf(v);
     case CPUREF_FLOOR: return floorf(v);
     case CPUREF_CEIL: return ceilf(v);
+    case CPUREF_SIGN: return v > 0 ? 1.0f : (v < 0 ? -1.0f : v);
     }
     return v;
 }
@@ -113,6 +114,9 @@ void cpuref_binary(enum cpuref_binop op, const void *a, enum graph_dtype at,
             case CPUREF_LESS: r = x < z; break;
             case CPUREF_GREATER: r = x > z; break;
             case CPUREF_POW: r = powf((float)x, (float)z); break;
+            case CPUREF_AND: r = x != 0 && z != 0; break;
+            case CPUREF_OR: r = x != 0 || z != 0; break;
+            case CPUREF_MOD: case CPUREF_FMOD: r = (float)(z == 0 ? 0 : x % z); break; /* float operands only */
             default: r = (float)(x < 0 ? x * z : x); break;
             }
         } else {
@@ -125,6 +129,14 @@ void cpuref_binary(enum cpuref_binop op, const void *a, enum graph_dtype at,
             case CPUREF_LESS: r = x < z; break;
             case CPUREF_GREATER: r = x > z; break;
             case CPUREF_POW: r = powf((float)x, (float)z); break;
+            case CPUREF_AND: r = x != 0 && z != 0; break;
+            case CPUREF_OR: r = x != 0 || z != 0; break;
+            case CPUREF_FMOD: r = fmodf((float)x, (float)z); break;
+            case CPUREF_MOD: {
+                float m = fmodf((float)x, (float)z);
+                r = m != 0 && ((m < 0) != ((float)z < 0)) ? m + (float)z : m;
+                break;
+            }
             default: r = (float)x < 0 ? (float)x * (float)z : (float)x; break;
             }
         }

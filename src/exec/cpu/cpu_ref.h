@@ -21,7 +21,7 @@
 enum cpuref_unop {
     CPUREF_NEG, CPUREF_ABS, CPUREF_EXP, CPUREF_LOG, CPUREF_RECIPROCAL, CPUREF_LEAKYRELU,
     CPUREF_CLIP, CPUREF_HARDSIGMOID, CPUREF_HARDSWISH, CPUREF_ELU, CPUREF_SELU, CPUREF_SOFTPLUS,
-    CPUREF_SIN, CPUREF_COS, CPUREF_FLOOR, CPUREF_CEIL
+    CPUREF_SIN, CPUREF_COS, CPUREF_FLOOR, CPUREF_CEIL, CPUREF_SIGN
 };
 
 /* y = f(x) elementwise; alpha/beta are the op's attributes (LeakyRelu,
@@ -31,12 +31,14 @@ void cpuref_unary(enum cpuref_unop op, float alpha, float beta, const float *x, 
                   uint64_t n);
 
 enum cpuref_binop {
-    CPUREF_MAX, CPUREF_MIN, CPUREF_EQUAL, CPUREF_LESS, CPUREF_GREATER, CPUREF_PRELU, CPUREF_POW
+    CPUREF_MAX, CPUREF_MIN, CPUREF_EQUAL, CPUREF_LESS, CPUREF_GREATER, CPUREF_PRELU, CPUREF_POW,
+    CPUREF_AND, CPUREF_OR, CPUREF_MOD, CPUREF_FMOD
 };
 
 /* y (float32, shape ys) = a op b with numpy broadcasting; a and b are
  * float32 or int64 (compared exactly when both are int64). PRelu is
- * a < 0 ? a * b : a; Pow is powf (a float base, a float or int64 exponent). */
+ * a < 0 ? a * b : a; Pow is powf (a float base, a float or int64 exponent);
+ * And/Or treat nonzero as true; Mod's result has b's sign, FMod's a's. */
 void cpuref_binary(enum cpuref_binop op, const void *a, enum graph_dtype at,
                    const struct cpuk_shape *as, const void *b, enum graph_dtype bt,
                    const struct cpuk_shape *bs, float *y, const struct cpuk_shape *ys);
