@@ -1,13 +1,14 @@
 /* onnx_import: ONNX ModelProto -> PipePS graph (see onnx_import.h and
  * docs/onnx.md).
  *
- * Passes: unpack with protobuf-c; count op types and refuse unsupported
- * ones (all named at once); register every value name (inputs,
- * initializers, node outputs) in a hash table, refusing duplicates;
- * topologically sort the nodes (Kahn), refusing cycles and dangling names;
- * then map node by node. Each ONNX value becomes a constant (folded here)
- * or an activation (a graph value whose shape the executor's shape
- * inference gives).
+ * Passes: unpack with protobuf-c; register every value name (inputs,
+ * initializers via onnx_tensor, node outputs) in a hash table, refusing
+ * duplicates; find the patterns (onnx_patterns) and the nodes no output
+ * depends on; count op types and refuse unsupported ones (all named at
+ * once); topologically sort the nodes (Kahn), refusing cycles and dangling
+ * names; then map node by node. Each ONNX value becomes a constant (folded
+ * here, onnx_fold) or an activation (a graph value whose shape the
+ * executor's shape inference gives).
  *
  * Two worlds: shapes are inferred at two batch sizes at once (2 and 3 for a
  * dynamic batch; the model's own batch twice for a static one) and every
