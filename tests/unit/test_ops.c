@@ -2187,8 +2187,7 @@ static void test_onnx_layout_ops(void **state)
 static void test_onnx_convtranspose(void **state)
 {
     (void)state;
-    /* 2-D runs on oneDNN's deconvolution, then (PIPEPS_REF_DECONV) on the
-     * reference kernel; 1-D always on the reference kernel. */
+    /* oneDNN's deconvolution, then (PIPEPS_REF_DECONV) the reference kernel. */
     for (int ref_kernel = 0; ref_kernel < 2; ref_kernel++) {
     if (ref_kernel) setenv("PIPEPS_REF_DECONV", "1", 1);
     struct ctcase {

@@ -2404,9 +2404,9 @@ static int k_convtranspose(const struct cpu_node *nd, const struct cpu_step *cs,
     return 0;
 }
 
-/* 2-D ConvTranspose as a oneDNN deconvolution. The weight parameter is
- * ONNX's [Cin, Cout/group, kh, kw], which is oneDNN's iohw (giohw with
- * groups); it is reordered into the primitive's layout on every run (into
+/* ConvTranspose (1-D to 3-D) as a oneDNN deconvolution. The weight
+ * parameter is ONNX's [Cin, Cout/group, k...], oneDNN's iohw (giohw with
+ * groups) generalised by strides; it is reordered into the primitive's layout on every run (into
  * scratch), like the per-run fallback of prep_conv. output_padding extends
  * the right padding's output side: padding_r = pads_end - output_padding.
  * Returns 1 (nothing built) when oneDNN has no fitting primitive. */
@@ -2415,33 +2415,41 @@ static int deconv_dnnl(PREP_ARGS, const struct shape_deconv *dc)
     (void)mask;
     (void)plan;
     int64_t cin = in[0].dims[1], cout = out->dims[1], g = dc->group;
+    int sp = dc->sp, r = in[0].ndims;
     struct exec_tensor w;
     operand_tensor(cs, in, 1, &w);
-    int64_t wd[5];
-    int wnd;
+    /* Logical weights [g,] oc/g, ic/g, k...; physical ONNX [ic, oc/g, k...]. */
+    int64_t ks = 1, icg = cin / g, ocg = cout / g;
+    for (int i = 0; i < sp; i++) ks *= w.dims[2 + i];
+    dnnl_dims_t wdims, wstr;
+    int wnd = 0;
     if (g > 1) {
-        int64_t d5[5] = {g, cout / g, cin / g, w.dims[2], w.dims[3]};
-        memcpy(wd, d5, sizeof d5);
-        wnd = 5;
-    } else {
-        int64_t d4[4] = {cout, cin, w.dims[2], w.dims[3]};
-        memcpy(wd, d4, sizeof d4);
-        wnd = 4;
+        wdims[wnd] = g;
+        wstr[wnd++] = icg * ocg * ks;
     }
+    wdims[wnd] = ocg;
+    wstr[wnd++] = ks;
+    wdims[wnd] = icg;
+    wstr[wnd++] = ocg * ks;
+    int64_t acc = 1;
+    for (int i = sp - 1; i >= 0; i--) {
+        wdims[wnd + i] = w.dims[2 + i];
+        wstr[wnd + i] = acc;
+        acc *= w.dims[2 + i];
+    }
+    wnd += sp;
+    int64_t wd[DNNL_MAX_NDIMS];
+    for (int i = 0; i < wnd; i++) wd[i] = wdims[i];
     dnnl_memory_desc_t src, wany, wraw, dst, bias;
-    md_any(&src, 4, in[0].dims);
+    md_any(&src, r, in[0].dims);
     md_any(&wany, wnd, wd);
-    dnnl_dims_t wdims;
-    for (int i = 0; i < wnd; i++) wdims[i] = wd[i];
-    if (dnnl_memory_desc_init_by_tag(&wraw, wnd, wdims, dnnl_f32, g > 1 ? dnnl_giohw : dnnl_iohw) !=
-        dnnl_success)
-        return 1;
-    if (out_plain) md_plain(&dst, 4, out->dims);
-    else md_any(&dst, 4, out->dims);
+    if (dnnl_memory_desc_init_by_strides(&wraw, wnd, wdims, dnnl_f32, wstr) != dnnl_success) return 1;
+    if (out_plain) md_plain(&dst, r, out->dims);
+    else md_any(&dst, r, out->dims);
     int has_bias = cs->node->nparams >= 2;
     md_plain(&bias, 1, &cout);
     dnnl_dims_t strides, dil, pl, pr;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < sp; i++) {
         strides[i] = dc->stride[i];
         dil[i] = dc->dilation[i] - 1;
         pl[i] = dc->pad_begin[i];
@@ -2494,7 +2502,7 @@ static int prep_convtranspose(PREP_ARGS)
     struct shape_deconv dc;
     int rc = shape_deconv(cs->node, &in[0], &w, &dc, err, errlen);
     if (rc) return rc;
-    if (dc.sp == 2 && !getenv("PIPEPS_REF_DECONV")) {
+    if (!getenv("PIPEPS_REF_DECONV")) {
         rc = deconv_dnnl(cs, nd, in, mask, out_plain, out, plan, err, errlen, &dc);
         if (rc <= 0) return rc; /* 1: no oneDNN primitive, nothing built */
     }
