@@ -2119,6 +2119,8 @@ static void test_onnx_layout_ops(void **state)
           3.57142857143f, 4}},
         /* Resize linear [1,2,4] -> [1,1,2] with ONNX scales 0.6 (not out/in) */
         {GRAPH_OP_RESIZE, 3, {1, 2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}, 2, {2.6666665f, 4.3333331f}},
+        /* the same, align_corners: the resized length is 4 * 0.6, not 2 */
+        {GRAPH_OP_RESIZE, 3, {1, 2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}, 2, {1.0f, 3.142857f}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const struct lcase *lc = &cases[i];
@@ -2168,6 +2170,7 @@ static void test_onnx_layout_ops(void **state)
             graph_set_ints(&t.g, "sizes", 3, sz);
             graph_set_ints(&t.g, "scales_bits", 3, bits);
             graph_set_int(&t.g, "mode", 1);
+            if (i == 10) graph_set_int(&t.g, "coord", 2);
             break;
         }
         }

@@ -302,13 +302,15 @@ void cpuref_pad(const float *x, const struct cpuk_shape *xs, const int64_t *pads
     }
 }
 
-/* Source coordinate of output index o along an axis (graph.h's "coord"). */
-static double resize_coord(int64_t o, int64_t in, int64_t out, int coord, double scale)
+/* Source coordinate of output index o along an axis (graph.h's "coord").
+ * len is the resized length as ONNX defines it: in * scale, which is not
+ * the (floored) output size when scales were given. */
+static double resize_coord(int64_t o, int64_t in, double len, int coord, double scale)
 {
     switch (coord) {
     case 1: return (double)o / scale;
-    case 2: return out == 1 ? 0.0 : (double)o * (double)(in - 1) / (double)(out - 1);
-    case 3: return out > 1 ? ((double)o + 0.5) / scale - 0.5 : 0.0;
+    case 2: return len <= 1 ? 0.0 : (double)o * (double)(in - 1) / (len - 1);
+    case 3: return len > 1 ? ((double)o + 0.5) / scale - 0.5 : 0.0;
     default: return ((double)o + 0.5) / scale - 0.5;
     }
 }
@@ -357,7 +359,8 @@ void cpuref_resize(const float *x, const struct cpuk_shape *xs, float *y,
                 base += idx[i] * str[i];
                 continue;
             }
-            double xo = resize_coord(idx[i], in, ys->dims[i], coord, scale);
+            double len = scales ? (double)in * scale : (double)ys->dims[i];
+            double xo = resize_coord(idx[i], in, len, coord, scale);
             if (mode == 1) {
                 double f = floor(xo);
                 i0[i] = clamp_i((int64_t)f, in - 1);
