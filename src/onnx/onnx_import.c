@@ -1303,6 +1303,8 @@ static int map_resize(struct importer *im, enum graph_op op)
         sizes = in(im, 3);
     }
     int64_t d[2][GRAPH_MAX_DIMS], out[2][GRAPH_MAX_DIMS];
+    double scale_of[GRAPH_MAX_DIMS]; /* the scale ONNX maps coordinates with, per axis (0: from sizes) */
+    memset(scale_of, 0, sizeof scale_of);
     int r = vdims(im, x, 0, d[0]);
     vdims(im, x, 1, d[1]);
     for (int w = 0; w < 2; w++) {
@@ -1310,11 +1312,17 @@ static int map_resize(struct importer *im, enum graph_op op)
             if (const_ints(im, sizes, w, out[w], GRAPH_MAX_DIMS, "sizes") != r)
                 return nfail(im, PPS_EINVAL, "sizes must have one value per dimension");
         } else if (scales && is_const(scales) && scales->c[w]->n == (uint64_t)r) {
-            for (int i = 0; i < r; i++) out[w][i] = (int64_t)floor((double)d[w][i] * onnx_const_get(scales->c[w], (uint64_t)i));
+            for (int i = 0; i < r; i++) {
+                scale_of[i] = onnx_const_get(scales->c[w], (uint64_t)i);
+                out[w][i] = (int64_t)floor((double)d[w][i] * scale_of[i]);
+            }
         } else if (!scales && attr(n, "scales")) {
             const Onnx__AttributeProto *a = attr(n, "scales");
             if (a->n_floats != (size_t)r) return nfail(im, PPS_EINVAL, "scales must have one value per dimension");
-            for (int i = 0; i < r; i++) out[w][i] = (int64_t)floor((double)d[w][i] * a->floats[i]);
+            for (int i = 0; i < r; i++) {
+                scale_of[i] = a->floats[i];
+                out[w][i] = (int64_t)floor((double)d[w][i] * scale_of[i]);
+            }
         } else {
             return nfail(im, PPS_EUNSUPPORTED, "scales or sizes must be a constant with one value per dimension");
         }
@@ -1338,6 +1346,31 @@ static int map_resize(struct importer *im, enum graph_op op)
     int nearest = !s[0] || strcmp(s, "round_prefer_floor") == 0 ? 0 : strcmp(s, "round_prefer_ceil") == 0 ? 1
                   : strcmp(s, "floor") == 0 ? 2 : strcmp(s, "ceil") == 0 ? 3 : -1;
     if (nearest < 0) return nfail(im, PPS_EUNSUPPORTED, "nearest_mode '%s'", s);
+    /* The graph op knows the output sizes only, so it maps coordinates by
+     * output/input; ONNX maps them by the given scale. Where the two differ
+     * in what is read, the model is refused rather than computed otherwise. */
+    for (int i = 0; i < r && coord != 2; i++) {
+        if (scale_of[i] <= 0 || out[0][i] < 1 || (double)out[0][i] == (double)d[0][i] * scale_of[i]) continue;
+        double eff = (double)out[0][i] / (double)d[0][i];
+        for (int64_t o = 0; o < out[0][i]; o++) {
+            double src[2];
+            for (int k = 0; k < 2; k++) {
+                double sc = k ? eff : scale_of[i];
+                double v = coord == 1 ? (double)o / sc
+                           : coord == 3 && out[0][i] == 1 ? 0.0 : ((double)o + 0.5) / sc - 0.5;
+                if (mode == 0) {
+                    double fl = floor(v), fr = v - fl;
+                    v = nearest == 2 ? fl : nearest == 3 ? ceil(v) : fr == 0.5 ? (nearest == 1 ? fl + 1 : fl) : floor(v + 0.5);
+                }
+                if (v < 0) v = 0;
+                if (v > (double)(d[0][i] - 1)) v = (double)(d[0][i] - 1);
+                src[k] = v;
+            }
+            if (fabs(src[0] - src[1]) > 1e-6)
+                return nfail(im, PPS_EUNSUPPORTED, "scale %g on axis %d is not output/input (%lld/%lld) and changes what is "
+                                                   "read; give sizes instead", scale_of[i], i, (long long)out[0][i], (long long)d[0][i]);
+        }
+    }
     if (!is_act(x)) return nfail(im, PPS_EUNSUPPORTED, "resizing a constant");
     int32_t gid = begin_node(im, op, 1, &x->gid, 0, NULL);
     int rc;
