@@ -727,6 +727,8 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
         *out = op[0];
         for (int i = 0; i < nr; i++) {
             if (rep[i] < 1 || rep[i] > (1 << 24)) return fail(err, errlen, n, "repeats[%d] is %lld", i, (long long)rep[i]);
+            if ((uint64_t)op[0].dims[i] > SHAPE_MAX_ELEMS / (uint64_t)rep[i])
+                return fail(err, errlen, n, "tensor too large");
             out->dims[i] = op[0].dims[i] * rep[i];
         }
         break;

@@ -2527,6 +2527,101 @@ static void test_onnx_gemm_ref(void **state)
     }
 }
 
+/* Bad attributes of the new ops are refused at model creation with a
+ * message naming the node (never reach a kernel). */
+static void test_onnx_shape_errors(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 10; c++) {
+        struct graph g;
+        graph_init(&g, "bad");
+        int64_t xd[3] = {-1, 3, 4};
+        int32_t x = graph_add_input(&g, "x", GRAPH_F32, 3, xd);
+        const char *want = NULL;
+        int32_t v;
+        switch (c) {
+        case 0: {
+            v = graph_add_node(&g, GRAPH_OP_PAD, "badpad", 1, &x, 0, NULL);
+            int64_t p[6] = {0, 0, 4, 0, 0, 0};
+            graph_set_ints(&g, "pads", 6, p);
+            graph_set_int(&g, "mode", 1); /* reflect by 4 on a dim of 4 */
+            want = "reflect";
+            break;
+        }
+        case 1: {
+            v = graph_add_node(&g, GRAPH_OP_TILE, "badtile", 1, &x, 0, NULL);
+            int64_t r[2] = {1, 2};
+            graph_set_ints(&g, "repeats", 2, r);
+            want = "repeats";
+            break;
+        }
+        case 2:
+            v = graph_add_node(&g, GRAPH_OP_CAST, "badcast", 1, &x, 0, NULL);
+            graph_set_int(&g, "to", 6);
+            want = "int64 (7)";
+            break;
+        case 3: {
+            v = graph_add_node(&g, GRAPH_OP_RESIZE, "badresize", 1, &x, 0, NULL);
+            int64_t sz[2] = {0, 8};
+            graph_set_ints(&g, "sizes", 2, sz);
+            want = "sizes";
+            break;
+        }
+        case 4: {
+            v = graph_add_node(&g, GRAPH_OP_REDUCESUM, "badreduce", 1, &x, 0, NULL);
+            int64_t ax[2] = {1, -2};
+            graph_set_ints(&g, "axes", 2, ax);
+            want = "repeated";
+            break;
+        }
+        case 5: {
+            v = graph_add_node(&g, GRAPH_OP_EXPAND, "badexpand", 1, &x, 0, NULL);
+            int64_t sh[2] = {2, 4};
+            graph_set_ints(&g, "shape", 2, sh);
+            want = "broadcast";
+            break;
+        }
+        case 6: {
+            int64_t wd[3] = {4, 2, 3};
+            int32_t w = graph_add_param(&g, "w", 3, wd); /* Cin 4 for 3 channels */
+            v = graph_add_node(&g, GRAPH_OP_CONVTRANSPOSE, "badct", 1, &x, 1, &w);
+            want = "channels";
+            break;
+        }
+        case 7: {
+            int64_t cd[1] = {3};
+            int32_t p = graph_add_param(&g, "c", 1, cd);
+            v = graph_add_node(&g, GRAPH_OP_CONSTANT, "badconst", 1, &x, 1, &p);
+            want = "no inputs";
+            break;
+        }
+        case 8: {
+            v = graph_add_node(&g, GRAPH_OP_RESIZE, "badscales", 1, &x, 0, NULL);
+            int64_t sz[3] = {0, 3, 8}, bits[3] = {0x3f800000, 0x3f800000, 0xff800000}; /* -inf */
+            graph_set_ints(&g, "sizes", 3, sz);
+            graph_set_ints(&g, "scales_bits", 3, bits);
+            want = "scales_bits";
+            break;
+        }
+        default: {
+            int64_t pd[1] = {5};
+            int32_t p = graph_add_param(&g, "slope", 1, pd);
+            v = graph_add_node(&g, GRAPH_OP_PRELU, "badprelu", 1, &x, 1, &p);
+            want = "slope";
+            break;
+        }
+        }
+        graph_add_output(&g, "y", v);
+        assert_int_equal(batching_apply(&g, BATCHING_DEFAULT_MAX), 0);
+        struct exec_model *m = NULL;
+        char err[256] = "";
+        int rc = exec_model_create(&m, &g, NULL, err, sizeof err);
+        if (rc != PPS_ESHAPE || !strstr(err, g.nodes[0].name) || !strstr(err, want))
+            fail_msg("case %d: rc %d, message '%s' (wanted '%s')", c, rc, err, want);
+        graph_free(&g);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2561,6 +2656,7 @@ int main(void)
         cmocka_unit_test(test_onnx_pool_nd),
         cmocka_unit_test(test_onnx_widened),
         cmocka_unit_test(test_onnx_gemm_ref),
+        cmocka_unit_test(test_onnx_shape_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
