@@ -164,6 +164,8 @@ def test_served_pipelined_matches_torch(served, model):
         x = e.make_input(batch, seed=10 + batch)
         status, timing, outs = L.infer(c.lb_ports[0], model, x)
         assert status == 0, "%s batch %d: %s" % (model, batch, timing)
+        if batch == BATCHES[0]:  # the first request loaded the model (storage or cache), pipelined
+            assert T.INFER_SOURCES[timing["source"]] != "resident" and timing["nbatches"] > 0, timing
         err = X.max_rel_error(outs[0], e.reference(x))
         record(model=model, opset=17, batch=batch, path="served", max_rel_error=err)
         assert err <= TOL, "%s batch %d served: max relative error %.3g" % (model, batch, err)
