@@ -95,7 +95,7 @@ _SPECIAL = {"prelu": "PRelu", "leakyrelu": "LeakyRelu", "hardswish": "HardSwish"
             "sce": "SoftmaxCrossEntropyLoss"}
 
 
-def test_operator(name, model):
+def node_test_operator(name, model):
     """The operator a node test is about (its table row): the op whose name
     (underscores aside) is the longest prefix of the test name
     (test_blackmanwindow_expanded -> BlackmanWindow, test_castlike_... ->
@@ -398,7 +398,7 @@ def all_cases():
             for _ds, ins, outs in data_sets(d):
                 if any(x.size == 0 for x in ins + outs):
                     why = "zero-sized tensor"
-        cases.append((d, name, test_operator(name, model), why))
+        cases.append((d, name, node_test_operator(name, model), why))
     return cases
 
 
