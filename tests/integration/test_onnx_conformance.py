@@ -256,6 +256,26 @@ def out_of_scope(model, name):
     return None
 
 
+def data_out_of_scope(model, ins):
+    """Scope decided by a data set's values: a Resize scale that is not
+    output / input size (the graph form keeps Resize's output sizes, so the
+    coordinate mapping uses output / input; ONNX maps with the scale)."""
+    g = model.graph
+    init = {i.name for i in g.initializer}
+    values = dict(zip([vi.name for vi in g.input if vi.name not in init], ins))
+    for n in g.node:
+        if n.op_type != "Resize" or len(n.input) < 3 or n.input[2] not in values or n.input[0] not in values:
+            continue
+        scales, shape = values[n.input[2]], values[n.input[0]].shape
+        if scales.size != len(shape):
+            continue
+        for size, scale in zip(shape, scales.tolist()):
+            out = int(np.floor(size * scale))
+            if abs(out / size - scale) > 1e-6:
+                return "attribute out of scope: Resize scale %g is not output/input size (%d/%d)" % (scale, out, size)
+    return None
+
+
 def load_case(test_dir):
     name = os.path.basename(test_dir.rstrip("/"))
     model = onnx.load(os.path.join(test_dir, "model.onnx"), load_external_data=False)
@@ -398,6 +418,7 @@ def all_cases():
             for _ds, ins, outs in data_sets(d):
                 if any(x.size == 0 for x in ins + outs):
                     why = "zero-sized tensor"
+                why = why or data_out_of_scope(model, ins)
         cases.append((d, name, node_test_operator(name, model), why))
     return cases
 
@@ -482,7 +503,9 @@ def write_table(path, results):
         "",
         "A test is *skipped* when the model alone puts it out of scope: an operator outside the claim,",
         "a bool, string, int32, double or float16 tensor (PipePS serves float32 and int64 inputs and",
-        "float32 outputs), a rank-0 input (input 0's first dim is the batch), or training mode.",
+        "float32 outputs), a rank-0 input (input 0's first dim is the batch), training mode, or an",
+        "attribute value outside the graph form (Resize's cubic mode and tf_* coordinate modes, a Resize",
+        "scale that is not output/input size: the graph form keeps output sizes).",
         "An operand the graph form keeps as an attribute (Reshape's shape, Slice's starts, Pad's pads,",
         "Resize's scales/sizes, reduction axes, Clip's bounds, ...) or a parameter (Conv/ConvTranspose/Gemm",
         "weights and bias, normalisation scales and statistics) is a runtime input in the node tests",
