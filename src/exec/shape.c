@@ -760,9 +760,14 @@ int shape_node(const struct graph *g, const struct graph_node *n, const struct e
         int r = op[0].ndims, ns = graph_attr_ints(n, "sizes", sz, GRAPH_MAX_ATTR_INTS);
         if (ns != r) return fail(err, errlen, n, "sizes has %d entries for rank %d", ns, r);
         int64_t mode = graph_attr_int(n, "mode", 0), coord = graph_attr_int(n, "coord", 0),
-                nm = graph_attr_int(n, "nearest", 0);
-        if (mode < 0 || mode > 1 || coord < 0 || coord > 3 || nm < 0 || nm > 3)
-            return fail(err, errlen, n, "mode/coord/nearest out of range");
+                nm = graph_attr_int(n, "nearest", 0), ex = graph_attr_int(n, "exclude_outside", 0);
+        float ca = graph_attr_float(n, "cubic_a", -0.75f);
+        if (mode < 0 || mode > 2 || coord < 0 || coord > 3 || nm < 0 || nm > 3 || ex < 0 || ex > 1 ||
+            !(ca > -10.0f && ca < 10.0f))
+            return fail(err, errlen, n, "mode/coord/nearest/exclude_outside/cubic_a out of range");
+        int nresized = 0;
+        for (int i = 0; i < r; i++) nresized += sz[i] > 0 && sz[i] != op[0].dims[i];
+        if (mode == 2 && nresized > 3) return fail(err, errlen, n, "cubic resize of more than 3 axes");
         *out = op[0];
         for (int i = 0; i < r; i++) {
             if (sz[i] < 0 || sz[i] > (1 << 24)) return fail(err, errlen, n, "sizes[%d] is %lld", i, (long long)sz[i]);

@@ -45,8 +45,8 @@
  *    (absent = unbounded), Resize "sizes". Pad's int "mode": 0 constant,
  *    1 reflect, 2 edge; float "value". Reduce*: "axes" absent = all axes,
  *    "keepdims" default 1.
- *  - Resize: int "mode" 0 nearest, 1 linear (bilinear etc. on every
- *    resized axis); ints "sizes" = the full output shape, where 0 keeps the
+ *  - Resize: int "mode" 0 nearest, 1 linear, 2 cubic (float "cubic_a",
+ *    default -0.75; int "exclude_outside") on every resized axis; ints "sizes" = the full output shape, where 0 keeps the
  *    input's dimension (the batch); the scale of an axis is out/in, or
  *    (ONNX's scales input, which need not be out/in: 0.6 of 4 is 2) the
  *    float32 whose bit pattern is in ints "scales_bits" (one per axis). Int

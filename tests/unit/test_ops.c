@@ -2622,6 +2622,46 @@ static void test_onnx_shape_errors(void **state)
     }
 }
 
+/* Cubic Resize [4,4] -> [8,8] of 1..16: rows 0 and 3 of the ONNX node
+ * tests' expected outputs (default a = -0.75; a = -0.5 with
+ * exclude_outside; align_corners). */
+static void test_onnx_resize_cubic(void **state)
+{
+    (void)state;
+    static const float want[3][2][8] = {
+        {{0.47265625f, 0.76953125f, 1.2460938f, 1.875f, 2.28125f, 2.9101562f, 3.3867188f, 3.6835938f},
+         {6.0820312f, 6.3789062f, 6.8554688f, 7.484375f, 7.890625f, 8.519531f, 8.996094f, 9.292969f}},
+        {{0.5588235f, 0.81494206f, 1.3569825f, 1.8970588f, 2.3970587f, 2.9371352f, 3.4791756f, 3.735294f},
+         {5.9117646f, 6.1678834f, 6.7099237f, 7.25f, 7.75f, 8.290076f, 8.832117f, 9.088235f}},
+        {{1.0f, 1.3411078f, 1.8002915f, 2.329446f, 2.670554f, 3.1997085f, 3.6588922f, 4.0f},
+         {6.3177843f, 6.658892f, 7.118076f, 7.64723f, 7.988338f, 8.517492f, 8.976676f, 9.317784f}},
+    };
+    float xs[16];
+    for (int k = 0; k < 16; k++) xs[k] = (float)(k + 1);
+    for (int c = 0; c < 3; c++) {
+        struct tmodel t;
+        tm_init(&t, "cubic");
+        int64_t xd[3] = {-1, 4, 4}, sz[3] = {0, 8, 8};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_RESIZE, "r", 1, &x, 0, NULL);
+        graph_set_ints(&t.g, "sizes", 3, sz);
+        graph_set_int(&t.g, "mode", 2);
+        if (c == 1) {
+            graph_set_float(&t.g, "cubic_a", -0.5f);
+            graph_set_int(&t.g, "exclude_outside", 1);
+        }
+        if (c == 2) graph_set_int(&t.g, "coord", 2);
+        graph_add_output(&t.g, "y", v);
+        uint64_t nout;
+        float *out = run_single(&t, 1, xs, &nout);
+        assert_int_equal(nout, 64);
+        check_close("cubic row 0", out, want[c][0], 8, 1e-6);
+        check_close("cubic row 3", out + 24, want[c][1], 8, 1e-6);
+        free(out);
+        tm_free(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2657,6 +2697,7 @@ int main(void)
         cmocka_unit_test(test_onnx_widened),
         cmocka_unit_test(test_onnx_gemm_ref),
         cmocka_unit_test(test_onnx_shape_errors),
+        cmocka_unit_test(test_onnx_resize_cubic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

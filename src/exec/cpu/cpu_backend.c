@@ -127,7 +127,8 @@ struct cpu_node {
     enum cpuref_reduce ref_red;
     unsigned axes_mask;
     float alpha, beta;
-    int resize_mode, resize_coord, resize_nearest, resize_nscales;
+    struct cpuref_resize_mode resize;
+    int resize_nscales;
     float resize_scales[GRAPH_MAX_DIMS];
     struct cpuref_deconv deconv;
 };
@@ -2358,8 +2359,8 @@ static int k_reshape_like(const struct cpu_node *nd, const struct cpu_step *cs, 
                    &nd->sh[1]);
         break;
     default:
-        cpuref_resize(p[0], &nd->sh[0], p[1], &nd->sh[1], nd->resize_mode, nd->resize_coord,
-                      nd->resize_nearest, nd->resize_nscales ? nd->resize_scales : NULL);
+        cpuref_resize(p[0], &nd->sh[0], p[1], &nd->sh[1], &nd->resize,
+                      nd->resize_nscales ? nd->resize_scales : NULL);
         break;
     }
     return 0;
@@ -2385,9 +2386,11 @@ static int prep_reshape_like(PREP_ARGS)
         nd->axis = (int)graph_attr_int(n, "mode", 0);
         nd->alpha = graph_attr_float(n, "value", 0.0f);
     } else if (n->op == GRAPH_OP_RESIZE) {
-        nd->resize_mode = (int)graph_attr_int(n, "mode", 0);
-        nd->resize_coord = (int)graph_attr_int(n, "coord", 0);
-        nd->resize_nearest = (int)graph_attr_int(n, "nearest", 0);
+        nd->resize.mode = (int)graph_attr_int(n, "mode", 0);
+        nd->resize.coord = (int)graph_attr_int(n, "coord", 0);
+        nd->resize.nearest = (int)graph_attr_int(n, "nearest", 0);
+        nd->resize.exclude_outside = (int)graph_attr_int(n, "exclude_outside", 0);
+        nd->resize.cubic_a = graph_attr_float(n, "cubic_a", -0.75f);
         nd->resize_nscales = shape_resize_scales(n, nd->resize_scales);
         if (nd->resize_nscales < 0) nd->resize_nscales = 0; /* shape.c refused it */
     }

@@ -330,24 +330,39 @@ static int64_t resize_nearest(double xo, int64_t in, int nearest)
     return clamp_i(i, in - 1);
 }
 
+/* Cubic convolution weights of the 4 taps around t in [0, 1) (ONNX's
+ * coefficient a: -0.75 as PyTorch, -0.5 as TensorFlow). */
+static void cubic_weights(double t, double a, double *w)
+{
+    double d[4] = {t + 1, t, 1 - t, 2 - t};
+    for (int k = 0; k < 4; k++) {
+        double z = d[k];
+        w[k] = z <= 1 ? ((a + 2) * z - (a + 3)) * z * z + 1
+                      : ((a * z - 5 * a) * z + 8 * a) * z - 4 * a;
+    }
+}
+
 void cpuref_resize(const float *x, const struct cpuk_shape *xs, float *y,
-                   const struct cpuk_shape *ys, int mode, int coord, int nearest,
+                   const struct cpuk_shape *ys, const struct cpuref_resize_mode *rm,
                    const float *scales)
 {
-    int r = ys->ndims;
+    int r = ys->ndims, mode = rm->mode;
     int64_t n = elems(ys), str[CPUK_MAX_DIMS], acc = 1;
     for (int i = r - 1; i >= 0; i--) {
         str[i] = acc;
         acc *= xs->dims[i];
     }
-    int lin[CPUK_MAX_DIMS], nlin = 0;
+    /* interpolated axes and taps per axis (linear 2, cubic 4) */
+    int lin[CPUK_MAX_DIMS], nlin = 0, ntap = mode == 2 ? 4 : 2;
     for (int i = 0; i < r; i++)
-        if (mode == 1 && (xs->dims[i] != ys->dims[i] || (scales && scales[i] != 1.0f))) lin[nlin++] = i;
+        if (mode != 0 && (xs->dims[i] != ys->dims[i] || (scales && scales[i] != 1.0f))) lin[nlin++] = i;
+    int64_t ncorner = 1;
+    for (int k = 0; k < nlin; k++) ncorner *= ntap;
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < n; o++) {
         int64_t idx[CPUK_MAX_DIMS], rem = o, base = 0;
-        int64_t i0[CPUK_MAX_DIMS], i1[CPUK_MAX_DIMS];
-        double w[CPUK_MAX_DIMS];
+        int64_t ti[CPUK_MAX_DIMS][4];
+        double tw[CPUK_MAX_DIMS][4];
         for (int i = r - 1; i >= 0; i--) {
             idx[i] = rem % ys->dims[i];
             rem /= ys->dims[i];
@@ -360,29 +375,38 @@ void cpuref_resize(const float *x, const struct cpuk_shape *xs, float *y,
                 continue;
             }
             double len = scales ? (double)in * scale : (double)ys->dims[i];
-            double xo = resize_coord(idx[i], in, len, coord, scale);
-            if (mode == 1) {
-                double f = floor(xo);
-                i0[i] = clamp_i((int64_t)f, in - 1);
-                i1[i] = clamp_i((int64_t)f + 1, in - 1);
-                w[i] = xo - f;
-            } else {
-                base += resize_nearest(xo, in, nearest) * str[i];
+            double xo = resize_coord(idx[i], in, len, rm->coord, scale);
+            if (mode == 0) {
+                base += resize_nearest(xo, in, rm->nearest) * str[i];
+                continue;
             }
+            double f = floor(xo), t = xo - f;
+            int64_t first = (int64_t)f - (mode == 2 ? 1 : 0);
+            if (mode == 1) {
+                tw[i][0] = 1 - t;
+                tw[i][1] = t;
+            } else {
+                cubic_weights(t, rm->cubic_a, tw[i]);
+            }
+            double wsum = 0;
+            for (int k = 0; k < ntap; k++) {
+                int64_t at = first + k;
+                if (rm->exclude_outside && (at < 0 || at >= in)) tw[i][k] = 0;
+                wsum += tw[i][k];
+                ti[i][k] = clamp_i(at, in - 1); /* outside: the edge value */
+            }
+            if (rm->exclude_outside && wsum != 0)
+                for (int k = 0; k < ntap; k++) tw[i][k] /= wsum;
         }
         double s = 0;
-        for (unsigned corner = 0; corner < (1u << nlin); corner++) {
+        for (int64_t corner = 0; corner < ncorner; corner++) {
             double wt = 1;
-            int64_t off = base;
+            int64_t off = base, c = corner;
             for (int k = 0; k < nlin; k++) {
-                int a = lin[k];
-                if (corner & (1u << k)) {
-                    wt *= w[a];
-                    off += i1[a] * str[a];
-                } else {
-                    wt *= 1 - w[a];
-                    off += i0[a] * str[a];
-                }
+                int a = lin[k], tap = (int)(c % ntap);
+                c /= ntap;
+                wt *= tw[a][tap];
+                off += ti[a][tap] * str[a];
             }
             if (wt != 0) s += wt * x[off];
         }

@@ -72,11 +72,16 @@ enum cpuref_pad_mode { CPUREF_PAD_CONSTANT = 0, CPUREF_PAD_REFLECT = 1, CPUREF_P
 void cpuref_pad(const float *x, const struct cpuk_shape *xs, const int64_t *pads,
                 enum cpuref_pad_mode mode, float value, float *y, const struct cpuk_shape *ys);
 
-/* Resize x to ys: mode 0 nearest, 1 linear (separable over every axis whose
- * size changes); coord and nearest as in graph.h's Resize; scales (NULL:
- * out/in) are the per-axis scales the coordinate transform uses. */
+/* Resize x to ys: mode 0 nearest, 1 linear, 2 cubic (separable over every
+ * axis whose size or scale changes); coord, nearest, cubic_a and
+ * exclude_outside as in graph.h's Resize; scales (NULL: out/in) are the
+ * per-axis scales the coordinate transform uses. */
+struct cpuref_resize_mode {
+    int mode, coord, nearest, exclude_outside;
+    double cubic_a;
+};
 void cpuref_resize(const float *x, const struct cpuk_shape *xs, float *y,
-                   const struct cpuk_shape *ys, int mode, int coord, int nearest,
+                   const struct cpuk_shape *ys, const struct cpuref_resize_mode *rm,
                    const float *scales);
 
 /* Transposed convolution, 1 to 3 spatial dims: x [N, Cin, s...], w [Cin,
