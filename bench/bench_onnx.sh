@@ -28,7 +28,7 @@ EXPORT="$ROOT/tests/integration/onnx_export.py"
 
 REPS=10
 ROUNDS=3
-MODELS="resnet18 resnet50 densenet121 efficientnet_b0 mobilenet_v3_small regnet_y_400mf mnasnet0_5 vit_b_16"
+MODELS="resnet18 resnet50 densenet121 efficientnet_b0 mobilenet_v3_small regnet_y_400mf mnasnet0_5 vit_b_16 text_encoder"
 BATCHES="1 8"
 THREADS=2
 CLUSTER_MODELS="resnet50 mobilenet_v3_small"
@@ -53,6 +53,9 @@ done
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
+seq_of() {  # the text model's sequence length (onnx_export.TEXT_SEQ) with a prefix, else nothing
+    [ "$1" = text_encoder ] && echo "$2$("$PY" -c "import sys; sys.path.insert(0, '$ROOT/tests/integration'); import onnx_export; print(onnx_export.TEXT_SEQ)")" || true
+}
 export_model() {  # name -> $TMP/name.onnx (once)
     [ -f "$TMP/$1.onnx" ] || "$PY" "$EXPORT" "$1" "$TMP/$1.onnx" 17 >/dev/null 2>"$TMP/export-$1.log" ||
         { cat "$TMP/export-$1.log" >&2; exit 1; }
@@ -61,7 +64,7 @@ export_model() {  # name -> $TMP/name.onnx (once)
 echo "bench_onnx: exporting and importing ..." >&2
 {
     echo "model_name"
-    for m in $MODELS; do export_model "$m"; echo "$m, file=$TMP/$m.onnx"; done
+    for m in $MODELS; do export_model "$m"; echo "$m, file=$TMP/$m.onnx$(seq_of "$m" ", seq=")"; done
     if [ "$HANDWRITTEN" = 1 ]; then
         export_model resnet152
         echo "resnet152"
@@ -115,7 +118,7 @@ fi
 
 if [ -n "$CLUSTER_MODELS" ]; then
     args=()
-    for m in $CLUSTER_MODELS; do export_model "$m"; args+=(--onnx "$m=$TMP/$m.onnx"); done
+    for m in $CLUSTER_MODELS; do export_model "$m"; args+=(--onnx "$m=$TMP/$m.onnx$(seq_of "$m" :)"); done
     "$PY" "$HERE/bench_onnx_cluster.py" --bin "$BIN" "${args[@]}" --runs "$CLUSTER_RUNS" \
         --batches "$(echo $BATCHES | tr ' ' ',')" --threads "$THREADS"
 fi
