@@ -82,6 +82,11 @@ def build(name):
         m = TextEncoder()
     else:
         m = getattr(torchvision.models, name)()
+    if name.startswith("vit_"):
+        # torchvision zero-initialises the ViT classifier: every output would
+        # be 0 and any importer would "match". A random head instead.
+        nn.init.normal_(m.heads.head.weight, std=0.02)
+        nn.init.normal_(m.heads.head.bias, std=0.02)
     return m.eval()
 
 
