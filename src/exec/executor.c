@@ -63,7 +63,7 @@ struct exec_model {
     int nsteps;
     struct exec_step *steps;
     void **step_state;               /* [nsteps] backend's model-level state */
-    struct exec_tensor *shape1;      /* [nvalues] shapes at batch 1 */
+    struct exec_tensor *shape1;      /* [nvalues] shapes at batch 1 (or the fixed batch) */
     int64_t *in_rows;                /* [ninputs] rows of the tables Gathers index with
                                       * int64 input i (the smallest), 0: none */
     int32_t *prep_first, *prep_list; /* CSR: steps prepared with each batch */
@@ -484,8 +484,11 @@ int exec_model_create(struct exec_model **out, const struct graph *g,
     int32_t nv = graph_nvalues(g);
     m->shape1 = pps_xcalloc((unsigned long)nv, sizeof *m->shape1);
     struct exec_tensor *shape2 = pps_xcalloc((unsigned long)nv, sizeof *shape2);
-    rc = shape_infer(&m->g, 1, m->shape1, err, errlen);
-    if (!rc) rc = shape_infer(&m->g, 2, shape2, err, errlen);
+    /* Shapes at batch 1 and 2 (fusion checks what changes with the batch);
+     * a fixed-batch model (graph_fixed_batch) has only its own size. */
+    int64_t fixed = graph_fixed_batch(&m->g);
+    rc = shape_infer(&m->g, fixed ? fixed : 1, m->shape1, err, errlen);
+    if (!rc) rc = shape_infer(&m->g, fixed ? fixed : 2, shape2, err, errlen);
     if (!rc)
         rc = fuse_build(&m->g, m->be, m->shape1, shape2, !m->opt.no_fusion, &m->steps,
                         &m->nsteps, err, errlen);

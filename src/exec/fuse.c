@@ -19,6 +19,20 @@ static int same_dims(const struct exec_tensor *a, const struct exec_tensor *b)
     return 1;
 }
 
+/* Element-wise ops a backend may fuse as a post-op (it still decides, per
+ * op, in supports_post): MobileNet's Clip (ReLU6) and HardSwish, ... */
+static int is_activation(enum graph_op op)
+{
+    switch (op) {
+    case GRAPH_OP_RELU: case GRAPH_OP_GELU: case GRAPH_OP_TANH: case GRAPH_OP_SIGMOID:
+    case GRAPH_OP_CLIP: case GRAPH_OP_LEAKYRELU: case GRAPH_OP_HARDSWISH: case GRAPH_OP_ELU:
+    case GRAPH_OP_SOFTPLUS: case GRAPH_OP_ABS: case GRAPH_OP_EXP: case GRAPH_OP_NEG:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 static void add_param(struct exec_step *st, int32_t p)
 {
     PPS_ASSERT(st->nparams < EXEC_STEP_MAX_PARAMS);
@@ -84,8 +98,7 @@ int fuse_build(const struct graph *g, struct exec_backend *be, const struct exec
             int32_t cv = graph_node_output(g, cur), ov = graph_node_output(g, j);
             enum exec_post_kind kind;
             int32_t other = -1;
-            if ((nj->op == GRAPH_OP_RELU || nj->op == GRAPH_OP_GELU || nj->op == GRAPH_OP_TANH ||
-                 nj->op == GRAPH_OP_SIGMOID) && nj->ninputs == 1 && nj->nparams == 0) {
+            if (is_activation(nj->op) && nj->ninputs == 1 && nj->nparams == 0) {
                 kind = EXEC_POST_UNARY;
             } else if (nj->op == GRAPH_OP_ADD && nj->ninputs == 2 && nj->nparams == 0 &&
                        nj->inputs[0] != nj->inputs[1]) {

@@ -72,6 +72,7 @@ static void usage(FILE *out)
             "                           attention_mask, token_type_ids); an optional input left\n"
             "                           out takes its default, a required one is generated\n"
             "  --output y.npy           write the output tensor\n"
+            "  --output2 .. --output4 F write the model's outputs 2..4 (multi-output models)\n"
             "  --threads T              compute threads (default 2)\n"
             "  --repeat R               warm runs after the first (default 10)\n"
             "  --pipelined-delay-ms D   feed batches from a thread with random 0..D ms pauses\n"
@@ -180,11 +181,12 @@ int run_main(int argc, char **argv)
         {"feed-gbps", 1, NULL}, {"seed", 1, NULL}, {"verify", 0, NULL},
         {"no-fusion", 0, NULL}, {"profile", 0, NULL}, {"prefault", 0, NULL},
         {"cold-runs", 1, NULL}, {"eager-layout", 0, NULL}, {"input2", 1, NULL},
-        {"input3", 1, NULL}, {"input4", 1, NULL},
+        {"input3", 1, NULL}, {"input4", 1, NULL}, {"output2", 1, NULL},
+        {"output3", 1, NULL}, {"output4", 1, NULL},
     };
     enum { O_BATCH, O_INPUT, O_OUTPUT, O_THREADS, O_REPEAT, O_DELAY, O_GBPS, O_SEED, O_VERIFY,
            O_NOFUSE, O_PROFILE, O_PREFAULT, O_COLD, O_EAGER, O_INPUT2, O_INPUT3, O_INPUT4,
-           O_COUNT };
+           O_OUTPUT2, O_OUTPUT3, O_OUTPUT4, O_COUNT };
     struct args a;
     int help = 0;
     if (args_split(argc, argv, opts, O_COUNT, &a, &help) != 0 || a.npositional != 2) {
@@ -225,7 +227,7 @@ int run_main(int argc, char **argv)
     struct exec_model *m = NULL;
     struct npy_array in_arr[4];
     memset(in_arr, 0, sizeof in_arr);
-    void *gen_in[4] = {NULL, NULL, NULL, NULL}, *out = NULL;
+    void *gen_in[4] = {NULL, NULL, NULL, NULL}, *outs[4] = {NULL, NULL, NULL, NULL};
     const uint8_t **bdata = NULL;
     uint64_t *blen = NULL;
     double *lat = NULL;
@@ -341,13 +343,24 @@ int run_main(int argc, char **argv)
         ins[i] = gen_in[i];
         in_bytes[i] = ti.nbytes;
     }
-    struct exec_tensor to;
-    if ((rc = exec_output_info(m, 0, batch, &to, err, sizeof err))) {
-        fprintf(stderr, "run: %s\n", err);
-        goto out;
+    /* Outputs: every one of the model's (the executor writes them all). */
+    const char *out_path[4] = {opts[O_OUTPUT].value, opts[O_OUTPUT2].value, opts[O_OUTPUT3].value,
+                               opts[O_OUTPUT4].value};
+    for (int i = g.noutputs; i < 4; i++)
+        if (out_path[i]) {
+            fprintf(stderr, "run: %s has %d output(s); --output%d is not one of them\n", name,
+                    g.noutputs, i + 1);
+            goto out;
+        }
+    struct exec_tensor tos[4];
+    for (int i = 0; i < g.noutputs; i++) {
+        if ((rc = exec_output_info(m, i, batch, &tos[i], err, sizeof err))) {
+            fprintf(stderr, "run: %s\n", err);
+            goto out;
+        }
+        outs[i] = malloc(tos[i].nbytes ? tos[i].nbytes : 1);
+        if (!outs[i]) goto out;
     }
-    out = malloc(to.nbytes);
-    if (!out) goto out;
 
     /* Feed the parameters. */
     struct feeder f;
@@ -356,7 +369,6 @@ int run_main(int argc, char **argv)
     double t_prepared = t_created, t_prep_cpu = 0, t_run1 = 0;
     double *cold = calloc((size_t)cold_runs, sizeof *cold);
     if (!cold) goto out;
-    void *outs[1] = {out};
     struct exec_timing first;
     if (threaded) {
         /* Read the mapping once so the simulated arrival is not the disk. */
@@ -474,13 +486,15 @@ int run_main(int argc, char **argv)
     printf("memory owned by the executor: %.1f MB\n", (double)exec_model_memory_bytes(m) / 1e6);
     if (eo.profile) exec_profile_print(m, stdout);
 
-    printf("output %s: %s [", g.outputs[0].name, graph_dtype_name(to.dtype));
-    for (int d = 0; d < to.ndims; d++) printf("%s%" PRId64, d ? ", " : "", to.dims[d]);
-    printf("]\n");
-    if (opts[O_OUTPUT].value) {
-        if ((rc = npy_write_file(opts[O_OUTPUT].value, (enum npy_dtype)to.dtype, to.ndims, to.dims, out,
-                                 shape_elems(&to) * shape_dtype_size(to.dtype)))) {
-            fprintf(stderr, "run: cannot write %s: %s\n", opts[O_OUTPUT].value, pps_strerror(rc));
+    for (int i = 0; i < g.noutputs; i++) {
+        const struct exec_tensor *to = &tos[i];
+        printf("output %s: %s [", g.outputs[i].name, graph_dtype_name(to->dtype));
+        for (int d = 0; d < to->ndims; d++) printf("%s%" PRId64, d ? ", " : "", to->dims[d]);
+        printf("]\n");
+        if (!out_path[i]) continue;
+        if ((rc = npy_write_file(out_path[i], (enum npy_dtype)to->dtype, to->ndims, to->dims, outs[i],
+                                 shape_elems(to) * shape_dtype_size(to->dtype)))) {
+            fprintf(stderr, "run: cannot write %s: %s\n", out_path[i], pps_strerror(rc));
             goto out;
         }
     }
@@ -493,7 +507,7 @@ out:
         npy_free(&in_arr[i]);
         free(gen_in[i]);
     }
-    free(out);
+    for (int i = 0; i < 4; i++) free(outs[i]);
     free(bdata);
     free(blen);
     kvbin_close(&kv);

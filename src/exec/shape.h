@@ -42,15 +42,17 @@ int shape_broadcast(const struct exec_tensor *a, const struct exec_tensor *b,
 uint64_t shape_elems(const struct exec_tensor *t);
 size_t shape_dtype_size(enum graph_dtype t);
 
-/* Geometry of a 2-D window op (Conv, MaxPool, AveragePool) after checks. */
+/* Geometry of a window op (Conv: 2-D; MaxPool, AveragePool: 1-D to 3-D)
+ * after checks; sp is the number of spatial dims. */
 struct shape_window {
-    int64_t kernel[2], stride[2], dilation[2], pad_begin[2], pad_end[2];
+    int sp;
+    int64_t kernel[3], stride[3], dilation[3], pad_begin[3], pad_end[3];
     int ceil_mode;
     int64_t group;
 };
-/* Reads and checks the window attributes of n for input x (rank 4). For
- * Conv, w is the weight tensor (kernel taken from it when kernel_shape is
- * absent); NULL for pooling. */
+/* Reads and checks the window attributes of n for input x (rank 4 for
+ * Conv, 3 to 5 for pooling). For Conv, w is the weight tensor (kernel taken
+ * from it when kernel_shape is absent); NULL for pooling. */
 int shape_window(const struct graph_node *n, const struct exec_tensor *x,
                  const struct exec_tensor *w, struct shape_window *win, char *err, size_t errlen);
 /* Output length along one spatial axis. */
@@ -63,6 +65,24 @@ struct shape_slice {
 };
 int shape_slice(const struct graph_node *n, const struct exec_tensor *x, struct shape_slice *sl,
                 char *err, size_t errlen);
+
+/* Reduce*'s "axes" (absent = all) as a bit mask over the input's axes;
+ * checks range, repeats and keepdims. */
+int shape_reduce_axes(const struct graph_node *n, int rank, unsigned *mask, char *err,
+                      size_t errlen);
+
+/* Resize's "scales_bits" (graph.h) decoded into scales; returns how many
+ * (0: absent), -1 if malformed (not positive and finite, or too many). */
+int shape_resize_scales(const struct graph_node *n, float *scales);
+
+/* Geometry of a ConvTranspose (1 to 3 spatial dims) after checks. */
+struct shape_deconv {
+    int sp;
+    int64_t group;
+    int64_t stride[3], dilation[3], pad_begin[3], pad_end[3], out_pad[3], out[3];
+};
+int shape_deconv(const struct graph_node *n, const struct exec_tensor *x,
+                 const struct exec_tensor *w, struct shape_deconv *dc, char *err, size_t errlen);
 
 /* Normalised axis in [0, rank) or -1 if out of range. */
 int shape_axis(int64_t axis, int rank);

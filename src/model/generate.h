@@ -4,9 +4,14 @@
  *
  * model_list.txt: a header line (ignored), then one model a line:
  *   model_name[, seq_len]
+ *   name, file=PATH.onnx[, seq=N]
  * model_name is a zoo model, optionally with "-alter-<suffix>"; seq_len
  * (transformers only, default 128) is the sequence length the graph is
- * built for. Blank lines and lines starting with '#' are skipped. */
+ * built for. A file= line imports an ONNX model (src/onnx/onnx_import.h):
+ * PATH is relative to the list file's folder, seq=N fixes its symbolic
+ * dimensions other than the batch. A later "name-alter-<suffix>" line is a
+ * copy of an imported name with the same weights. Blank lines and lines
+ * starting with '#' are skipped. */
 #ifndef PIPEPS_GENERATE_H
 #define PIPEPS_GENERATE_H
 
@@ -18,12 +23,15 @@
 struct generate_entry {
     char name[GRAPH_NAME_MAX + 1];
     struct zoo_options opt;
+    char *file;        /* imported model: the .onnx path (resolved against the list's folder), else NULL */
+    int64_t onnx_seq;  /* imported model: seq=N (0: none given) */
 };
 
-/* Parse a model list. *out (caller frees) gets *count entries. Returns 0,
- * PPS_EINVAL with a message naming the line in err, or PPS_EIO. */
+/* Parse a model list. *out (generate_free_list) gets *count entries.
+ * Returns 0, PPS_EINVAL with a message naming the line in err, or PPS_EIO. */
 int generate_read_list(const char *path, struct generate_entry **out, int *count, char *err,
                        size_t errlen);
+void generate_free_list(struct generate_entry *list, int count);
 
 /* How parameters are stored (see src/exec/prepack.h). */
 enum generate_target {
@@ -42,6 +50,12 @@ struct generate_cache;
 int generate_model(struct kvbin_writer *w, const struct generate_entry *e,
                    uint64_t max_batch_size, enum generate_target target, struct generate_cache *cache,
                    int progress, char *err, size_t errlen);
+/* The same for an imported ONNX model, written under e->name. Parameters
+ * are copied from the model straight into each batch buffer. */
+struct onnx_model;
+int generate_onnx_model(struct kvbin_writer *w, const struct generate_entry *e,
+                        const struct onnx_model *om, uint64_t max_batch_size, int progress, char *err,
+                        size_t errlen);
 
 /* generate_file MODEL_LIST KV_BIN [MAX_BATCH_SIZE] */
 int generate_file_main(int argc, char **argv);

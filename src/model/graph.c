@@ -86,6 +86,17 @@ int32_t graph_add_input(struct graph *g, const char *name, enum graph_dtype dtyp
     return g->ninputs++;
 }
 
+void graph_set_fixed_batch(struct graph *g, int64_t batch)
+{
+    PPS_ASSERT(batch >= 1 && batch <= GRAPH_MAX_FIXED_BATCH);
+    for (int i = 0; i < g->ninputs; i++) g->inputs[i].dims[0] = batch;
+}
+
+int64_t graph_fixed_batch(const struct graph *g)
+{
+    return g->ninputs > 0 && g->inputs[0].dims[0] > 0 ? g->inputs[0].dims[0] : 0;
+}
+
 void graph_set_input_optional(struct graph *g, int index, int64_t fill)
 {
     PPS_ASSERT(index > 0 && index < g->ninputs && g->inputs[index].dtype == GRAPH_I64);
@@ -337,7 +348,9 @@ static int dims_ok(int ndims, const int64_t *dims, int min_ndims, int dynamic_fi
     uint64_t elems = 1;
     for (int i = 0; i < ndims; i++) {
         if (i == 0 && dynamic_first) {
-            if (dims[0] != -1) return 0;
+            /* -1, or (inputs) a fixed batch: graph_set_fixed_batch */
+            if (dims[0] != -1 && !(dynamic_first == 2 && dims[0] >= 1 && dims[0] <= GRAPH_MAX_FIXED_BATCH))
+                return 0;
             continue;
         }
         if (dims[i] <= 0 || (uint64_t)dims[i] > VALIDATE_MAX_ELEMS) return 0;
@@ -352,7 +365,7 @@ static int io_ok(const struct graph_io *io, int is_input)
     if (!name_ok(io->name, sizeof io->name)) return 0;
     if (io->dtype != GRAPH_F32 && io->dtype != GRAPH_I64) return 0;
     if (!is_input && io->ndims == 0) return 1; /* output shape not recorded */
-    return dims_ok(io->ndims, io->dims, 1, 1);
+    return dims_ok(io->ndims, io->dims, 1, is_input ? 2 : 1);
 }
 
 /* A layout read from a file: the same element count as its param, blocks
@@ -399,6 +412,8 @@ int graph_validate(const struct graph *g, char *err, size_t errlen)
     for (int i = 0; i < g->ninputs; i++) {
         if (!io_ok(&g->inputs[i], 1)) return fail(err, errlen, "input %d malformed", i);
         if (g->inputs[i].value != i) return fail(err, errlen, "input %d has value %d", i, g->inputs[i].value);
+        if (g->inputs[i].dims[0] != g->inputs[0].dims[0])
+            return fail(err, errlen, "input %d: first dimension differs from input 0's (batch)", i);
         if (g->inputs[i].optional != 0 && g->inputs[i].optional != 1)
             return fail(err, errlen, "input %d: bad optional flag", i);
         if (g->inputs[i].optional && (i == 0 || g->inputs[i].dtype != GRAPH_I64))

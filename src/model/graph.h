@@ -31,6 +31,38 @@
  *  - Gelu is the exact (erf) GELU; attribute "approximate" = 1 selects tanh.
  *  - Gather's indices must be in [0, dim) (an embedding lookup, as in
  *    PyTorch): a negative index is an error, not a count from the end.
+ *    Operands: (data, indices) with int64 or float indices (a constant
+ *    index tensor is a parameter, so float); but an int64 activation
+ *    followed by a float operand is (indices, data): an embedding lookup.
+ *  - Constant (no ONNX inputs): zero inputs, one parameter; its value is
+ *    the parameter. The importer uses it where a constant must come before
+ *    an activation (Sub(c, x)), so every other op keeps "inputs, then params".
+ *  - Parameters are float32 only: int64 and bool constants become
+ *    attributes (below) or float tensors (Where's condition: 0/1).
+ *  - Attributes that ONNX takes as tensor inputs (opset 13+):
+ *    Slice "starts"/"ends"/"axes"/"steps", Reduce* "axes", Expand "shape",
+ *    Tile "repeats", Pad "pads" ([begin..., end...]), Clip floats "min"/"max"
+ *    (absent = unbounded), Resize "sizes". Pad's int "mode": 0 constant,
+ *    1 reflect, 2 edge; float "value". Reduce*: "axes" absent = all axes,
+ *    "keepdims" default 1.
+ *  - Resize: int "mode" 0 nearest, 1 linear, 2 cubic (float "cubic_a",
+ *    default -0.75; int "exclude_outside") on every resized axis; ints "sizes" = the full output shape, where 0 keeps the
+ *    input's dimension (the batch); the scale of an axis is out/in, or
+ *    (ONNX's scales input, which need not be out/in: 0.6 of 4 is 2) the
+ *    float32 whose bit pattern is in ints "scales_bits" (one per axis). Int
+ *    "coord" (coordinate_transformation_mode): 0 half_pixel, 1 asymmetric,
+ *    2 align_corners, 3 pytorch_half_pixel; int "nearest" (nearest_mode):
+ *    0 round_prefer_floor, 1 round_prefer_ceil, 2 floor, 3 ceil.
+ *  - ConvTranspose: weight param [Cin, Cout/group, k...], optional bias;
+ *    explicit "pads" (auto_pad and output_shape resolved by the importer),
+ *    "strides", "dilations", "output_padding", "group".
+ *  - Cast: int "to" = the ONNX TensorProto type, 1 (float) or 7 (int64);
+ *    float to int64 truncates toward zero.
+ *  - Equal/Less/Greater/Not/And/Or give float 0/1 (the graph's outputs and
+ *    most operands are float); their inputs may be float32 or int64
+ *    (nonzero = true). Mod takes float operands; int "fmod" 1 is C's fmod,
+ *    0 (default) takes the divisor's sign (Python's %).
+ *  - Max/Min are binary (the importer chains variadic ones).
  */
 #ifndef PIPEPS_GRAPH_H
 #define PIPEPS_GRAPH_H
@@ -42,8 +74,9 @@
 #define GRAPH_MAX_INPUTS 8     /* activation inputs per node */
 #define GRAPH_MAX_PARAMS 8     /* parameters per node */
 #define GRAPH_MAX_ATTRS 8
-#define GRAPH_MAX_ATTR_INTS 8
+#define GRAPH_MAX_ATTR_INTS 16 /* Pad on rank 8: 16; the blob stores the count */
 #define GRAPH_NAME_MAX 95      /* names are at most this many bytes */
+#define GRAPH_MAX_FIXED_BATCH (1 << 20) /* the executor's batch limit */
 #define GRAPH_PARAM_ALIGN 512  /* every parameter is padded to this in a batch */
 
 /* Operation list; the name string is the ONNX op_type. Append only: the
@@ -76,7 +109,48 @@
     X(SIGMOID, 25, "Sigmoid")                                                 \
     X(SQRT, 26, "Sqrt")                                                       \
     X(POW, 27, "Pow")                                                         \
-    X(IDENTITY, 28, "Identity")
+    X(IDENTITY, 28, "Identity")                                               \
+    X(CONSTANT, 29, "Constant")                                               \
+    X(NEG, 30, "Neg")                                                         \
+    X(ABS, 31, "Abs")                                                         \
+    X(EXP, 32, "Exp")                                                         \
+    X(LOG, 33, "Log")                                                         \
+    X(RECIPROCAL, 34, "Reciprocal")                                           \
+    X(LEAKYRELU, 35, "LeakyRelu")                                             \
+    X(PRELU, 36, "PRelu")                                                     \
+    X(CLIP, 37, "Clip")                                                       \
+    X(HARDSIGMOID, 38, "HardSigmoid")                                         \
+    X(HARDSWISH, 39, "HardSwish")                                             \
+    X(ELU, 40, "Elu")                                                         \
+    X(SELU, 41, "Selu")                                                       \
+    X(SOFTPLUS, 42, "Softplus")                                               \
+    X(LOGSOFTMAX, 43, "LogSoftmax")                                           \
+    X(INSTANCENORM, 44, "InstanceNormalization")                              \
+    X(GLOBALMAXPOOL, 45, "GlobalMaxPool")                                     \
+    X(REDUCEMEAN, 46, "ReduceMean")                                           \
+    X(REDUCESUM, 47, "ReduceSum")                                             \
+    X(REDUCEMAX, 48, "ReduceMax")                                             \
+    X(REDUCEMIN, 49, "ReduceMin")                                             \
+    X(EXPAND, 50, "Expand")                                                   \
+    X(PAD, 51, "Pad")                                                         \
+    X(RESIZE, 52, "Resize")                                                   \
+    X(CONVTRANSPOSE, 53, "ConvTranspose")                                     \
+    X(CAST, 54, "Cast")                                                       \
+    X(MAX, 55, "Max")                                                         \
+    X(MIN, 56, "Min")                                                         \
+    X(TILE, 57, "Tile")                                                       \
+    X(EQUAL, 58, "Equal")                                                     \
+    X(LESS, 59, "Less")                                                       \
+    X(GREATER, 60, "Greater")                                                 \
+    X(NOT, 61, "Not")                                                         \
+    X(SIN, 62, "Sin")                                                         \
+    X(COS, 63, "Cos")                                                         \
+    X(FLOOR, 64, "Floor")                                                     \
+    X(CEIL, 65, "Ceil")                                                       \
+    X(SIGN, 66, "Sign")                                                       \
+    X(AND, 67, "And")                                                         \
+    X(OR, 68, "Or")                                                           \
+    X(MOD, 69, "Mod")
 
 enum graph_op {
     GRAPH_OP_INVALID = 0,
@@ -143,7 +217,8 @@ struct graph_node {
 };
 
 /* A model input or output: dims[0] is the dynamic batch dimension (stored
- * as -1); other dims are fixed. Outputs are float32; an output's ndims may
+ * as -1, or for inputs the fixed batch: graph_set_fixed_batch); other dims
+ * are fixed. Outputs are float32; an output's ndims may
  * be 0 (shape not recorded; the executor infers it).
  *
  * An optional input (BERT's attention_mask, token_type_ids) may be left
@@ -194,6 +269,12 @@ void graph_init(struct graph *g, const char *name);
 void graph_free(struct graph *g);
 int32_t graph_add_input(struct graph *g, const char *name, enum graph_dtype dtype, int ndims,
                         const int64_t *dims);
+/* A model whose shapes hold at one batch size only (an ONNX file with a
+ * fixed first dimension, as the ONNX node tests are): every input's
+ * dims[0] records that size instead of -1, and the executor runs it at
+ * that batch size only. graph_fixed_batch is 0 for a dynamic batch. */
+void graph_set_fixed_batch(struct graph *g, int64_t batch);
+int64_t graph_fixed_batch(const struct graph *g);
 /* Make input index optional with the given fill value (see graph_io). */
 void graph_set_input_optional(struct graph *g, int index, int64_t fill);
 /* Number of leading required inputs (the rest are optional). */

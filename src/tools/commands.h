@@ -12,6 +12,7 @@
     X("meta", meta_cli_main, "metadata storage client: get/put/delete/list") \
     X("generate_file", generate_file_main, "build the model list's models and write kv.bin") \
     X("model", model_cli_main, "show a built-in model's graph, batches and METADATA blob") \
+    X("import", import_main, "what the ONNX importer makes of a .onnx file: inputs, outputs, op types, servable or not") \
     X("stat", stat_main, "print a running daemon's counters") \
     X("cache-get", cache_get_main, "subscribe to a model at a cache (a server stand-in)") \
     X("storage", storage_main, "bulk parameter store daemon: storage PORT [--dir DIR]") \
@@ -55,5 +56,6 @@ int stat_main(int argc, char **argv);
 #include "exec/repack_cmd.h"
 #include "exec/run_cmd.h"
 #include "tools/up.h"
+#include "tools/import_cmd.h"
 
 #endif

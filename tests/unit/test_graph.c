@@ -100,6 +100,15 @@ static void test_validate(void **state)
     char err[256];
     build_small(&g);
     assert_int_equal(graph_validate(&g, err, sizeof err), 0);
+    /* a fixed batch (graph_set_fixed_batch) is valid; a positive output dims[0] is not */
+    graph_set_fixed_batch(&g, 5);
+    assert_int_equal(graph_fixed_batch(&g), 5);
+    assert_int_equal(graph_validate(&g, err, sizeof err), 0);
+    g.inputs[0].dims[0] = 0;
+    assert_int_equal(graph_validate(&g, err, sizeof err), PPS_ECORRUPT);
+    g.inputs[0].dims[0] = -1;
+    assert_int_equal(graph_fixed_batch(&g), 0);
+    assert_int_equal(graph_validate(&g, err, sizeof err), 0);
     assert_int_equal(batching_apply(&g, BATCHING_DEFAULT_MAX), 0);
     assert_int_equal(graph_validate(&g, err, sizeof err), 0);
 
@@ -129,7 +138,7 @@ static void test_validate(void **state)
     g.nodes[0].params[0] = 4;
     assert_int_equal(graph_validate(&g, err, sizeof err), PPS_ECORRUPT);
     g.nodes[0].params[0] = 0;
-    g.nodes[0].attrs[0].nints = 9;
+    g.nodes[0].attrs[0].nints = GRAPH_MAX_ATTR_INTS + 1;
     assert_int_equal(graph_validate(&g, err, sizeof err), PPS_ECORRUPT);
     g.nodes[0].attrs[0].nints = 2;
     memset(g.nodes[0].name, 'a', sizeof g.nodes[0].name); /* no terminator */
@@ -138,7 +147,7 @@ static void test_validate(void **state)
     g.outputs[0].value = 5;
     assert_int_equal(graph_validate(&g, err, sizeof err), PPS_ECORRUPT);
     g.outputs[0].value = 4;
-    g.inputs[0].dims[0] = 1; /* batch dim must be dynamic */
+    g.inputs[0].dims[0] = GRAPH_MAX_FIXED_BATCH + 1; /* batch: -1 (dynamic) or a fixed size in range */
     assert_int_equal(graph_validate(&g, err, sizeof err), PPS_ECORRUPT);
     g.inputs[0].dims[0] = -1;
     g.batches[0].nbytes = 1024; /* too small for its params */

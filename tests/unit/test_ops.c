@@ -1700,6 +1700,968 @@ static void test_exec_mem_recycling(void **state)
     exec_mem_set_keep(EXEC_MEM_DEFAULT_KEEP);
 }
 
+/* ---- ONNX import ops (graph ops 29+) ----------------------------------- */
+
+/* One node y = op(x) (plus params) on x[N, dims...]; returns output 0. */
+static float *run_single(struct tmodel *t, int64_t n, const void *x, uint64_t *nout)
+{
+    tm_batch(t, BATCHING_DEFAULT_MAX);
+    const void *ins[1] = {x};
+    return tm_run(t, n, ins, nout);
+}
+
+static void test_onnx_unary(void **state)
+{
+    (void)state;
+    const enum graph_op ops[] = {GRAPH_OP_NEG, GRAPH_OP_ABS, GRAPH_OP_EXP, GRAPH_OP_LOG,
+                                 GRAPH_OP_RECIPROCAL, GRAPH_OP_LEAKYRELU, GRAPH_OP_CLIP,
+                                 GRAPH_OP_CLIP, GRAPH_OP_HARDSIGMOID, GRAPH_OP_HARDSWISH,
+                                 GRAPH_OP_ELU, GRAPH_OP_SELU, GRAPH_OP_SOFTPLUS, GRAPH_OP_SIN,
+                                 GRAPH_OP_COS, GRAPH_OP_FLOOR, GRAPH_OP_CEIL, GRAPH_OP_SIGN};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        struct tmodel t;
+        tm_init(&t, "un");
+        int64_t xd[3] = {-1, 5, 7};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t v = graph_add_node(&t.g, ops[i], "u", 1, &x, 0, NULL);
+        int clip_one_sided = ops[i] == GRAPH_OP_CLIP && i == 7;
+        switch (ops[i]) {
+        case GRAPH_OP_LEAKYRELU: graph_set_float(&t.g, "alpha", 0.1f); break;
+        case GRAPH_OP_CLIP:
+            graph_set_float(&t.g, "min", -0.5f);
+            if (!clip_one_sided) graph_set_float(&t.g, "max", 1.25f);
+            break;
+        case GRAPH_OP_HARDSIGMOID:
+            graph_set_float(&t.g, "alpha", 0.3f);
+            graph_set_float(&t.g, "beta", 0.4f);
+            break;
+        case GRAPH_OP_ELU: graph_set_float(&t.g, "alpha", 0.7f); break;
+        default: break;
+        }
+        graph_add_output(&t.g, "y", v);
+        uint64_t n = 2 * 35;
+        int positive = ops[i] == GRAPH_OP_LOG || ops[i] == GRAPH_OP_RECIPROCAL;
+        float *in = rand_buf(n, positive ? 0.1f : -4.0f, 4.0f);
+        float *ref = malloc(n * 4);
+        for (uint64_t k = 0; k < n; k++) {
+            double z = in[k], r = 0;
+            switch (ops[i]) {
+            case GRAPH_OP_NEG: r = -z; break;
+            case GRAPH_OP_ABS: r = fabs(z); break;
+            case GRAPH_OP_EXP: r = exp(z); break;
+            case GRAPH_OP_LOG: r = log(z); break;
+            case GRAPH_OP_RECIPROCAL: r = 1 / z; break;
+            case GRAPH_OP_LEAKYRELU: r = z >= 0 ? z : 0.1 * z; break;
+            case GRAPH_OP_CLIP: r = z < -0.5 ? -0.5 : (!clip_one_sided && z > 1.25 ? 1.25 : z); break;
+            case GRAPH_OP_HARDSIGMOID: r = fmax(0, fmin(1, 0.3 * z + 0.4)); break;
+            case GRAPH_OP_HARDSWISH: r = z * fmax(0, fmin(1, z / 6 + 0.5)); break;
+            case GRAPH_OP_ELU: r = z >= 0 ? z : 0.7 * (exp(z) - 1); break;
+            case GRAPH_OP_SELU:
+                r = 1.0507009873554804934193349852946 *
+                    (z > 0 ? z : 1.6732632423543772848170429916717 * (exp(z) - 1));
+                break;
+            case GRAPH_OP_SOFTPLUS: r = log(1 + exp(z)); break;
+            case GRAPH_OP_SIN: r = sin(z); break;
+            case GRAPH_OP_COS: r = cos(z); break;
+            case GRAPH_OP_FLOOR: r = floor(z); break;
+            case GRAPH_OP_CEIL: r = ceil(z); break;
+            case GRAPH_OP_SIGN: r = z > 0 ? 1 : (z < 0 ? -1 : 0); break;
+            default: fail();
+            }
+            ref[k] = (float)r;
+        }
+        uint64_t nout;
+        float *out = run_single(&t, 2, in, &nout);
+        assert_int_equal(nout, n);
+        check_close(graph_op_name(ops[i]), out, ref, n, 1e-5);
+        free(out); free(ref); free(in);
+        tm_free(&t);
+    }
+}
+
+/* Conv -> Clip(0, 6) (ReLU6) and Conv -> HardSwish fuse as oneDNN post-ops:
+ * fused == unfused == the naive reference. */
+static void test_onnx_conv_activation_fusion(void **state)
+{
+    (void)state;
+    for (int variant = 0; variant < 2; variant++) {
+        struct tmodel t;
+        tm_init(&t, "cact");
+        int64_t N = 2, C = 4, H = 5, W = 6, K = 8;
+        int64_t xd[4] = {-1, C, H, W}, wd[4] = {K, C, 3, 3};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+        int32_t w = tm_param(&t, "w", 4, wd, -1, 1);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_CONV, "conv", 1, &x, 1, &w);
+        int64_t pads[4] = {1, 1, 1, 1};
+        graph_set_ints(&t.g, "pads", 4, pads);
+        v = graph_add_node(&t.g, variant ? GRAPH_OP_HARDSWISH : GRAPH_OP_CLIP, "act", 1, &v, 0, NULL);
+        if (!variant) {
+            graph_set_float(&t.g, "min", 0.0f);
+            graph_set_float(&t.g, "max", 6.0f);
+        }
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        uint64_t nx = (uint64_t)(N * C * H * W), ny = (uint64_t)(N * K * H * W);
+        float *in = rand_buf(nx, -3, 3), *ref = malloc(ny * 4);
+        struct win p = {{3, 3}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
+        ref_conv(in, N, C, H, W, tm_data(&t, "w"), K, NULL, &p, 1, ref, H, W);
+        for (uint64_t k = 0; k < ny; k++) {
+            double z = ref[k];
+            ref[k] = (float)(variant ? z * fmax(0, fmin(1, z / 6 + 0.5)) : fmin(6, fmax(0, z)));
+        }
+        const void *ins[1] = {in};
+        uint64_t n1, n2;
+        float *fused = tm_run_opts(&t, N, ins, &n1, 0, FEED_ALL_FIRST, 0);
+        float *plain = tm_run_opts(&t, N, ins, &n2, 1, FEED_ALL_FIRST, 0);
+        assert_int_equal(n1, ny);
+        check_close("conv+act fused", fused, ref, ny, 1e-4);
+        check_close("conv+act unfused", plain, ref, ny, 1e-4);
+        free(fused); free(plain); free(ref); free(in);
+        tm_free(&t);
+    }
+}
+
+/* Max/Min/PRelu/Equal/Less/Greater with broadcasting both ways (a [N,1,4]
+ * against b [N,3,1] or a param [3,1]; PRelu's slope [1,4]), comparisons of int64 inputs, Not and a
+ * Cast round trip (float -> int64 truncates toward zero). */
+static void test_onnx_binary_compare_cast(void **state)
+{
+    (void)state;
+    const enum graph_op ops[] = {GRAPH_OP_MAX, GRAPH_OP_MIN, GRAPH_OP_PRELU, GRAPH_OP_EQUAL,
+                                 GRAPH_OP_LESS, GRAPH_OP_GREATER, GRAPH_OP_AND, GRAPH_OP_OR};
+    const int64_t N = 2;
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        for (int with_param = 0; with_param < 2; with_param++) {
+            if (ops[i] == GRAPH_OP_PRELU && !with_param) continue;
+            struct tmodel t;
+            tm_init(&t, "bin");
+            int prelu = ops[i] == GRAPH_OP_PRELU;
+            int64_t ad[3] = {-1, 1, 4}, bd[3] = {-1, 3, 1}, pd[2] = {3, 1}, qd[2] = {1, 4};
+            int32_t a = graph_add_input(&t.g, "a", GRAPH_F32, 3, ad);
+            int32_t v;
+            float pv[4] = {0.5f, -0.25f, 0.0f, 2.0f};
+            if (with_param) {
+                int32_t p = tm_param_data(&t, "p", 2, prelu ? qd : pd, pv);
+                v = graph_add_node(&t.g, ops[i], "op", 1, &a, 1, &p);
+            } else {
+                int32_t b = graph_add_input(&t.g, "b", GRAPH_F32, 3, bd);
+                int32_t ab[2] = {a, b};
+                v = graph_add_node(&t.g, ops[i], "op", 2, ab, 0, NULL);
+            }
+            graph_add_output(&t.g, "y", v);
+            tm_batch(&t, BATCHING_DEFAULT_MAX);
+            float xa[8] = {0.5f, -1.0f, 2.0f, 0.0f, -0.25f, 3.0f, -2.0f, 0.5f};
+            float xb[6] = {0.5f, -0.25f, 1.0f, 2.0f, 0.0f, -1.0f};
+            float ref[24];
+            int rows = prelu ? 1 : 3;
+            for (int n = 0; n < 2; n++)
+                for (int r = 0; r < rows; r++)
+                    for (int j = 0; j < 4; j++) {
+                        float x = xa[n * 4 + j], z, y = 0;
+                        z = prelu ? pv[j] : (with_param ? pv[r] : xb[n * 3 + r]);
+                        switch (ops[i]) {
+                        case GRAPH_OP_MAX: y = x > z ? x : z; break;
+                        case GRAPH_OP_MIN: y = x < z ? x : z; break;
+                        case GRAPH_OP_PRELU: y = x < 0 ? x * z : x; break;
+                        case GRAPH_OP_EQUAL: y = x == z; break;
+                        case GRAPH_OP_LESS: y = x < z; break;
+                        case GRAPH_OP_GREATER: y = x > z; break;
+                        case GRAPH_OP_AND: y = x != 0 && z != 0; break;
+                        case GRAPH_OP_OR: y = x != 0 || z != 0; break;
+                        default: fail();
+                        }
+                        ref[(n * rows + r) * 4 + j] = y;
+                    }
+            const void *ins[2] = {xa, xb};
+            uint64_t nout;
+            float *out = tm_run(&t, N, ins, &nout);
+            assert_int_equal(nout, (uint64_t)(N * rows * 4));
+            check_close(graph_op_name(ops[i]), out, ref, nout, 0);
+            free(out);
+            tm_free(&t);
+        }
+    }
+    /* Mod (Python's sign rule) and Mod fmod=1 (C's) by a parameter. */
+    for (int fm = 0; fm < 2; fm++) {
+        struct tmodel t;
+        tm_init(&t, "mod");
+        int64_t xd[2] = {-1, 4}, dd[1] = {4};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 2, xd);
+        float dv[4] = {2, 2, -2, -2};
+        int32_t d = tm_param_data(&t, "d", 1, dd, dv);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_MOD, "mod", 1, &x, 1, &d);
+        graph_set_int(&t.g, "fmod", fm);
+        graph_add_output(&t.g, "y", v);
+        float xs[4] = {5.5f, -5.5f, 5.5f, -5.5f};
+        float ref[2][4] = {{1.5f, 0.5f, -0.5f, -1.5f}, {1.5f, -1.5f, 1.5f, -1.5f}};
+        uint64_t nout;
+        float *out = run_single(&t, 1, xs, &nout);
+        assert_int_equal(nout, 4);
+        check_close(fm ? "Mod fmod" : "Mod", out, ref[fm], 4, 0);
+        free(out);
+        tm_free(&t);
+    }
+    /* Pow(x, e) with an int64 exponent input. */
+    {
+        struct tmodel t;
+        tm_init(&t, "powi");
+        int64_t xd[2] = {-1, 3};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 2, xd);
+        int32_t e = graph_add_input(&t.g, "e", GRAPH_I64, 2, xd);
+        int32_t xe[2] = {x, e};
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_POW, "pow", 2, xe, 0, NULL);
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        float xs[6] = {2, -3, 0.5f, 1.5f, -1, 4};
+        int64_t es[6] = {3, 2, -1, 0, 5, 1};
+        float ref[6] = {8, 9, 2, 1, -1, 4};
+        const void *ins[2] = {xs, es};
+        uint64_t nout;
+        float *out = tm_run(&t, 2, ins, &nout);
+        assert_int_equal(nout, 6);
+        check_close("pow int64 exponent", out, ref, 6, 1e-6);
+        free(out);
+        tm_free(&t);
+    }
+    /* Not(Equal(ids, ids2)) on int64 inputs; Cast(Cast(x, int64), float). */
+    struct tmodel t;
+    tm_init(&t, "cmp");
+    int64_t idd[2] = {-1, 3}, xd[2] = {-1, 3};
+    int32_t ids = graph_add_input(&t.g, "ids", GRAPH_I64, 2, idd);
+    int32_t ids2 = graph_add_input(&t.g, "ids2", GRAPH_I64, 2, idd);
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 2, xd);
+    int32_t pair[2] = {ids, ids2};
+    int32_t eq = graph_add_node(&t.g, GRAPH_OP_EQUAL, "eq", 2, pair, 0, NULL);
+    int32_t ne = graph_add_node(&t.g, GRAPH_OP_NOT, "not", 1, &eq, 0, NULL);
+    int32_t ci = graph_add_node(&t.g, GRAPH_OP_CAST, "toint", 1, &x, 0, NULL);
+    graph_set_int(&t.g, "to", 7);
+    int32_t cf = graph_add_node(&t.g, GRAPH_OP_CAST, "tofloat", 1, &ci, 0, NULL);
+    graph_set_int(&t.g, "to", 1);
+    int32_t sum[2] = {ne, cf};
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_ADD, "add", 2, sum, 0, NULL);
+    graph_add_output(&t.g, "y", v);
+    tm_batch(&t, BATCHING_DEFAULT_MAX);
+    int64_t a[6] = {1, 5, 9, 2, 5, 7}, b[6] = {1, 4, 9, 3, 5, 8};
+    float xs[6] = {1.75f, -1.75f, 0.5f, -0.5f, 3.0f, -2.99f};
+    /* not-equal + trunc(x) */
+    float ref[6] = {0 + 1, 1 - 1, 0 + 0, 1 + 0, 0 + 3, 1 - 2};
+    const void *ins[3] = {a, b, xs};
+    uint64_t nout;
+    float *out = tm_run(&t, 2, ins, &nout);
+    assert_int_equal(nout, 6);
+    check_close("not/equal/cast", out, ref, 6, 0);
+    free(out);
+    tm_free(&t);
+}
+
+/* Reduce* over some / all axes with and without keepdims, GlobalMaxPool,
+ * LogSoftmax on a middle axis, InstanceNormalization: against loops. */
+static void test_onnx_reduce_norm(void **state)
+{
+    (void)state;
+    const int64_t N = 2, A = 3, B = 4, C = 5;
+    const uint64_t nx = (uint64_t)(N * A * B * C);
+    float *x = rand_buf(nx, -2, 2);
+#define X(n, a, b, c) x[(((n) * A + (a)) * B + (b)) * C + (c)]
+    const enum graph_op rops[] = {GRAPH_OP_REDUCEMEAN, GRAPH_OP_REDUCESUM, GRAPH_OP_REDUCEMAX,
+                                  GRAPH_OP_REDUCEMIN};
+    for (size_t i = 0; i < 4; i++) {
+        for (int variant = 0; variant < 3; variant++) {
+            /* 0: axes [1, -1] keepdims 1; 1: axes [1, -1] keepdims 0; 2: all axes but batch */
+            struct tmodel t;
+            tm_init(&t, "red");
+            int64_t xd[4] = {-1, A, B, C};
+            int32_t in = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+            int32_t v = graph_add_node(&t.g, rops[i], "r", 1, &in, 0, NULL);
+            int64_t axes2[2] = {1, -1}, axes3[3] = {1, 2, 3};
+            if (variant < 2) graph_set_ints(&t.g, "axes", 2, axes2);
+            else graph_set_ints(&t.g, "axes", 3, axes3);
+            graph_set_int(&t.g, "keepdims", variant == 1 ? 0 : 1);
+            graph_add_output(&t.g, "y", v);
+            uint64_t nout;
+            float *out = run_single(&t, N, x, &nout);
+            int64_t nb = variant < 2 ? B : 1;
+            assert_int_equal(nout, (uint64_t)(N * nb));
+            float ref[2 * 4];
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t b = 0; b < nb; b++) {
+                    double acc = rops[i] == GRAPH_OP_REDUCEMAX ? -1e30 : (rops[i] == GRAPH_OP_REDUCEMIN ? 1e30 : 0);
+                    int64_t cnt = 0;
+                    for (int64_t a = 0; a < A; a++)
+                        for (int64_t bb = 0; bb < B; bb++)
+                            for (int64_t c = 0; c < C; c++) {
+                                if (variant < 2 && bb != b) continue;
+                                double z = X(n, a, bb, c);
+                                cnt++;
+                                if (rops[i] == GRAPH_OP_REDUCEMAX) acc = z > acc ? z : acc;
+                                else if (rops[i] == GRAPH_OP_REDUCEMIN) acc = z < acc ? z : acc;
+                                else acc += z;
+                            }
+                    if (rops[i] == GRAPH_OP_REDUCEMEAN) acc /= (double)cnt;
+                    ref[n * nb + b] = (float)acc;
+                }
+            check_close(graph_op_name(rops[i]), out, ref, nout, 1e-5);
+            free(out);
+            tm_free(&t);
+        }
+    }
+    /* GlobalMaxPool over [B, C] of x seen as [N, A, B, C]. */
+    {
+        struct tmodel t;
+        tm_init(&t, "gmp");
+        int64_t xd[4] = {-1, A, B, C};
+        int32_t in = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_GLOBALMAXPOOL, "g", 1, &in, 0, NULL);
+        graph_add_output(&t.g, "y", v);
+        uint64_t nout;
+        float *out = run_single(&t, N, x, &nout);
+        assert_int_equal(nout, (uint64_t)(N * A));
+        float ref[2 * 3];
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t a = 0; a < A; a++) {
+                float m = -1e30f;
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t c = 0; c < C; c++) m = X(n, a, b, c) > m ? X(n, a, b, c) : m;
+                ref[n * A + a] = m;
+            }
+        check_close("GlobalMaxPool", out, ref, nout, 0);
+        free(out);
+        tm_free(&t);
+    }
+    /* LogSoftmax(axis 2) and InstanceNormalization. */
+    for (int which = 0; which < 2; which++) {
+        struct tmodel t;
+        tm_init(&t, "norm");
+        int64_t xd[4] = {-1, A, B, C}, cd[1] = {A};
+        int32_t in = graph_add_input(&t.g, "x", GRAPH_F32, 4, xd);
+        int32_t v;
+        if (which == 0) {
+            v = graph_add_node(&t.g, GRAPH_OP_LOGSOFTMAX, "ls", 1, &in, 0, NULL);
+            graph_set_int(&t.g, "axis", 2);
+        } else {
+            int32_t ps[2] = {tm_param(&t, "scale", 1, cd, 0.5f, 1.5f), tm_param(&t, "bias", 1, cd, -1, 1)};
+            v = graph_add_node(&t.g, GRAPH_OP_INSTANCENORM, "in", 1, &in, 2, ps);
+            graph_set_float(&t.g, "epsilon", 1e-3f);
+        }
+        graph_add_output(&t.g, "y", v);
+        float *ref = malloc(nx * 4);
+        if (which == 0) {
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t a = 0; a < A; a++)
+                    for (int64_t c = 0; c < C; c++) {
+                        double m = -1e30, sum = 0;
+                        for (int64_t b = 0; b < B; b++) m = X(n, a, b, c) > m ? X(n, a, b, c) : m;
+                        for (int64_t b = 0; b < B; b++) sum += exp(X(n, a, b, c) - m);
+                        for (int64_t b = 0; b < B; b++)
+                            ref[(((n * A + a) * B + b) * C) + c] = (float)(X(n, a, b, c) - m - log(sum));
+                    }
+        } else {
+            const float *sc = tm_data(&t, "scale"), *bi = tm_data(&t, "bias");
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t a = 0; a < A; a++) {
+                    const float *px = &X(n, a, 0, 0);
+                    double mean = 0, var = 0;
+                    for (int64_t k = 0; k < B * C; k++) mean += px[k];
+                    mean /= (double)(B * C);
+                    for (int64_t k = 0; k < B * C; k++) var += (px[k] - mean) * (px[k] - mean);
+                    var /= (double)(B * C);
+                    for (int64_t k = 0; k < B * C; k++)
+                        ref[(n * A + a) * B * C + k] = (float)((px[k] - mean) / sqrt(var + 1e-3) * sc[a] + bi[a]);
+                }
+        }
+        uint64_t nout;
+        float *out = run_single(&t, N, x, &nout);
+        assert_int_equal(nout, nx);
+        check_close(which ? "InstanceNormalization" : "LogSoftmax", out, ref, nx, 1e-5);
+        free(out); free(ref);
+        tm_free(&t);
+    }
+#undef X
+    free(x);
+}
+
+/* Expand, Tile, Pad (constant, reflect, edge; negative = crop), Resize
+ * (the ONNX operator documentation's examples): hand-computed literals. */
+static void test_onnx_layout_ops(void **state)
+{
+    (void)state;
+    struct lcase {
+        enum graph_op op;
+        int nd;
+        int64_t xd[3];
+        float x[8];
+        int nout;
+        float y[32];
+    };
+    /* x is [N=1, ...]; the attributes are set per case below. */
+    const struct lcase cases[] = {
+        /* Expand [1,3,1] to [2,3,2] (shape [1,2,3,2]... applied as [2,1,2] broadcast) */
+        {GRAPH_OP_EXPAND, 3, {1, 3, 1}, {1, 2, 3}, 12, {1, 1, 2, 2, 3, 3, 1, 1, 2, 2, 3, 3}},
+        /* Tile [1,2,2] by [1,2,1] */
+        {GRAPH_OP_TILE, 3, {1, 2, 2}, {1, 2, 3, 4}, 8, {1, 2, 3, 4, 1, 2, 3, 4}},
+        /* Pad constant [1,2,2]: pads begin [0,1,0] end [0,0,2], value 9 */
+        {GRAPH_OP_PAD, 3, {1, 2, 2}, {1, 2, 3, 4}, 12, {9, 9, 9, 9, 1, 2, 9, 9, 3, 4, 9, 9}},
+        /* Pad reflect [1,1,3]: pads begin [0,0,2] end [0,0,1] */
+        {GRAPH_OP_PAD, 3, {1, 1, 3}, {1, 2, 3}, 6, {3, 2, 1, 2, 3, 2}},
+        /* Pad edge [1,1,3]: pads begin [0,0,2] end [0,0,1] */
+        {GRAPH_OP_PAD, 3, {1, 1, 3}, {1, 2, 3}, 6, {1, 1, 1, 2, 3, 3}},
+        /* Pad constant with a negative begin (crop) [1,1,3]: begin [0,0,-1] end [0,0,1] */
+        {GRAPH_OP_PAD, 3, {1, 1, 3}, {1, 2, 3}, 3, {2, 3, 0}},
+        /* Resize nearest (half_pixel, round_prefer_floor) [1,2,2] -> [1,4,6] */
+        {GRAPH_OP_RESIZE, 3, {1, 2, 2}, {1, 2, 3, 4}, 24,
+         {1, 1, 1, 2, 2, 2, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 3, 3, 3, 4, 4, 4}},
+        /* Resize linear (half_pixel) [1,2,2] -> [1,4,4] */
+        {GRAPH_OP_RESIZE, 3, {1, 2, 2}, {1, 2, 3, 4}, 16,
+         {1, 1.25f, 1.75f, 2, 1.5f, 1.75f, 2.25f, 2.5f, 2.5f, 2.75f, 3.25f, 3.5f, 3, 3.25f, 3.75f, 4}},
+        /* Resize linear align_corners [1,1,4] -> [1,1,8] */
+        {GRAPH_OP_RESIZE, 3, {1, 1, 4}, {1, 2, 3, 4}, 8,
+         {1, 1.42857142857f, 1.85714285714f, 2.28571428571f, 2.71428571429f, 3.14285714286f,
+          3.57142857143f, 4}},
+        /* Resize linear [1,2,4] -> [1,1,2] with ONNX scales 0.6 (not out/in) */
+        {GRAPH_OP_RESIZE, 3, {1, 2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}, 2, {2.6666665f, 4.3333331f}},
+        /* the same, align_corners: the resized length is 4 * 0.6, not 2 */
+        {GRAPH_OP_RESIZE, 3, {1, 2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}, 2, {1.0f, 3.142857f}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const struct lcase *lc = &cases[i];
+        struct tmodel t;
+        tm_init(&t, "layout");
+        int64_t xd[3] = {-1, lc->xd[1], lc->xd[2]};
+        int32_t in = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t v = graph_add_node(&t.g, lc->op, "op", 1, &in, 0, NULL);
+        switch (i) {
+        case 0: { int64_t sh[3] = {2, 1, 2}; graph_set_ints(&t.g, "shape", 3, sh); break; }
+        case 1: { int64_t r[3] = {1, 2, 1}; graph_set_ints(&t.g, "repeats", 3, r); break; }
+        case 2: {
+            int64_t p[6] = {0, 1, 0, 0, 0, 2};
+            graph_set_ints(&t.g, "pads", 6, p);
+            graph_set_float(&t.g, "value", 9.0f);
+            break;
+        }
+        case 3: case 4: {
+            int64_t p[6] = {0, 0, 2, 0, 0, 1};
+            graph_set_ints(&t.g, "pads", 6, p);
+            graph_set_int(&t.g, "mode", i == 3 ? 1 : 2);
+            break;
+        }
+        case 5: { int64_t p[6] = {0, 0, -1, 0, 0, 1}; graph_set_ints(&t.g, "pads", 6, p); break; }
+        case 6: { int64_t sz[3] = {0, 4, 6}; graph_set_ints(&t.g, "sizes", 3, sz); break; }
+        case 7: {
+            int64_t sz[3] = {0, 4, 4};
+            graph_set_ints(&t.g, "sizes", 3, sz);
+            graph_set_int(&t.g, "mode", 1);
+            break;
+        }
+        case 8: {
+            int64_t sz[3] = {0, 1, 8};
+            graph_set_ints(&t.g, "sizes", 3, sz);
+            graph_set_int(&t.g, "mode", 1);
+            graph_set_int(&t.g, "coord", 2);
+            break;
+        }
+        default: {
+            int64_t sz[3] = {0, 1, 2}, bits[3];
+            const float sc[3] = {1.0f, 0.6f, 0.6f};
+            for (int k = 0; k < 3; k++) {
+                uint32_t b;
+                memcpy(&b, &sc[k], 4);
+                bits[k] = b;
+            }
+            graph_set_ints(&t.g, "sizes", 3, sz);
+            graph_set_ints(&t.g, "scales_bits", 3, bits);
+            graph_set_int(&t.g, "mode", 1);
+            if (i == 10) graph_set_int(&t.g, "coord", 2);
+            break;
+        }
+        }
+        graph_add_output(&t.g, "y", v);
+        uint64_t nout;
+        float *out = run_single(&t, 1, lc->x, &nout);
+        /* Expand's leading 2 is the output's batch here. */
+        assert_int_equal(nout, (uint64_t)lc->nout);
+        check_close(graph_op_name(lc->op), out, lc->y, nout, 1e-6);
+        free(out);
+        tm_free(&t);
+    }
+}
+
+/* ConvTranspose (1-D and 2-D; stride, dilation, asymmetric pads,
+ * output_padding, groups, bias) against a scatter-form reference. */
+static void test_onnx_convtranspose(void **state)
+{
+    (void)state;
+    /* oneDNN's deconvolution, then (PIPEPS_REF_DECONV) the reference kernel. */
+    for (int ref_kernel = 0; ref_kernel < 2; ref_kernel++) {
+    if (ref_kernel) setenv("PIPEPS_REF_DECONV", "1", 1);
+    struct ctcase {
+        int sp;
+        int64_t cin, cout, in[2], k[2], s[2], d[2], pb[2], pe[2], op[2], group;
+        int bias;
+    };
+    const struct ctcase cases[] = {
+        {2, 4, 6, {3, 4}, {3, 3}, {2, 2}, {1, 1}, {1, 0}, {0, 1}, {1, 0}, 2, 1},
+        {2, 3, 2, {5, 5}, {2, 3}, {1, 2}, {2, 1}, {0, 0}, {0, 0}, {0, 1}, 1, 0},
+        {1, 2, 4, {7, 1}, {4, 1}, {3, 1}, {1, 1}, {2, 0}, {1, 0}, {2, 0}, 1, 1},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const struct ctcase *cc = &cases[ci];
+        int64_t N = 2, sp = cc->sp, G = cc->group, cog = cc->cout / G, cig = cc->cin / G;
+        int64_t out[2] = {1, 1}, in[2] = {1, 1}, k[2] = {1, 1};
+        for (int i = 0; i < sp; i++) {
+            in[i] = cc->in[i];
+            k[i] = cc->k[i];
+            out[i] = cc->s[i] * (in[i] - 1) + cc->op[i] + (k[i] - 1) * cc->d[i] + 1 - cc->pb[i] - cc->pe[i];
+        }
+        struct tmodel t;
+        tm_init(&t, "ct");
+        int64_t xd[4] = {-1, cc->cin, in[0], in[1]}, wd[4] = {cc->cin, cog, k[0], k[1]}, bd[1] = {cc->cout};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 2 + (int)sp, xd);
+        int32_t ps[2] = {tm_param(&t, "w", 2 + (int)sp, wd, -1, 1), -1};
+        if (cc->bias) ps[1] = tm_param(&t, "b", 1, bd, -1, 1);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_CONVTRANSPOSE, "ct", 1, &x, cc->bias ? 2 : 1, ps);
+        int64_t pads[4], s[2], d[2], op[2];
+        for (int i = 0; i < sp; i++) {
+            pads[i] = cc->pb[i];
+            pads[sp + i] = cc->pe[i];
+            s[i] = cc->s[i];
+            d[i] = cc->d[i];
+            op[i] = cc->op[i];
+        }
+        graph_set_ints(&t.g, "pads", 2 * (int)sp, pads);
+        graph_set_ints(&t.g, "strides", (int)sp, s);
+        graph_set_ints(&t.g, "dilations", (int)sp, d);
+        graph_set_ints(&t.g, "output_padding", (int)sp, op);
+        graph_set_int(&t.g, "group", G);
+        graph_add_output(&t.g, "y", v);
+        uint64_t nx = (uint64_t)(N * cc->cin * in[0] * in[1]), ny = (uint64_t)(N * cc->cout * out[0] * out[1]);
+        float *xs = rand_buf(nx, -1, 1);
+        double *acc = calloc(ny, sizeof *acc);
+        const float *w = tm_data(&t, "w"), *b = cc->bias ? tm_data(&t, "b") : NULL;
+        /* scatter: every input pixel adds its kernel-weighted copy */
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t ic = 0; ic < cc->cin; ic++)
+                for (int64_t i0 = 0; i0 < in[0]; i0++)
+                    for (int64_t i1 = 0; i1 < in[1]; i1++)
+                        for (int64_t oc = 0; oc < cog; oc++)
+                            for (int64_t k0 = 0; k0 < k[0]; k0++)
+                                for (int64_t k1 = 0; k1 < k[1]; k1++) {
+                                    int64_t o0 = i0 * cc->s[0] + k0 * cc->d[0] - cc->pb[0];
+                                    int64_t o1 = sp == 2 ? i1 * cc->s[1] + k1 * cc->d[1] - cc->pb[1] : 0;
+                                    if (o0 < 0 || o0 >= out[0] || o1 < 0 || o1 >= out[1]) continue;
+                                    int64_t g = ic / cig, occ = g * cog + oc;
+                                    acc[((n * cc->cout + occ) * out[0] + o0) * out[1] + o1] +=
+                                        (double)xs[((n * cc->cin + ic) * in[0] + i0) * in[1] + i1] *
+                                        w[((ic * cog + oc) * k[0] + k0) * k[1] + k1];
+                                }
+        float *ref = malloc(ny * 4);
+        for (uint64_t q = 0; q < ny; q++)
+            ref[q] = (float)(acc[q] + (b ? b[(q / (uint64_t)(out[0] * out[1])) % (uint64_t)cc->cout] : 0));
+        uint64_t nout;
+        float *got = run_single(&t, N, xs, &nout);
+        assert_int_equal(nout, ny);
+        check_close(ref_kernel ? "ConvTranspose (reference)" : "ConvTranspose", got, ref, ny, 1e-5);
+        free(got); free(ref); free(acc); free(xs);
+        tm_free(&t);
+    }
+    }
+    unsetenv("PIPEPS_REF_DECONV");
+}
+
+/* Constant before an activation (Sub(c, x) as the importer writes it),
+ * MatMul with 1-D operands (c [K] @ x [N,K,M] and x @ p [M]), Gather on
+ * axis 1 of an activation with float indices (one negative) from a param. */
+static void test_onnx_constant_matmul_gather(void **state)
+{
+    (void)state;
+    const int64_t N = 2, K = 3, M = 4;
+    struct tmodel t;
+    tm_init(&t, "cmg");
+    int64_t xd[3] = {-1, K, M}, cd[1] = {K}, pd[1] = {M}, id[1] = {2};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+    float cv[3] = {1.0f, -2.0f, 0.5f}, pv[4] = {0.25f, 1.0f, -1.0f, 2.0f}, iv[2] = {-1.0f, 0.0f};
+    int32_t cp = tm_param_data(&t, "c", 1, cd, cv);
+    int32_t pp = tm_param_data(&t, "p", 1, pd, pv);
+    int32_t ip = tm_param_data(&t, "idx", 1, id, iv);
+    int32_t c = graph_add_node(&t.g, GRAPH_OP_CONSTANT, "c", 0, NULL, 1, &cp);
+    int32_t cx[2] = {c, x};
+    int32_t row = graph_add_node(&t.g, GRAPH_OP_MATMUL, "cx", 2, cx, 0, NULL);      /* [N, M] */
+    int32_t col = graph_add_node(&t.g, GRAPH_OP_MATMUL, "xp", 1, &x, 1, &pp);        /* [N, K] */
+    int32_t gat = graph_add_node(&t.g, GRAPH_OP_GATHER, "g", 1, &row, 1, &ip);       /* [N, 2] */
+    graph_set_int(&t.g, "axis", 1);
+    int32_t cv2[2] = {c, col};
+    int32_t sub = graph_add_node(&t.g, GRAPH_OP_SUB, "sub", 2, cv2, 0, NULL);        /* c - col: [N, K] */
+    int32_t cat[2] = {sub, gat};
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_CONCAT, "cat", 2, cat, 0, NULL);       /* [N, K+2] */
+    graph_set_int(&t.g, "axis", 1);
+    graph_add_output(&t.g, "y", v);
+    float xs[2 * 3 * 4];
+    for (int q = 0; q < 24; q++) xs[q] = (float)(q % 7) - 3.0f;
+    float ref[2 * 5];
+    for (int64_t n = 0; n < N; n++) {
+        double r[4];
+        for (int64_t m = 0; m < M; m++) {
+            r[m] = 0;
+            for (int64_t k = 0; k < K; k++) r[m] += cv[k] * xs[(n * K + k) * M + m];
+        }
+        for (int64_t k = 0; k < K; k++) {
+            double s = 0;
+            for (int64_t m = 0; m < M; m++) s += xs[(n * K + k) * M + m] * pv[m];
+            ref[n * 5 + k] = (float)(cv[k] - s);
+        }
+        ref[n * 5 + 3] = (float)r[M - 1];
+        ref[n * 5 + 4] = (float)r[0];
+    }
+    uint64_t nout;
+    float *out = run_single(&t, N, xs, &nout);
+    assert_int_equal(nout, 10);
+    check_close("constant/matmul/gather", out, ref, nout, 1e-6);
+    free(out);
+    tm_free(&t);
+}
+
+/* A fixed-batch model (an ONNX file with a static first dimension):
+ * Reshape [3,4] -> [2,6] holds at batch 3 only; it is planned and run at 3,
+ * and another batch size is refused with a message that says why. */
+static void test_fixed_batch(void **state)
+{
+    (void)state;
+    struct tmodel t;
+    tm_init(&t, "fixed");
+    int64_t xd[2] = {-1, 4}, sh[2] = {2, 6};
+    int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 2, xd);
+    graph_set_fixed_batch(&t.g, 3);
+    assert_int_equal(graph_fixed_batch(&t.g), 3);
+    int32_t v = graph_add_node(&t.g, GRAPH_OP_RESHAPE, "r", 1, &x, 0, NULL);
+    graph_set_ints(&t.g, "shape", 2, sh);
+    v = graph_add_node(&t.g, GRAPH_OP_NEG, "neg", 1, &v, 0, NULL);
+    graph_add_output(&t.g, "y", v);
+    char err[256] = "";
+    assert_int_equal(graph_validate(&t.g, err, sizeof err), 0);
+    float xs[12], ref[12];
+    for (int k = 0; k < 12; k++) {
+        xs[k] = (float)k - 5.5f;
+        ref[k] = -xs[k];
+    }
+    uint64_t nout;
+    float *out = run_single(&t, 3, xs, &nout);
+    assert_int_equal(nout, 12);
+    assert_memory_equal(out, ref, sizeof ref);
+    free(out);
+    struct exec_model *m;
+    assert_int_equal(exec_model_create(&m, &t.g, NULL, err, sizeof err), 0);
+    struct exec_tensor to;
+    assert_int_equal(exec_output_info(m, 0, 2, &to, err, sizeof err), PPS_ESHAPE);
+    assert_non_null(strstr(err, "fixed at 3"));
+    exec_model_destroy(m);
+    tm_free(&t);
+}
+
+/* MaxPool / AveragePool on 1-D and 3-D inputs (ceil_mode, pads,
+ * count_include_pad off): hand-computed. */
+static void test_onnx_pool_nd(void **state)
+{
+    (void)state;
+    struct pcase {
+        enum graph_op op;
+        int rank;
+        int64_t dims[5];
+        int64_t k[3], s[3], pads[6];
+        int ceil;
+        int nout;
+        float y[8];
+    };
+    const struct pcase cases[] = {
+        {GRAPH_OP_MAXPOOL, 3, {1, 1, 5}, {2}, {2}, {0, 0}, 1, 3, {3, 5, 4}},
+        {GRAPH_OP_AVGPOOL, 3, {1, 1, 5}, {3}, {1}, {1, 1}, 0, 5, {2, 2, 10.0f / 3, 11.0f / 3, 4.5f}},
+        {GRAPH_OP_MAXPOOL, 5, {1, 1, 2, 2, 2}, {2, 2, 2}, {1, 1, 1}, {0, 0, 0, 0, 0, 0}, 0, 1, {7}},
+        {GRAPH_OP_AVGPOOL, 5, {1, 1, 2, 2, 2}, {2, 1, 2}, {1, 1, 1}, {0, 0, 0, 0, 0, 0}, 0, 2, {2.5f, 4.5f}},
+    };
+    const float x1[5] = {1, 3, 2, 5, 4}, x3[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const struct pcase *pc = &cases[i];
+        int sp = pc->rank - 2;
+        struct tmodel t;
+        tm_init(&t, "poolnd");
+        int64_t xd[5];
+        memcpy(xd, pc->dims, sizeof xd);
+        xd[0] = -1;
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, pc->rank, xd);
+        int32_t v = graph_add_node(&t.g, pc->op, "pool", 1, &x, 0, NULL);
+        graph_set_ints(&t.g, "kernel_shape", sp, pc->k);
+        graph_set_ints(&t.g, "strides", sp, pc->s);
+        graph_set_ints(&t.g, "pads", 2 * sp, pc->pads);
+        graph_set_int(&t.g, "ceil_mode", pc->ceil);
+        graph_add_output(&t.g, "y", v);
+        uint64_t nout;
+        float *out = run_single(&t, 1, sp == 1 ? x1 : x3, &nout);
+        assert_int_equal(nout, (uint64_t)pc->nout);
+        check_close(graph_op_name(pc->op), out, pc->y, nout, 1e-6);
+        free(out);
+        tm_free(&t);
+    }
+}
+
+/* Widened semantics of existing ops: BatchNormalization on rank 2, 3 and
+ * 5; Gather along axis 2 of an activation with int64 indices from an input;
+ * Softmax on axis 1 of a rank-3 tensor. */
+static void test_onnx_widened(void **state)
+{
+    (void)state;
+    const int64_t N = 2, C = 3;
+    const int ranks[3] = {2, 3, 5};
+    for (int ri = 0; ri < 3; ri++) {
+        int r = ranks[ri];
+        struct tmodel t;
+        tm_init(&t, "bn");
+        int64_t xd[5] = {-1, C, 2, 3, 2}, cd[1] = {C};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, r, xd);
+        int32_t ps[4] = {tm_param(&t, "g", 1, cd, 0.5f, 1.5f), tm_param(&t, "b", 1, cd, -1, 1),
+                         tm_param(&t, "m", 1, cd, -1, 1), tm_param(&t, "v", 1, cd, 0.5f, 2)};
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_BATCHNORM, "bn", 1, &x, 4, ps);
+        graph_add_output(&t.g, "y", v);
+        int64_t inner = 1;
+        for (int i = 2; i < r; i++) inner *= xd[i];
+        uint64_t n = (uint64_t)(N * C * inner);
+        float *in = rand_buf(n, -2, 2), *ref = malloc(n * 4);
+        memcpy(ref, in, n * 4);
+        ref_bn(ref, N, C, inner, tm_data(&t, "g"), tm_data(&t, "b"), tm_data(&t, "m"), tm_data(&t, "v"), 1e-5f);
+        uint64_t nout;
+        float *out = run_single(&t, N, in, &nout);
+        assert_int_equal(nout, n);
+        check_close("batchnorm rank", out, ref, n, 1e-5);
+        free(out); free(ref); free(in);
+        tm_free(&t);
+    }
+    {
+        struct tmodel t;
+        tm_init(&t, "gather");
+        int64_t xd[3] = {-1, 3, 4}, id[2] = {-1, 2};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t ix = graph_add_input(&t.g, "idx", GRAPH_I64, 2, id);
+        int32_t ins[2] = {x, ix};
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_GATHER, "g", 2, ins, 0, NULL);
+        graph_set_int(&t.g, "axis", 2);
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        float xs[24];
+        for (int k = 0; k < 24; k++) xs[k] = (float)k;
+        int64_t is[4] = {3, 0, 1, 1};
+        float ref[2 * 3 * 2 * 2];
+        for (int n = 0; n < 2; n++)
+            for (int a = 0; a < 3; a++)
+                for (int q = 0; q < 4; q++) ref[(n * 3 + a) * 4 + q] = xs[(n * 3 + a) * 4 + is[q]];
+        const void *in2[2] = {xs, is};
+        uint64_t nout;
+        float *out = tm_run(&t, 2, in2, &nout);
+        assert_int_equal(nout, 24);
+        check_close("gather axis 2", out, ref, 24, 0);
+        free(out);
+        tm_free(&t);
+    }
+    {
+        struct tmodel t;
+        tm_init(&t, "softmax");
+        int64_t xd[3] = {-1, 4, 3};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_SOFTMAX, "sm", 1, &x, 0, NULL);
+        graph_set_int(&t.g, "axis", 1);
+        graph_add_output(&t.g, "y", v);
+        float *in = rand_buf(24, -3, 3), ref[24];
+        ref_softmax(in, ref, 2, 4, 3);
+        uint64_t nout;
+        float *out = run_single(&t, 2, in, &nout);
+        check_close("softmax axis 1", out, ref, 24, 1e-5);
+        free(out); free(in);
+        tm_free(&t);
+    }
+}
+
+/* Gemm forms oneDNN's matmul does not take (the reference kernel): a
+ * row-varying C [M,N] with transA, alpha and beta, then a Relu fused after
+ * it; and B an activation with C [M,1]. */
+static void test_onnx_gemm_ref(void **state)
+{
+    (void)state;
+    const int64_t M = 3, K = 4, N = 5;
+    for (int variant = 0; variant < 2; variant++) {
+        struct tmodel t;
+        tm_init(&t, "gemmref");
+        int64_t ad[2] = {-1, M}, bd[2] = {-1, N}, bpd[2] = {K, N}, cd[2] = {M, variant ? 1 : N};
+        int32_t a = graph_add_input(&t.g, "a", GRAPH_F32, 2, ad); /* [K, M]: transA */
+        int32_t v;
+        int32_t c = tm_param(&t, "c", 2, cd, -1, 1);
+        if (variant == 0) {
+            int32_t ps[2] = {tm_param(&t, "b", 2, bpd, -1, 1), c};
+            v = graph_add_node(&t.g, GRAPH_OP_GEMM, "gemm", 1, &a, 2, ps);
+        } else {
+            int32_t b = graph_add_input(&t.g, "b", GRAPH_F32, 2, bd);
+            int32_t ab[2] = {a, b};
+            v = graph_add_node(&t.g, GRAPH_OP_GEMM, "gemm", 2, ab, 1, &c);
+        }
+        graph_set_fixed_batch(&t.g, K); /* A's rows (transA) are the batch */
+        graph_set_int(&t.g, "transA", 1);
+        graph_set_float(&t.g, "alpha", 0.5f);
+        graph_set_float(&t.g, "beta", -2.0f);
+        v = graph_add_node(&t.g, GRAPH_OP_RELU, "relu", 1, &v, 0, NULL);
+        graph_add_output(&t.g, "y", v);
+        tm_batch(&t, BATCHING_DEFAULT_MAX);
+        float *xa = rand_buf((uint64_t)(K * M), -1, 1), *xb = rand_buf((uint64_t)(K * N), -1, 1);
+        const float *bsrc = variant ? xb : tm_data(&t, "b"), *cs = tm_data(&t, "c");
+        float ref[3 * 5];
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                double s = 0;
+                for (int64_t q = 0; q < K; q++) s += (double)xa[q * M + i] * bsrc[q * N + j];
+                s = 0.5 * s - 2.0 * cs[variant ? i : i * N + j];
+                ref[i * N + j] = (float)(s > 0 ? s : 0);
+            }
+        const void *ins[2] = {xa, xb};
+        uint64_t n1, n2;
+        float *fused = tm_run_opts(&t, K, ins, &n1, 0, FEED_ALL_FIRST, 0);
+        float *plain = tm_run_opts(&t, K, ins, &n2, 1, FEED_ALL_FIRST, 0);
+        assert_int_equal(n1, (uint64_t)(M * N));
+        check_close("gemm ref fused", fused, ref, n1, 1e-5);
+        check_close("gemm ref unfused", plain, ref, n2, 1e-5);
+        free(fused); free(plain); free(xa); free(xb);
+        tm_free(&t);
+    }
+}
+
+/* Bad attributes of the new ops are refused at model creation with a
+ * message naming the node (never reach a kernel). */
+static void test_onnx_shape_errors(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 10; c++) {
+        struct graph g;
+        graph_init(&g, "bad");
+        int64_t xd[3] = {-1, 3, 4};
+        int32_t x = graph_add_input(&g, "x", GRAPH_F32, 3, xd);
+        const char *want = NULL;
+        int32_t v;
+        switch (c) {
+        case 0: {
+            v = graph_add_node(&g, GRAPH_OP_PAD, "badpad", 1, &x, 0, NULL);
+            int64_t p[6] = {0, 0, 4, 0, 0, 0};
+            graph_set_ints(&g, "pads", 6, p);
+            graph_set_int(&g, "mode", 1); /* reflect by 4 on a dim of 4 */
+            want = "reflect";
+            break;
+        }
+        case 1: {
+            v = graph_add_node(&g, GRAPH_OP_TILE, "badtile", 1, &x, 0, NULL);
+            int64_t r[2] = {1, 2};
+            graph_set_ints(&g, "repeats", 2, r);
+            want = "repeats";
+            break;
+        }
+        case 2:
+            v = graph_add_node(&g, GRAPH_OP_CAST, "badcast", 1, &x, 0, NULL);
+            graph_set_int(&g, "to", 6);
+            want = "int64 (7)";
+            break;
+        case 3: {
+            v = graph_add_node(&g, GRAPH_OP_RESIZE, "badresize", 1, &x, 0, NULL);
+            int64_t sz[2] = {0, 8};
+            graph_set_ints(&g, "sizes", 2, sz);
+            want = "sizes";
+            break;
+        }
+        case 4: {
+            v = graph_add_node(&g, GRAPH_OP_REDUCESUM, "badreduce", 1, &x, 0, NULL);
+            int64_t ax[2] = {1, -2};
+            graph_set_ints(&g, "axes", 2, ax);
+            want = "repeated";
+            break;
+        }
+        case 5: {
+            v = graph_add_node(&g, GRAPH_OP_EXPAND, "badexpand", 1, &x, 0, NULL);
+            int64_t sh[2] = {2, 4};
+            graph_set_ints(&g, "shape", 2, sh);
+            want = "broadcast";
+            break;
+        }
+        case 6: {
+            int64_t wd[3] = {4, 2, 3};
+            int32_t w = graph_add_param(&g, "w", 3, wd); /* Cin 4 for 3 channels */
+            v = graph_add_node(&g, GRAPH_OP_CONVTRANSPOSE, "badct", 1, &x, 1, &w);
+            want = "channels";
+            break;
+        }
+        case 7: {
+            int64_t cd[1] = {3};
+            int32_t p = graph_add_param(&g, "c", 1, cd);
+            v = graph_add_node(&g, GRAPH_OP_CONSTANT, "badconst", 1, &x, 1, &p);
+            want = "no inputs";
+            break;
+        }
+        case 8: {
+            v = graph_add_node(&g, GRAPH_OP_RESIZE, "badscales", 1, &x, 0, NULL);
+            int64_t sz[3] = {0, 3, 8}, bits[3] = {0x3f800000, 0x3f800000, 0xff800000}; /* -inf */
+            graph_set_ints(&g, "sizes", 3, sz);
+            graph_set_ints(&g, "scales_bits", 3, bits);
+            want = "scales_bits";
+            break;
+        }
+        default: {
+            int64_t pd[1] = {5};
+            int32_t p = graph_add_param(&g, "slope", 1, pd);
+            v = graph_add_node(&g, GRAPH_OP_PRELU, "badprelu", 1, &x, 1, &p);
+            want = "slope";
+            break;
+        }
+        }
+        graph_add_output(&g, "y", v);
+        assert_int_equal(batching_apply(&g, BATCHING_DEFAULT_MAX), 0);
+        struct exec_model *m = NULL;
+        char err[256] = "";
+        int rc = exec_model_create(&m, &g, NULL, err, sizeof err);
+        if (rc != PPS_ESHAPE || !strstr(err, g.nodes[0].name) || !strstr(err, want))
+            fail_msg("case %d: rc %d, message '%s' (wanted '%s')", c, rc, err, want);
+        graph_free(&g);
+    }
+}
+
+/* Cubic Resize [4,4] -> [8,8] of 1..16: rows 0 and 3 of the ONNX node
+ * tests' expected outputs (default a = -0.75; a = -0.5 with
+ * exclude_outside; align_corners). */
+static void test_onnx_resize_cubic(void **state)
+{
+    (void)state;
+    static const float want[3][2][8] = {
+        {{0.47265625f, 0.76953125f, 1.2460938f, 1.875f, 2.28125f, 2.9101562f, 3.3867188f, 3.6835938f},
+         {6.0820312f, 6.3789062f, 6.8554688f, 7.484375f, 7.890625f, 8.519531f, 8.996094f, 9.292969f}},
+        {{0.5588235f, 0.81494206f, 1.3569825f, 1.8970588f, 2.3970587f, 2.9371352f, 3.4791756f, 3.735294f},
+         {5.9117646f, 6.1678834f, 6.7099237f, 7.25f, 7.75f, 8.290076f, 8.832117f, 9.088235f}},
+        {{1.0f, 1.3411078f, 1.8002915f, 2.329446f, 2.670554f, 3.1997085f, 3.6588922f, 4.0f},
+         {6.3177843f, 6.658892f, 7.118076f, 7.64723f, 7.988338f, 8.517492f, 8.976676f, 9.317784f}},
+    };
+    float xs[16];
+    for (int k = 0; k < 16; k++) xs[k] = (float)(k + 1);
+    for (int c = 0; c < 3; c++) {
+        struct tmodel t;
+        tm_init(&t, "cubic");
+        int64_t xd[3] = {-1, 4, 4}, sz[3] = {0, 8, 8};
+        int32_t x = graph_add_input(&t.g, "x", GRAPH_F32, 3, xd);
+        int32_t v = graph_add_node(&t.g, GRAPH_OP_RESIZE, "r", 1, &x, 0, NULL);
+        graph_set_ints(&t.g, "sizes", 3, sz);
+        graph_set_int(&t.g, "mode", 2);
+        if (c == 1) {
+            graph_set_float(&t.g, "cubic_a", -0.5f);
+            graph_set_int(&t.g, "exclude_outside", 1);
+        }
+        if (c == 2) graph_set_int(&t.g, "coord", 2);
+        graph_add_output(&t.g, "y", v);
+        uint64_t nout;
+        float *out = run_single(&t, 1, xs, &nout);
+        assert_int_equal(nout, 64);
+        check_close("cubic row 0", out, want[c][0], 8, 1e-6);
+        check_close("cubic row 3", out + 24, want[c][1], 8, 1e-6);
+        free(out);
+        tm_free(&t);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1723,6 +2685,19 @@ int main(void)
         cmocka_unit_test(test_views_leading_ones),
         cmocka_unit_test(test_pipelined_bit_identical),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_onnx_unary),
+        cmocka_unit_test(test_onnx_conv_activation_fusion),
+        cmocka_unit_test(test_onnx_binary_compare_cast),
+        cmocka_unit_test(test_onnx_reduce_norm),
+        cmocka_unit_test(test_onnx_layout_ops),
+        cmocka_unit_test(test_onnx_convtranspose),
+        cmocka_unit_test(test_onnx_constant_matmul_gather),
+        cmocka_unit_test(test_fixed_batch),
+        cmocka_unit_test(test_onnx_pool_nd),
+        cmocka_unit_test(test_onnx_widened),
+        cmocka_unit_test(test_onnx_gemm_ref),
+        cmocka_unit_test(test_onnx_shape_errors),
+        cmocka_unit_test(test_onnx_resize_cubic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -26,6 +26,7 @@
  * at, and add_arg checks that none is left. */
 #include "exec/cpu/cpu_backend.h"
 
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <oneapi/dnnl/dnnl.h>
@@ -38,6 +39,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "exec/cpu/cpu_kernels.h"
+#include "exec/cpu/cpu_ref.h"
 #include "exec/shape.h"
 
 #define CPU_MAX_CALLS 8
@@ -124,6 +126,16 @@ struct cpu_node {
     int64_t outer, inner;
     uint64_t n;
     float eps;
+    /* cpu_ref kernels */
+    enum cpuref_unop ref_uop;
+    enum cpuref_binop ref_bop;
+    enum cpuref_reduce ref_red;
+    unsigned axes_mask;
+    float alpha, beta;
+    struct cpuref_resize_mode resize;
+    int resize_nscales;
+    float resize_scales[GRAPH_MAX_DIMS];
+    struct cpuref_deconv deconv;
 };
 
 static struct cpu_be g_cpu;
@@ -170,7 +182,7 @@ static int efail(char *err, size_t errlen, const struct cpu_step *cs, int code, 
 
 static void md_plain(dnnl_memory_desc_t *md, int ndims, const int64_t *dims)
 {
-    dnnl_dims_t d, s;
+    dnnl_dims_t d = {0}, s = {0};
     if (ndims == 0) {
         ndims = 1;
         d[0] = 1;
@@ -463,6 +475,22 @@ static dnnl_alg_kind_t unary_alg(const struct graph_node *n, float *alpha, float
     case GRAPH_OP_SQRT: return dnnl_eltwise_sqrt;
     case GRAPH_OP_GELU:
         return graph_attr_int(n, "approximate", 0) == 1 ? dnnl_eltwise_gelu_tanh : dnnl_eltwise_gelu_erf;
+    case GRAPH_OP_NEG: *alpha = -1.0f; return dnnl_eltwise_linear;
+    case GRAPH_OP_ABS: return dnnl_eltwise_abs;
+    case GRAPH_OP_EXP: return dnnl_eltwise_exp;
+    case GRAPH_OP_LOG: return dnnl_eltwise_log;
+    case GRAPH_OP_RECIPROCAL:
+        *alpha = 1.0f;
+        *beta = -1.0f;
+        return dnnl_eltwise_pow;
+    case GRAPH_OP_LEAKYRELU: *alpha = graph_attr_float(n, "alpha", 0.01f); return dnnl_eltwise_relu;
+    case GRAPH_OP_CLIP:
+        *alpha = graph_attr_float(n, "min", -FLT_MAX);
+        *beta = graph_attr_float(n, "max", FLT_MAX);
+        return dnnl_eltwise_clip_v2;
+    case GRAPH_OP_HARDSWISH: return dnnl_eltwise_hardswish;
+    case GRAPH_OP_ELU: *alpha = graph_attr_float(n, "alpha", 1.0f); return dnnl_eltwise_elu;
+    case GRAPH_OP_SOFTPLUS: return dnnl_eltwise_soft_relu;
     default: return dnnl_alg_kind_undef;
     }
 }
@@ -612,7 +640,8 @@ static int cpu_supports(struct exec_backend *be, const struct graph *g, const st
     if (n->op <= GRAPH_OP_INVALID || n->op >= GRAPH_OP_COUNT) return 0;
     /* Only these read their data from a parameter alone; the others
      * expect their first operand to be an activation. */
-    if (n->ninputs < 1) return n->op == GRAPH_OP_SLICE || n->op == GRAPH_OP_CONCAT;
+    if (n->ninputs < 1)
+        return n->op == GRAPH_OP_SLICE || n->op == GRAPH_OP_CONCAT || n->op == GRAPH_OP_CONSTANT;
     return 1;
 }
 
@@ -622,6 +651,8 @@ static int cpu_supports_post(struct exec_backend *be, const struct graph *g,
 {
     (void)be;
     (void)g;
+    float a, b;
+    if (kind == EXEC_POST_UNARY && unary_alg(post, &a, &b) == dnnl_alg_kind_undef) return 0;
     switch (primary->op) {
     case GRAPH_OP_CONV:
         if (kind == EXEC_POST_SUM) return npost_before == 0;
@@ -977,6 +1008,16 @@ static int gemm_raw_fast(const struct cpu_step *cs, const struct exec_tensor *in
     return fast;
 }
 
+/* A Gemm oneDNN's matmul (with a bias row) cannot express: C varies along
+ * the rows ([M,N] or [M,1] with M > 1), or B is an activation. */
+static int gemm_needs_ref(const struct graph *g, const struct graph_node *n)
+{
+    if (n->ninputs != 1) return 1;
+    if (n->nparams < 2) return 0;
+    const struct graph_param *c = &g->params[n->params[1]];
+    return c->ndims == 2 && c->dims[0] > 1;
+}
+
 static int cpu_step_init(struct exec_backend *be, const struct graph *g, const struct exec_step *st,
                          const struct exec_tensor *in, const struct exec_tensor *out, unsigned flags,
                          void **state, char *err, size_t errlen)
@@ -990,9 +1031,9 @@ static int cpu_step_init(struct exec_backend *be, const struct graph *g, const s
     *state = cs;
     const struct graph_node *n = cs->node;
     if (n->op == GRAPH_OP_CONV) return init_conv(cs, in, out, flags, err, errlen);
-    if (n->op == GRAPH_OP_GEMM ||
+    if ((n->op == GRAPH_OP_GEMM && !gemm_needs_ref(g, n)) ||
         (n->op == GRAPH_OP_MATMUL && n->ninputs == 1 && n->nparams == 1 &&
-         g->params[n->params[0]].ndims == 2)) {
+         g->params[n->params[0]].ndims == 2 && in[0].ndims >= 2)) {
         int rc = init_gemm(cs, in, err, errlen);
         /* Decided here, before any plan is built: plans bake in the layout. */
         if (!rc && (flags & EXEC_W_PERSIST) && (flags & EXEC_W_DEFER_LAYOUT) &&
@@ -1715,7 +1756,7 @@ static int prep_pool(PREP_ARGS)
         if (rc) return rc;
         int include = n->op == GRAPH_OP_AVGPOOL && graph_attr_int(n, "count_include_pad", 0);
         int extended = 0;
-        for (int i = 0; i < 2; i++) {
+        for (int i = 0; i < win.sp; i++) {
             kernel[i] = win.kernel[i];
             strides[i] = win.stride[i];
             dil[i] = win.dilation[i] - 1;
@@ -1731,6 +1772,9 @@ static int prep_pool(PREP_ARGS)
         alg = n->op == GRAPH_OP_MAXPOOL ? dnnl_pooling_max
               : include                  ? dnnl_pooling_avg_include_padding
                                          : dnnl_pooling_avg_exclude_padding;
+        if (include && extended && win.sp != 2)
+            return efail(err, errlen, cs, PPS_EUNSUPPORTED,
+                         "ceil_mode with count_include_pad is supported for 2-D pooling only");
         if (include && extended) {
             /* oneDNN would divide the hanging window by the full kernel. */
             struct src_ref r;
@@ -1896,10 +1940,17 @@ static int same_dims(const struct exec_tensor *a, const struct exec_tensor *b)
     return 1;
 }
 
+static int prep_ref_binary(PREP_ARGS);
+
 static int prep_binary(PREP_ARGS)
 {
     const struct graph_node *n = cs->node;
-    if (n->op == GRAPH_OP_POW) return binary_c(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+    if (n->op == GRAPH_OP_POW) {
+        struct exec_tensor e;
+        operand_tensor(cs, in, 1, &e);
+        if (e.dtype == GRAPH_I64) return prep_ref_binary(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        return binary_c(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+    }
     struct exec_tensor t0, t1;
     operand_tensor(cs, in, 0, &t0);
     operand_tensor(cs, in, 1, &t1);
@@ -2091,6 +2142,8 @@ static int prep_transpose(PREP_ARGS)
 static int k_gather(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
 {
     (void)cs;
+    if (nd->dtype[1] == GRAPH_F32)
+        return cpuref_gather_findex(p[0], &nd->sh[0], nd->esize, p[1], nd->n, nd->axis, p[2]);
     return cpuk_gather(p[0], &nd->sh[0], nd->esize, p[1], nd->n, nd->axis, p[2]);
 }
 
@@ -2113,6 +2166,7 @@ static int prep_gather(PREP_ARGS)
     if (!rc) rc = operand_ref(nd, cs, in, ki, &refs[1]);
     if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
     to_shape(&nd->sh[0], data);
+    nd->dtype[1] = idx->dtype;
     nd->esize = shape_dtype_size(data->dtype);
     nd->n = shape_elems(idx);
     nd->axis = shape_axis(graph_attr_int(cs->node, "axis", 0), data->ndims);
@@ -2239,7 +2293,8 @@ static int prep_softmax(PREP_ARGS)
     dnnl_memory_desc_t md;
     md_plain(&md, in[0].ndims, in[0].dims);
     dnnl_softmax_v2_desc_t sd;
-    DN(dnnl_softmax_v2_forward_desc_init(&sd, dnnl_forward_inference, dnnl_softmax_accurate, &md, &md, axis),
+    dnnl_alg_kind_t alg = cs->node->op == GRAPH_OP_LOGSOFTMAX ? dnnl_softmax_log : dnnl_softmax_accurate;
+    DN(dnnl_softmax_v2_forward_desc_init(&sd, dnnl_forward_inference, alg, &md, &md, axis),
        "softmax descriptor");
     dnnl_primitive_desc_t pd;
     dnnl_status_t s = pd_create(&pd, &sd, NULL, 0);
@@ -2254,6 +2309,507 @@ static int prep_softmax(PREP_ARGS)
     dnnl_primitive_desc_destroy(pd);
     if (rc) return efail(err, errlen, cs, rc, "cannot build the softmax");
     return 0;
+}
+
+/* ---- ONNX ops beyond the original model set (kernels in cpu_ref.c) ------ */
+
+static int k_constant(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    memcpy(p[1], p[0], nd->n);
+    return 0;
+}
+
+/* Constant: a fresh copy of its parameter per run (small tensors only). */
+static int prep_constant(PREP_ARGS)
+{
+    (void)cs;
+    (void)in;
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    (void)err;
+    (void)errlen;
+    struct src_ref r = {B_PARAM, 0, 0};
+    nd->n = shape_elems(out) * sizeof(float);
+    kernel_call(nd, k_constant, &r, 1);
+    out->layout = NULL;
+    out->nbytes = nd->n;
+    return 0;
+}
+
+static enum cpuref_unop ref_unop_of(enum graph_op op)
+{
+    switch (op) {
+    case GRAPH_OP_NEG: return CPUREF_NEG;
+    case GRAPH_OP_ABS: return CPUREF_ABS;
+    case GRAPH_OP_EXP: return CPUREF_EXP;
+    case GRAPH_OP_LOG: return CPUREF_LOG;
+    case GRAPH_OP_RECIPROCAL: return CPUREF_RECIPROCAL;
+    case GRAPH_OP_LEAKYRELU: return CPUREF_LEAKYRELU;
+    case GRAPH_OP_CLIP: return CPUREF_CLIP;
+    case GRAPH_OP_HARDSIGMOID: return CPUREF_HARDSIGMOID;
+    case GRAPH_OP_HARDSWISH: return CPUREF_HARDSWISH;
+    case GRAPH_OP_ELU: return CPUREF_ELU;
+    case GRAPH_OP_SELU: return CPUREF_SELU;
+    case GRAPH_OP_SOFTPLUS: return CPUREF_SOFTPLUS;
+    case GRAPH_OP_SIN: return CPUREF_SIN;
+    case GRAPH_OP_COS: return CPUREF_COS;
+    case GRAPH_OP_FLOOR: return CPUREF_FLOOR;
+    case GRAPH_OP_SIGN: return CPUREF_SIGN;
+    default: return CPUREF_CEIL;
+    }
+}
+
+static int k_ref_unary(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuref_unary(nd->ref_uop, nd->alpha, nd->beta, p[0], p[1], nd->n);
+    return 0;
+}
+
+/* Element-wise ops oneDNN's eltwise lacks (HardSigmoid, Selu, Sin, ...). */
+static int prep_ref_unary(PREP_ARGS)
+{
+    (void)out_plain;
+    const struct graph_node *n = cs->node;
+    struct src_ref r;
+    int rc = plain_input(nd, &in[0], 0, &r);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    nd->ref_uop = ref_unop_of(n->op);
+    switch (n->op) {
+    case GRAPH_OP_HARDSIGMOID:
+        nd->alpha = graph_attr_float(n, "alpha", 0.2f);
+        nd->beta = graph_attr_float(n, "beta", 0.5f);
+        break;
+    case GRAPH_OP_SELU:
+        nd->alpha = graph_attr_float(n, "alpha", 1.67326319217681884765625f);
+        nd->beta = graph_attr_float(n, "gamma", 1.05070102214813232421875f);
+        break;
+    case GRAPH_OP_LEAKYRELU: nd->alpha = graph_attr_float(n, "alpha", 0.01f); break;
+    case GRAPH_OP_ELU: nd->alpha = graph_attr_float(n, "alpha", 1.0f); break;
+    case GRAPH_OP_CLIP:
+        nd->alpha = graph_attr_float(n, "min", -FLT_MAX);
+        nd->beta = graph_attr_float(n, "max", FLT_MAX);
+        break;
+    default: break;
+    }
+    nd->n = shape_elems(out);
+    kernel_call(nd, k_ref_unary, &r, 1);
+    if (r.bind == B_IN && (mask & 1)) plan->alias_input = 0;
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return 0;
+}
+
+static int k_ref_binary(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuref_binary(nd->ref_bop, p[0], nd->dtype[0], &nd->sh[0], p[1], nd->dtype[1], &nd->sh[1],
+                  p[2], &nd->sh[2]);
+    return 0;
+}
+
+/* Max/Min with broadcasting, PRelu, comparisons (float or int64 operands). */
+static int prep_ref_binary(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    struct src_ref refs[2];
+    for (int k = 0; k < 2; k++) {
+        struct exec_tensor t;
+        operand_tensor(cs, in, k, &t);
+        to_shape(&nd->sh[k], &t);
+        nd->dtype[k] = t.dtype;
+        int rc = operand_ref(nd, cs, in, k, &refs[k]);
+        if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    }
+    to_shape(&nd->sh[2], out);
+    switch (cs->node->op) {
+    case GRAPH_OP_MAX: nd->ref_bop = CPUREF_MAX; break;
+    case GRAPH_OP_MIN: nd->ref_bop = CPUREF_MIN; break;
+    case GRAPH_OP_EQUAL: nd->ref_bop = CPUREF_EQUAL; break;
+    case GRAPH_OP_LESS: nd->ref_bop = CPUREF_LESS; break;
+    case GRAPH_OP_GREATER: nd->ref_bop = CPUREF_GREATER; break;
+    case GRAPH_OP_POW: nd->ref_bop = CPUREF_POW; break;
+    case GRAPH_OP_AND: nd->ref_bop = CPUREF_AND; break;
+    case GRAPH_OP_OR: nd->ref_bop = CPUREF_OR; break;
+    case GRAPH_OP_MOD: nd->ref_bop = graph_attr_int(cs->node, "fmod", 0) ? CPUREF_FMOD : CPUREF_MOD; break;
+    default: nd->ref_bop = CPUREF_PRELU; break;
+    }
+    kernel_call(nd, k_ref_binary, refs, 2);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return 0;
+}
+
+static int k_not_cast(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    if (cs->node->op == GRAPH_OP_NOT) cpuref_not(p[0], nd->dtype[0], p[1], nd->n);
+    else cpuref_cast(p[0], nd->dtype[0], p[1], nd->dtype[1], nd->n);
+    return 0;
+}
+
+static int prep_not_cast(PREP_ARGS)
+{
+    (void)out_plain;
+    struct src_ref r;
+    int rc = plain_input(nd, &in[0], 0, &r);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    nd->dtype[0] = in[0].dtype;
+    nd->dtype[1] = out->dtype;
+    nd->n = shape_elems(out);
+    kernel_call(nd, k_not_cast, &r, 1);
+    if (r.bind == B_IN && (mask & 1) && in[0].dtype == out->dtype) plan->alias_input = 0;
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * shape_dtype_size(out->dtype);
+    return 0;
+}
+
+static int k_reduce(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuref_reduce(nd->ref_red, p[0], &nd->sh[0], nd->axes_mask, p[1]);
+    return 0;
+}
+
+/* Reduce* and GlobalMaxPool (a max over the spatial axes). */
+static int prep_reduce(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    const struct graph_node *n = cs->node;
+    struct src_ref r;
+    int rc = plain_input(nd, &in[0], 0, &r);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    to_shape(&nd->sh[0], &in[0]);
+    if (n->op == GRAPH_OP_GLOBALMAXPOOL) {
+        nd->axes_mask = 0;
+        for (int i = 2; i < in[0].ndims; i++) nd->axes_mask |= 1u << i;
+        nd->ref_red = CPUREF_RMAX;
+    } else {
+        if ((rc = shape_reduce_axes(n, in[0].ndims, &nd->axes_mask, err, errlen))) return rc;
+        nd->ref_red = n->op == GRAPH_OP_REDUCEMEAN  ? CPUREF_RMEAN
+                      : n->op == GRAPH_OP_REDUCESUM ? CPUREF_RSUM
+                      : n->op == GRAPH_OP_REDUCEMAX ? CPUREF_RMAX
+                                                    : CPUREF_RMIN;
+    }
+    kernel_call(nd, k_reduce, &r, 1);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return 0;
+}
+
+static int k_instancenorm(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    cpuref_instancenorm(p[0], p[1], nd->sh[0].dims[0], nd->sh[0].dims[1], nd->inner,
+                        cs->param[0], cs->param[1], nd->eps);
+    return 0;
+}
+
+static int prep_instancenorm(PREP_ARGS)
+{
+    (void)out_plain;
+    struct src_ref r;
+    int rc = plain_input(nd, &in[0], 0, &r);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    to_shape(&nd->sh[0], &in[0]);
+    nd->inner = 1;
+    for (int i = 2; i < in[0].ndims; i++) nd->inner *= in[0].dims[i];
+    nd->eps = graph_attr_float(cs->node, "epsilon", 1e-5f);
+    kernel_call(nd, k_instancenorm, &r, 1);
+    if (r.bind == B_IN && (mask & 1)) plan->alias_input = 0;
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return 0;
+}
+
+static int k_reshape_like(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    switch (cs->node->op) {
+    case GRAPH_OP_EXPAND: cpuref_expand(p[0], &nd->sh[0], nd->esize, p[1], &nd->sh[1]); break;
+    case GRAPH_OP_TILE: cpuref_tile(p[0], &nd->sh[0], nd->esize, p[1], &nd->sh[1]); break;
+    case GRAPH_OP_PAD:
+        cpuref_pad(p[0], &nd->sh[0], nd->start, (enum cpuref_pad_mode)nd->axis, nd->alpha, p[1],
+                   &nd->sh[1]);
+        break;
+    default:
+        cpuref_resize(p[0], &nd->sh[0], p[1], &nd->sh[1], &nd->resize,
+                      nd->resize_nscales ? nd->resize_scales : NULL);
+        break;
+    }
+    return 0;
+}
+
+/* Expand, Tile, Pad, Resize: one C kernel from plain input to plain output. */
+static int prep_reshape_like(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    const struct graph_node *n = cs->node;
+    struct src_ref r;
+    int rc = plain_input(nd, &in[0], 0, &r);
+    if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    to_shape(&nd->sh[0], &in[0]);
+    to_shape(&nd->sh[1], out);
+    nd->esize = shape_dtype_size(in[0].dtype);
+    if (n->op == GRAPH_OP_PAD) {
+        int64_t pads[GRAPH_MAX_ATTR_INTS];
+        graph_attr_ints(n, "pads", pads, GRAPH_MAX_ATTR_INTS);
+        for (int i = 0; i < in[0].ndims; i++) nd->start[i] = pads[i]; /* begin pads */
+        nd->axis = (int)graph_attr_int(n, "mode", 0);
+        nd->alpha = graph_attr_float(n, "value", 0.0f);
+    } else if (n->op == GRAPH_OP_RESIZE) {
+        nd->resize.mode = (int)graph_attr_int(n, "mode", 0);
+        nd->resize.coord = (int)graph_attr_int(n, "coord", 0);
+        nd->resize.nearest = (int)graph_attr_int(n, "nearest", 0);
+        nd->resize.exclude_outside = (int)graph_attr_int(n, "exclude_outside", 0);
+        nd->resize.cubic_a = graph_attr_float(n, "cubic_a", -0.75f);
+        nd->resize_nscales = shape_resize_scales(n, nd->resize_scales);
+        if (nd->resize_nscales < 0) nd->resize_nscales = 0; /* shape.c refused it */
+    }
+    kernel_call(nd, k_reshape_like, &r, 1);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * nd->esize;
+    return 0;
+}
+
+static int k_convtranspose(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    cpuref_convtranspose(p[0], &nd->sh[0], cs->param[0], &nd->sh[1],
+                         cs->node->nparams >= 2 ? cs->param[1] : NULL, p[1], &nd->sh[2], &nd->deconv);
+    return 0;
+}
+
+/* ConvTranspose (1-D to 3-D) as a oneDNN deconvolution. The weight
+ * parameter is ONNX's [Cin, Cout/group, k...], oneDNN's iohw (giohw with
+ * groups) generalised by strides; it is reordered into the primitive's layout on every run (into
+ * scratch), like the per-run fallback of prep_conv. output_padding extends
+ * the right padding's output side: padding_r = pads_end - output_padding.
+ * Returns 1 (nothing built) when oneDNN has no fitting primitive. */
+static int deconv_dnnl(PREP_ARGS, const struct shape_deconv *dc)
+{
+    (void)mask;
+    (void)plan;
+    int64_t cin = in[0].dims[1], cout = out->dims[1], g = dc->group;
+    int sp = dc->sp, r = in[0].ndims;
+    struct exec_tensor w;
+    operand_tensor(cs, in, 1, &w);
+    /* Logical weights [g,] oc/g, ic/g, k...; physical ONNX [ic, oc/g, k...]. */
+    int64_t ks = 1, icg = cin / g, ocg = cout / g;
+    for (int i = 0; i < sp; i++) ks *= w.dims[2 + i];
+    dnnl_dims_t wdims, wstr;
+    int wnd = 0;
+    if (g > 1) {
+        wdims[wnd] = g;
+        wstr[wnd++] = icg * ocg * ks;
+    }
+    wdims[wnd] = ocg;
+    wstr[wnd++] = ks;
+    wdims[wnd] = icg;
+    wstr[wnd++] = ocg * ks;
+    int64_t acc = 1;
+    for (int i = sp - 1; i >= 0; i--) {
+        wdims[wnd + i] = w.dims[2 + i];
+        wstr[wnd + i] = acc;
+        acc *= w.dims[2 + i];
+    }
+    wnd += sp;
+    int64_t wd[DNNL_MAX_NDIMS];
+    for (int i = 0; i < wnd; i++) wd[i] = wdims[i];
+    dnnl_memory_desc_t src, wany, wraw, dst, bias;
+    md_any(&src, r, in[0].dims);
+    md_any(&wany, wnd, wd);
+    if (dnnl_memory_desc_init_by_strides(&wraw, wnd, wdims, dnnl_f32, wstr) != dnnl_success) return 1;
+    if (out_plain) md_plain(&dst, r, out->dims);
+    else md_any(&dst, r, out->dims);
+    int has_bias = cs->node->nparams >= 2;
+    md_plain(&bias, 1, &cout);
+    dnnl_dims_t strides, dil, pl, pr;
+    for (int i = 0; i < sp; i++) {
+        strides[i] = dc->stride[i];
+        dil[i] = dc->dilation[i] - 1;
+        pl[i] = dc->pad_begin[i];
+        pr[i] = dc->pad_end[i] - dc->out_pad[i];
+    }
+    dnnl_deconvolution_desc_t dd;
+    dnnl_primitive_desc_t pd;
+    if (dnnl_dilated_deconvolution_forward_desc_init(&dd, dnnl_forward_inference,
+                                                     dnnl_deconvolution_direct, &src, &wany,
+                                                     has_bias ? &bias : NULL, &dst, strides, dil,
+                                                     pl, pr) != dnnl_success ||
+        pd_create(&pd, &dd, NULL, 0) != dnnl_success)
+        return 1;
+    const dnnl_memory_desc_t *want_src = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    const dnnl_memory_desc_t *want_wei = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *got_dst = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+    set_out(nd, got_dst, out);
+    dnnl_memory_desc_t have;
+    md_of(&have, &in[0]);
+    struct src_ref sref = {B_IN, 0, 0}, wref = {B_PARAM, 0, 0};
+    int rc = 0;
+    if (!dnnl_memory_desc_equal(&have, want_src)) {
+        sref.bind = B_SCRATCH;
+        sref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_src));
+        rc = reorder_call(nd, &have, B_IN, 0, 0, want_src, B_SCRATCH, 0, sref.off);
+    }
+    if (!rc && !dnnl_memory_desc_equal(&wraw, want_wei)) {
+        wref.bind = B_SCRATCH;
+        wref.off = scratch_alloc(nd, dnnl_memory_desc_get_size(want_wei));
+        rc = reorder_call(nd, &wraw, B_PARAM, 0, 0, want_wei, B_SCRATCH, 0, wref.off);
+    }
+    struct ccall *c;
+    if (!rc) rc = prim_call(nd, pd, &c);
+    if (!rc) rc = add_arg(c, DNNL_ARG_SRC, want_src, sref.bind, sref.idx, sref.off);
+    if (!rc) rc = add_arg(c, DNNL_ARG_WEIGHTS, want_wei, wref.bind, wref.idx, wref.off);
+    if (!rc && has_bias) rc = add_arg(c, DNNL_ARG_BIAS, &bias, B_PARAM, 1, 0);
+    if (!rc) rc = add_arg(c, DNNL_ARG_DST, got_dst, B_OUT, 0, 0);
+    dnnl_primitive_desc_destroy(pd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the deconvolution");
+    return 0;
+}
+
+static int prep_convtranspose(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    struct exec_tensor w;
+    operand_tensor(cs, in, 1, &w);
+    struct shape_deconv dc;
+    int rc = shape_deconv(cs->node, &in[0], &w, &dc, err, errlen);
+    if (rc) return rc;
+    if (!getenv("PIPEPS_REF_DECONV")) {
+        rc = deconv_dnnl(cs, nd, in, mask, out_plain, out, plan, err, errlen, &dc);
+        if (rc <= 0) return rc; /* 1: no oneDNN primitive, nothing built */
+    }
+    struct src_ref r;
+    if ((rc = plain_input(nd, &in[0], 0, &r))) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    to_shape(&nd->sh[0], &in[0]);
+    to_shape(&nd->sh[1], &w);
+    to_shape(&nd->sh[2], out);
+    nd->deconv.sp = dc.sp;
+    nd->deconv.group = dc.group;
+    for (int i = 0; i < dc.sp; i++) {
+        nd->deconv.stride[i] = dc.stride[i];
+        nd->deconv.dilation[i] = dc.dilation[i];
+        nd->deconv.pad_begin[i] = dc.pad_begin[i];
+    }
+    kernel_call(nd, k_convtranspose, &r, 1);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return 0;
+}
+
+/* The step's post-ops (fusion gave a Gemm/MatMul some) as separate calls
+ * after a reference kernel; a fused Transpose is not one of them. */
+static int ref_post_calls(const struct cpu_step *cs, struct cpu_node *nd,
+                          const struct exec_tensor *in, const struct exec_tensor *out, char *err,
+                          size_t errlen)
+{
+    for (int i = 0; i < cs->st->npost; i++)
+        if (cs->st->post[i].kind == EXEC_POST_PERMUTE)
+            return efail(err, errlen, cs, PPS_EUNSUPPORTED, "a fused Transpose after this MatMul");
+    dnnl_memory_desc_t omd;
+    md_plain(&omd, out->ndims, out->dims);
+    int rc = post_calls(nd, cs, in, 0, &omd);
+    if (rc) return efail(err, errlen, cs, rc, "cannot build the post-ops");
+    return 0;
+}
+
+static int k_ref_gemm(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    const struct graph_node *n = cs->node;
+    int nops = n->ninputs + n->nparams;
+    cpuref_gemm(p[0], p[1], nops == 3 ? p[2] : NULL, &nd->sh[2], p[nops], nd->sh[3].dims[0],
+                nd->sh[3].dims[1], nd->sh[3].dims[2], nd->perm[0], nd->perm[1], nd->alpha, nd->beta);
+    return 0;
+}
+
+/* Gemm with a row-varying C or an activation B (gemm_needs_ref). */
+static int prep_ref_gemm(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    const struct graph_node *n = cs->node;
+    int nops = shape_noperands(n);
+    struct src_ref refs[3];
+    struct exec_tensor t[3];
+    for (int k = 0; k < nops; k++) {
+        operand_tensor(cs, in, k, &t[k]);
+        int rc = operand_ref(nd, cs, in, k, &refs[k]);
+        if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    }
+    int ta = (int)graph_attr_int(n, "transA", 0), tb = (int)graph_attr_int(n, "transB", 0);
+    int64_t k = ta ? t[0].dims[0] : t[0].dims[t[0].ndims - 1];
+    int64_t nn = tb ? t[1].dims[0] : t[1].dims[1];
+    int64_t m = (int64_t)(shape_elems(&t[0]) / (uint64_t)k);
+    if (nops == 3) to_shape(&nd->sh[2], &t[2]);
+    nd->sh[3].ndims = 3;
+    nd->sh[3].dims[0] = m;
+    nd->sh[3].dims[1] = k;
+    nd->sh[3].dims[2] = nn;
+    nd->perm[0] = ta;
+    nd->perm[1] = tb;
+    nd->alpha = graph_attr_float(n, "alpha", 1.0f);
+    nd->beta = graph_attr_float(n, "beta", 1.0f);
+    kernel_call(nd, k_ref_gemm, refs, nops);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return ref_post_calls(cs, nd, in, out, err, errlen);
+}
+
+static int k_ref_matmul(const struct cpu_node *nd, const struct cpu_step *cs, void *const *p)
+{
+    (void)cs;
+    cpuref_matmul(p[0], &nd->sh[0], p[1], &nd->sh[1], p[2], &nd->sh[2]);
+    return 0;
+}
+
+/* MatMul with a 1-D operand: promoted as numpy does ([K] -> [1, K] for a,
+ * [K, 1] for b) and computed by the reference kernel. */
+static int prep_ref_matmul(PREP_ARGS)
+{
+    (void)mask;
+    (void)out_plain;
+    (void)plan;
+    struct src_ref refs[2];
+    struct exec_tensor t[2];
+    for (int k = 0; k < 2; k++) {
+        operand_tensor(cs, in, k, &t[k]);
+        int rc = operand_ref(nd, cs, in, k, &refs[k]);
+        if (rc) return efail(err, errlen, cs, rc, "cannot reorder the input");
+    }
+    to_shape(&nd->sh[0], &t[0]);
+    to_shape(&nd->sh[1], &t[1]);
+    if (t[0].ndims == 1) {
+        nd->sh[0].ndims = 2;
+        nd->sh[0].dims[0] = 1;
+        nd->sh[0].dims[1] = t[0].dims[0];
+    }
+    if (t[1].ndims == 1) {
+        nd->sh[1].ndims = 2;
+        nd->sh[1].dims[1] = 1;
+    }
+    /* The product's shape: batch dims, then M and N (the 1s put back). */
+    struct cpuk_shape *ys = &nd->sh[2];
+    int rb = (nd->sh[0].ndims > nd->sh[1].ndims ? nd->sh[0].ndims : nd->sh[1].ndims) - 2;
+    ys->ndims = rb + 2;
+    for (int i = 0; i < rb; i++) {
+        int ia = i - (rb - (nd->sh[0].ndims - 2)), ib = i - (rb - (nd->sh[1].ndims - 2));
+        int64_t da = ia >= 0 ? nd->sh[0].dims[ia] : 1, db = ib >= 0 ? nd->sh[1].dims[ib] : 1;
+        ys->dims[i] = da == 1 ? db : da;
+    }
+    ys->dims[rb] = nd->sh[0].dims[nd->sh[0].ndims - 2];
+    ys->dims[rb + 1] = nd->sh[1].dims[nd->sh[1].ndims - 1];
+    kernel_call(nd, k_ref_matmul, refs, 2);
+    out->layout = NULL;
+    out->nbytes = shape_elems(out) * sizeof(float);
+    return ref_post_calls(cs, nd, in, out, err, errlen);
 }
 
 static void node_destroy(struct cpu_node *nd)
@@ -2307,16 +2863,51 @@ static int cpu_node_prepare(struct exec_backend *be, void *step_state, const str
     in = local;
     switch (cs->node->op) {
     case GRAPH_OP_CONV: rc = prep_conv(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
-    case GRAPH_OP_GEMM: rc = prep_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_GEMM:
+        rc = cs->gemm_2d ? prep_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen)
+                         : prep_ref_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
     case GRAPH_OP_MATMUL:
+        if (in[0].ndims < 2 || (cs->node->ninputs > 1 ? in[1].ndims
+                                                       : cs->g->params[cs->node->params[0]].ndims) < 2) {
+            rc = prep_ref_matmul(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+            break;
+        }
         rc = cs->gemm_2d ? prep_gemm(cs, nd, in, mask, out_plain, out, plan, err, errlen)
                          : prep_matmul(cs, nd, in, mask, out_plain, out, plan, err, errlen);
         break;
     case GRAPH_OP_BATCHNORM: rc = prep_batchnorm(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
     case GRAPH_OP_RELU: case GRAPH_OP_TANH: case GRAPH_OP_SIGMOID: case GRAPH_OP_SQRT:
-    case GRAPH_OP_GELU:
-        rc = prep_eltwise(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+    case GRAPH_OP_GELU: case GRAPH_OP_NEG: case GRAPH_OP_ABS: case GRAPH_OP_EXP: case GRAPH_OP_LOG:
+    case GRAPH_OP_RECIPROCAL: case GRAPH_OP_LEAKYRELU: case GRAPH_OP_CLIP: case GRAPH_OP_HARDSWISH:
+    case GRAPH_OP_ELU: case GRAPH_OP_SOFTPLUS: case GRAPH_OP_HARDSIGMOID: case GRAPH_OP_SELU:
+    case GRAPH_OP_SIN: case GRAPH_OP_COS: case GRAPH_OP_FLOOR: case GRAPH_OP_CEIL:
+    case GRAPH_OP_SIGN: {
+        float a, b;
+        if (unary_alg(cs->node, &a, &b) != dnnl_alg_kind_undef)
+            rc = prep_eltwise(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        else
+            rc = prep_ref_unary(cs, nd, in, mask, out_plain, out, plan, err, errlen);
         break;
+    }
+    case GRAPH_OP_CONSTANT: rc = prep_constant(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_PRELU: case GRAPH_OP_MAX: case GRAPH_OP_MIN: case GRAPH_OP_EQUAL:
+    case GRAPH_OP_LESS: case GRAPH_OP_GREATER: case GRAPH_OP_AND: case GRAPH_OP_OR: case GRAPH_OP_MOD:
+        rc = prep_ref_binary(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_NOT: case GRAPH_OP_CAST:
+        rc = prep_not_cast(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_REDUCEMEAN: case GRAPH_OP_REDUCESUM: case GRAPH_OP_REDUCEMAX:
+    case GRAPH_OP_REDUCEMIN: case GRAPH_OP_GLOBALMAXPOOL:
+        rc = prep_reduce(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_INSTANCENORM: rc = prep_instancenorm(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_EXPAND: case GRAPH_OP_TILE: case GRAPH_OP_PAD: case GRAPH_OP_RESIZE:
+        rc = prep_reshape_like(cs, nd, in, mask, out_plain, out, plan, err, errlen);
+        break;
+    case GRAPH_OP_CONVTRANSPOSE: rc = prep_convtranspose(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
+    case GRAPH_OP_LOGSOFTMAX: rc = prep_softmax(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
     case GRAPH_OP_ERF: rc = prep_erf(cs, nd, in, mask, out_plain, out, plan, err, errlen); break;
     case GRAPH_OP_MAXPOOL: case GRAPH_OP_AVGPOOL: case GRAPH_OP_GLOBALAVGPOOL:
         rc = prep_pool(cs, nd, in, mask, out_plain, out, plan, err, errlen);
