@@ -45,11 +45,15 @@ done
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
+# PipePS reads the native format (generate_file's default); the PyTorch
+# baseline reads the same weights from a portable copy (plain layouts).
+{ echo "model_name[, seq_len]"; for m in $MODELS; do echo "$m"; done; } > "$TMP/model_list.txt"
 if [ -z "$KV" ]; then
     KV="$TMP/kv.bin"
-    { echo "model_name[, seq_len]"; for m in $MODELS; do echo "$m"; done; } > "$TMP/model_list.txt"
     "$BIN/generate_file" --quiet "$TMP/model_list.txt" "$KV" >/dev/null
 fi
+TORCH_KV="$TMP/portable.bin"
+"$BIN/generate_file" --quiet --target portable "$TMP/model_list.txt" "$TORCH_KV" >/dev/null
 
 echo "bench_models: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), threads $THREADS, $REPS warm runs x $ROUNDS rounds"
 printf "%-13s %5s | %10s %10s | %10s %10s | %7s %7s\n" model batch "pipeps med" "min" "torch med" "min" "ratio" "min/min"
@@ -64,7 +68,7 @@ for m in $MODELS; do
             # pipeps run prints one warm line; each round contributes its median and min.
             "$BIN/pipeps" run "$KV" "$m" --batch "$b" --threads "$THREADS" --repeat "$REPS" \
                 | awk '/^warm latency/ {print $4, $7}' >> "$TMP/p.txt"
-            LD_LIBRARY_PATH="$OPENBLAS" "$PY" "$HERE/torch_baseline.py" "$KV" "$m" "$b" "$REPS" "$THREADS" \
+            LD_LIBRARY_PATH="$OPENBLAS" "$PY" "$HERE/torch_baseline.py" "$TORCH_KV" "$m" "$b" "$REPS" "$THREADS" \
                 | awk '/^torch/ {print $4, $5}' >> "$TMP/t.txt"
         done
         pm=$(cut -d' ' -f1 "$TMP/p.txt" | median); pn=$(cut -d' ' -f2 "$TMP/p.txt" | minimum)

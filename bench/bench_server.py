@@ -21,7 +21,7 @@ the largest queue wait there is time a request spent behind background work
 (a single client: never behind another request).
 
 Usage: bench/bench_server.py [--bin build/bin] [--runs 5] [--models resnet152,bert_base]
-                             [--batches 1,8] [--throttle 1.25G] [--threads 2]
+                             [--batches 1,8[:model+model]] [--throttle 1.25G] [--threads 2]
                              [--target native|portable] [--alternate 60]
                              [--markdown out.md] [--keep DIR]
 """
@@ -231,7 +231,8 @@ def main():
     ap.add_argument("--bin", default=os.path.join(HERE, "..", "build", "bin"))
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--models", default="resnet152,bert_base")
-    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--batches", default="1,8",
+                    help="batch sizes; B:m1+m2 measures batch B for those models only")
     ap.add_argument("--throttle", default="1.25G")
     ap.add_argument("--threads", default="2")
     ap.add_argument("--target", default="native", choices=["native", "portable"])
@@ -241,9 +242,18 @@ def main():
     ap.add_argument("--keep")
     opt = ap.parse_args()
     opt.models = opt.models.split(",")
-    batches = [int(b) for b in opt.batches.split(",")]
+    batches, batch_models = [], {}
+    for spec in opt.batches.split(","):
+        b, _, only = spec.partition(":")
+        batches.append(int(b))
+        if only:
+            batch_models[int(b)] = only.split("+")
+
+    def measured(model, batch):
+        return model in batch_models.get(batch, [model])
     tmp = opt.keep or tempfile.mkdtemp(prefix="pipeps-bench-server-")
     os.makedirs(tmp, exist_ok=True)
+    load_start = open("/proc/loadavg").read().split()[:3]
     bench = Bench(opt, tmp)
     alt = None
     res = {}   # (model, batch, what) -> [ms]
@@ -260,6 +270,8 @@ def main():
                 log("%s fetch (%s): median %.1f ms" % (model, tag,
                                                        1e3 * statistics.median(fetch[(model, throttled)])))
                 for batch in batches:
+                    if not measured(model, batch):
+                        continue
                     x = make_input(model, batch)
                     for mode, srv in switch.items():
                         bench.infer(srv, model, x)       # warm-up (first run in the process)
@@ -318,6 +330,8 @@ def main():
     lines.append("|" + "---|" * 19)
     for model in opt.models:
         for batch in batches:
+            if not measured(model, batch):
+                continue
             g = lambda w: res[(model, batch, w)]  # noqa: E731
             f = lambda v: "%.1f / %.1f" % summary(v)  # noqa: E731
             resident = statistics.median(g("resident"))
@@ -347,8 +361,12 @@ def main():
     print("All latencies in ms as min / median of %d runs (server-side total: receipt of the "
           "request to response ready). Cold runs are model switches in a warm server process "
           "(--memory 1, so nothing stays resident); 'fresh process' starts a new server per "
-          "run. fetch = SUBSCRIBE to DONE on an empty cache, no server attached. Goals: "
-          "cache/resident <= 1.10; pipelined/max(fetch, resident) <= 1.15." % opt.runs)
+          "run. fetch = SUBSCRIBE to DONE on an empty cache, no server attached. Goals "
+          "(issue 10): cache/resident <= 1.05; fresh/resident <= 1.3; pipelined/max @throttle "
+          "<= 1.10 and s&s/pipelined @throttle >= 1.3; pipelined/(fetch+resident) <= 1.1 and "
+          "s&s/pipelined >= 1 unthrottled. Parameter format: %s. Load average %s at the start, "
+          "%s at the end." % (opt.runs, opt.target, " ".join(load_start),
+                              " ".join(open("/proc/loadavg").read().split()[:3])))
     print(text)
     if opt.markdown:
         open(opt.markdown, "w").write(text + "\n")

@@ -48,6 +48,7 @@ struct cache_sub {
 struct unpin_cmd {
     struct link_conn *conn;   /* held reference */
     uint64_t sub_id;
+    int *done;                /* set (and cond broadcast) once sent or dropped */
     struct unpin_cmd *next;
 };
 
@@ -64,6 +65,7 @@ struct cache_link {
     uint64_t next_conn_id;
     struct cache_sub *subs;
     struct unpin_cmd *unpins;
+    struct unpin_cmd *unpin_sending; /* popped from unpins, its call in progress */
     struct cache_sub *dispatching;
     int backoff_ms;
     double next_try;
@@ -193,6 +195,17 @@ static void try_connect(struct cache_link *l)
         fail_sub(l, s, PPS_ECONNECT, msg);
 }
 
+/* The command is over (acknowledged, failed or dropped): tell its waiter. */
+static void unpin_done(struct cache_link *l, struct unpin_cmd *u)
+{
+    if (u->done) {
+        *u->done = 1;
+        pthread_cond_broadcast(&l->cond);
+    }
+    conn_unref(u->conn);
+    free(u);
+}
+
 /* Send queued subscriptions and unpins on the current connection. */
 static void send_commands(struct cache_link *l)
 {
@@ -222,17 +235,18 @@ static void send_commands(struct cache_link *l)
         l->unpins = u->next;
         if (!u->conn->dead) {
             struct cache_client *cc = u->conn->cc;
+            l->unpin_sending = u;
             pthread_mutex_unlock(&l->lock);
             int rc = cache_client_unpin(cc, u->sub_id);
             pthread_mutex_lock(&l->lock);
+            l->unpin_sending = NULL;
             if (rc && rc != PPS_ENOTFOUND)
                 log_warn("cache: unpin of subscription %llu failed: %s",
                          (unsigned long long)u->sub_id, pps_strerror(rc));
             if (rc && rc != PPS_ENOTFOUND && u->conn == l->cur && rc != PPS_EINVAL)
                 break_conn(l, rc);
         }
-        conn_unref(u->conn);
-        free(u);
+        unpin_done(l, u);
     }
 }
 
@@ -410,8 +424,7 @@ void cache_link_stop(struct cache_link *l)
     while (l->unpins) {
         struct unpin_cmd *u = l->unpins;
         l->unpins = u->next;
-        conn_unref(u->conn);
-        free(u);
+        unpin_done(l, u);
     }
     if (l->cur)
         conn_unref(l->cur);
@@ -438,10 +451,13 @@ struct cache_sub *cache_link_subscribe(struct cache_link *l, const char *model, 
     return s;
 }
 
-void cache_link_release(struct cache_link *l, struct cache_sub *s)
+void cache_link_release(struct cache_link *l, struct cache_sub *s) { cache_link_release_wait(l, s, 0); }
+
+void cache_link_release_wait(struct cache_link *l, struct cache_sub *s, int timeout_ms)
 {
     if (!s)
         return;
+    int done = 0;
     pthread_mutex_lock(&l->lock);
     while (l->dispatching == s)
         pthread_cond_wait(&l->cond, &l->lock);
@@ -455,6 +471,7 @@ void cache_link_release(struct cache_link *l, struct cache_sub *s)
             struct unpin_cmd *u = pps_xcalloc(1, sizeof *u);
             u->conn = s->conn; /* the reference moves to the command */
             u->sub_id = s->sub_id;
+            u->done = timeout_ms > 0 ? &done : NULL;
             u->next = l->unpins;
             l->unpins = u;
             queued = 1;
@@ -464,8 +481,32 @@ void cache_link_release(struct cache_link *l, struct cache_sub *s)
     }
     pthread_mutex_unlock(&l->lock);
     free(s);
-    if (queued)
-        wake(l);
+    if (!queued)
+        return;
+    wake(l);
+    if (timeout_ms <= 0)
+        return;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* the cond's clock */
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&l->lock);
+    while (!done) {
+        if (pthread_cond_timedwait(&l->cond, &l->lock, &until) == ETIMEDOUT) {
+            /* The command still points at done: detach it before returning. */
+            for (struct unpin_cmd *u = l->unpins; u; u = u->next)
+                if (u->done == &done)
+                    u->done = NULL;
+            if (l->unpin_sending && l->unpin_sending->done == &done)
+                l->unpin_sending->done = NULL;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&l->lock);
 }
 
 void cache_link_get_stats(struct cache_link *l, struct cache_link_stats *st)

@@ -63,6 +63,10 @@ struct cache_sub *cache_link_subscribe(struct cache_link *l, const char *model, 
  * still up) and its connection's mapping is unmapped if s was its last
  * holder. Must not be called from a callback. */
 void cache_link_release(struct cache_link *l, struct cache_sub *s);
+/* The same, and returns once the cache has acknowledged the unpin (or the
+ * connection is gone), or after timeout_ms: for a caller that then tells
+ * someone the pool bytes are free to evict. */
+void cache_link_release_wait(struct cache_link *l, struct cache_sub *s, int timeout_ms);
 
 void cache_link_get_stats(struct cache_link *l, struct cache_link_stats *st);
 

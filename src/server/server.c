@@ -273,6 +273,7 @@ static void smodel_free(struct server *srv, struct smodel *sm)
         exec_model_destroy(em);
     }
     cache_link_release(srv->cache, sm->sub); /* after the executor: it may use the pool */
+    sm->sub = NULL;
     free(sm->bdata);
     free(sm->blen);
     pthread_mutex_destroy(&sm->lock);
@@ -830,6 +831,15 @@ static void serve(struct server *srv, struct request *r)
     }
     pthread_mutex_unlock(&srv->lock);
 
+    /* A model not kept is unpinned at the cache (acknowledged, one loopback
+     * round trip) before the reply: the balancer may answer the reply with a
+     * CACHE_OUT of it, which the cache refuses while a pin lasts. Its
+     * executor is idle and nothing else can reach it (not resident), so the
+     * pool bytes are not read again. */
+    if (to_free && !rc) {
+        cache_link_release_wait(srv->cache, to_free->sub, 200);
+        to_free->sub = NULL;
+    }
     if (rc) {
         log_warn("INFER %s from %s: %s: %s", r->req.model, r->c->peer, pps_errname(rc), x.err);
         conn_error(r->c, MSG_INFER, r->rid, rc, x.err);

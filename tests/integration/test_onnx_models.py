@@ -221,7 +221,7 @@ def test_builtin_model_exported_from_the_oracle_matches_the_builtin(tmp_path, mo
     line = ("%s, %d" % (model, ORACLE_SEQ)) if model in ("bert_base", "gpt2") else model
     (tmp_path / "zoo.txt").write_text("model_name[, seq_len]\n" + line + "\n")
     kv = tmp_path / "zoo.bin"
-    run([T.binary("generate_file"), tmp_path / "zoo.txt", kv, "--quiet"])
+    run([T.binary("generate_file"), tmp_path / "zoo.txt", kv, "--quiet", "--target", "portable"])
     k = tm.KvBin(str(kv))
     module = None
     try:

@@ -134,8 +134,13 @@ def parse_metadata(blob):
         raise ValueError("METADATA checksum mismatch")
     r = _Reader(blob)
     magic, version, flags = r.fixed("<I"), r.fixed("<H"), r.fixed("<H")
-    if magic != BLOB_MAGIC or version != 1 or flags & ~1:
+    if magic != BLOB_MAGIC or version != 1:
         raise ValueError("not a version-1 METADATA blob")
+    if flags & 2:
+        raise ValueError("METADATA of a prepared (native) model: its weights are in kernel layouts; "
+                         "this reader needs generate_file --target portable")
+    if flags & ~1:
+        raise ValueError("METADATA flags 0x%x not understood" % flags)
     m = {"name": r.str8(), "max_batch_size": r.uvar()}
     nin, nout, nparams, nbatches, nnodes = (r.uvar() for _ in range(5))
 
