@@ -506,6 +506,23 @@ struct onnx_const *onnx_fold_transpose(struct onnx_const_pool *p, const struct o
     return r;
 }
 
+struct onnx_const *onnx_fold_trilu(struct onnx_const_pool *p, const struct onnx_const *x, int64_t k, int upper,
+                                   char *err, size_t errlen)
+{
+    if (x->ndims < 2) {
+        pps_fail(err, errlen, PPS_ESHAPE, "Trilu of a rank-%d tensor (at least 2)", x->ndims);
+        return NULL;
+    }
+    struct onnx_const *r = onnx_const_new(p, x->type, x->ndims, x->dims, err, errlen); /* zeros */
+    if (!r) return NULL;
+    uint64_t cols = (uint64_t)x->dims[x->ndims - 1], rows = (uint64_t)x->dims[x->ndims - 2];
+    for (uint64_t i = 0; i < r->n; i++) {
+        int64_t col = (int64_t)(i % cols), row = (int64_t)((i / cols) % rows);
+        if (upper ? col - row >= k : col - row <= k) copy_elem(r, i, x, i);
+    }
+    return r;
+}
+
 struct onnx_const *onnx_fold_expand(struct onnx_const_pool *p, const struct onnx_const *x, int ndims,
                                     const int64_t *dims, char *err, size_t errlen)
 {

@@ -620,6 +620,16 @@ static int try_fold(struct importer *im, const char *op)
         set_out_const(im, 0, r[0], r[1]);
         return 1;
     }
+    if (strcmp(op, "Trilu") == 0) {
+        int64_t k[1] = {0};
+        for (int w = 0; w < 2; w++) {
+            if (b && const_ints(im, b, w, k, 1, "Trilu's k") != 1) return nfail(im, PPS_EINVAL, "Trilu's k is not a scalar");
+            if (!(r[w] = onnx_fold_trilu(pool, a->c[w], k[0], (int)attr_int(n, "upper", 1), err, el)))
+                return nfail(im, PPS_EINVAL, "%s", err);
+        }
+        set_out_const(im, 0, r[0], r[1]);
+        return 1;
+    }
     if (strcmp(op, "Expand") == 0) {
         for (int w = 0; w < 2; w++) {
             int64_t sh[GRAPH_MAX_DIMS];
@@ -1187,6 +1197,38 @@ static int map_generic(struct importer *im, enum graph_op op, const char *const 
     return set_out_act(im, 0, gid);
 }
 
+/* Concat of more operands than a node takes (DenseNet's blocks join up to
+ * 49): a chain, each node joining the previous result and the next seven.
+ * Concatenation along one axis is associative, so the values are equal. */
+static int map_concat(struct importer *im, enum graph_op op)
+{
+    static const char *const names[] = {"axis", NULL};
+    const Onnx__NodeProto *n = im->node;
+    if (n->n_input <= GRAPH_MAX_INPUTS) return map_generic(im, op, names, GRAPH_MAX_INPUTS);
+    struct ival acc;
+    int32_t gid = -1;
+    int rc;
+    size_t k = 0;
+    while (k < n->n_input) {
+        struct ival *ops[GRAPH_MAX_INPUTS];
+        int nops = 0;
+        if (gid >= 0) ops[nops++] = &acc;
+        for (; nops < GRAPH_MAX_INPUTS && k < n->n_input; k++) {
+            if (!(ops[nops++] = in(im, (int)k))) return nfail(im, PPS_EUNSUPPORTED, "operand %zu is empty", k);
+        }
+        int32_t ins[GRAPH_MAX_INPUTS], pars[GRAPH_MAX_PARAMS];
+        int nin, npar;
+        if ((rc = place_operands(im, ops, nops, ins, &nin, pars, &npar))) return rc;
+        gid = begin_node(im, op, nin, ins, npar, pars);
+        if ((rc = copy_attrs(im, n, names)) || (rc = end_node(im))) return rc;
+        memset(&acc, 0, sizeof acc);
+        acc.kind = IV_ACT;
+        acc.gid = gid;
+        acc.param = acc.const_gid = -1;
+    }
+    return set_out_act(im, 0, gid);
+}
+
 static int map_softmax(struct importer *im, enum graph_op op)
 {
     struct ival *x = in(im, 0);
@@ -1480,7 +1522,7 @@ struct op_rule {
 
 static const struct op_rule rules[] = {
     {"Constant", NULL, MK_FOLD_ONLY}, {"ConstantOfShape", NULL, MK_FOLD_ONLY}, {"Shape", NULL, MK_SPECIAL},
-    {"Size", NULL, MK_SPECIAL}, {"Range", NULL, MK_FOLD_ONLY},
+    {"Size", NULL, MK_SPECIAL}, {"Range", NULL, MK_FOLD_ONLY}, {"Trilu", NULL, MK_FOLD_ONLY},
     {"Identity", NULL, MK_ALIAS}, {"Dropout", NULL, MK_ALIAS},
     {"Relu", "Relu", MK_UNARY}, {"Sigmoid", "Sigmoid", MK_UNARY}, {"Tanh", "Tanh", MK_UNARY},
     {"Erf", "Erf", MK_UNARY}, {"Sqrt", "Sqrt", MK_UNARY}, {"Neg", "Neg", MK_UNARY}, {"Abs", "Abs", MK_UNARY},
@@ -1620,11 +1662,12 @@ static int map_node(struct importer *im, const struct op_rule *rule)
         return 0;
     }
     if (strcmp(op, "PRelu") == 0 || strcmp(op, "Where") == 0 || strcmp(op, "MatMul") == 0 ||
-        strcmp(op, "Concat") == 0 || strcmp(op, "Transpose") == 0) {
+        strcmp(op, "Transpose") == 0) {
         static const char *const names[] = {"axis", "perm", NULL};
         return map_generic(im, gop, names, 16);
     }
     if (strcmp(op, "Gemm") == 0) return map_gemm(im);
+    if (strcmp(op, "Concat") == 0) return map_concat(im, gop);
     if (strcmp(op, "Mean") == 0) {
         /* a chain of Adds, then one Mul by 1/n */
         if ((rc = map_binary(im, GRAPH_OP_ADD, 1)) || n->n_input < 2) return rc;

@@ -45,11 +45,8 @@ BATCHES = [1, 4]
 # What the importer refuses today (docs/onnx.md, "Refused today"): expected
 # failures, strict, so a fix shows up as XPASS and this list must shrink.
 KNOWN_REFUSED = {
-    "densenet121": "a Concat with more than 8 inputs (GRAPH_MAX_INPUTS)",
-    "densenet201": "a Concat with more than 8 inputs (GRAPH_MAX_INPUTS)",
     "vit_b_16": "the class token's Expand is a constant that depends on the batch size",
     "bert_base": "the token-type embedding is a constant that depends on the batch size",
-    "gpt2": "Trilu is not mapped",
 }
 
 

@@ -89,12 +89,14 @@ static void mb_free(struct mb *b)
 /* ins/outs: names separated by spaces; "-" is an empty (absent) input */
 static char **mb_names(struct mb *b, const char *list, size_t *n)
 {
-    char **v = mb_alloc(b, 16 * sizeof *v);
+    char **v = mb_alloc(b, 64 * sizeof *v);
     *n = 0;
     char buf[512];
     snprintf(buf, sizeof buf, "%s", list);
-    for (char *tok = strtok(buf, " "); tok; tok = strtok(NULL, " "))
+    for (char *tok = strtok(buf, " "); tok; tok = strtok(NULL, " ")) {
+        assert_true(*n < 64);
         v[(*n)++] = mb_str(b, strcmp(tok, "-") == 0 ? "" : tok);
+    }
     return v;
 }
 
@@ -655,6 +657,43 @@ static void test_constant_first_operands(void **state)
     mb_free(&b);
 }
 
+/* A Concat of 20 operands (more than a node takes) becomes a chain of 8,
+ * then the previous result and 7, then it and the last 5. */
+static void test_concat_of_many_operands(void **state)
+{
+    (void)state;
+    struct mb b;
+    mb_init(&b, 13);
+    int64_t xd[2] = {-1, 2};
+    mb_input(&b, "x", 2, xd);
+    mb_node(&b, "Relu", "r", "x", "y");
+    char ins[256] = "";
+    for (int i = 0; i < 20; i++)
+        strcat(ins, i % 2 ? "y " : "x ");
+    ins[strlen(ins) - 1] = '\0';
+    Onnx__NodeProto *cat = mb_node(&b, "Concat", "cat", ins, "z");
+    mb_attr_int(&b, cat, "axis", 1);
+    mb_output(&b, "z");
+    struct onnx_model *m = NULL;
+    char err[512];
+    assert_int_equal(mb_import(&b, NULL, 0, &m, err, sizeof err), 0);
+    const struct graph *g = onnx_model_graph(m);
+    assert_int_equal(count_op(g, "Concat"), 3);
+    const struct graph_node *c0 = &g->nodes[1], *c1 = &g->nodes[2], *c2 = &g->nodes[3];
+    assert_int_equal(c0->ninputs, 8);
+    assert_int_equal(c1->ninputs, 8);
+    assert_int_equal(c2->ninputs, 6);
+    assert_int_equal(c1->inputs[0], graph_node_output(g, 1));
+    assert_int_equal(c2->inputs[0], graph_node_output(g, 2));
+    assert_int_equal(c0->inputs[0], g->inputs[0].value);
+    assert_int_equal(c0->inputs[1], graph_node_output(g, 0));
+    assert_int_equal(graph_attr_int(c0, "axis", -7), 1);
+    assert_int_equal(graph_attr_int(c2, "axis", -7), 1);
+    assert_int_equal(g->outputs[0].dims[1], 40);
+    onnx_model_free(m);
+    mb_free(&b);
+}
+
 static void test_gemm_alpha_beta(void **state)
 {
     (void)state;
@@ -985,6 +1024,7 @@ int main(void)
         cmocka_unit_test(test_reshape_from_shape_symbolic_batch),
         cmocka_unit_test(test_split_squeeze_unsqueeze),
         cmocka_unit_test(test_constant_first_operands),
+        cmocka_unit_test(test_concat_of_many_operands),
         cmocka_unit_test(test_gemm_alpha_beta),
         cmocka_unit_test(test_gelu_pattern),
         cmocka_unit_test(test_layernorm_pattern),
