@@ -91,11 +91,11 @@ struct onnx_const *onnx_fold_slice(struct onnx_const_pool *p, const struct onnx_
                                    const int64_t *steps, char *err, size_t errlen);
 struct onnx_const *onnx_fold_transpose(struct onnx_const_pool *p, const struct onnx_const *x,
                                        const int64_t *perm, char *err, size_t errlen);
-/* Broadcast x to shape (ONNX Expand: the result is the broadcast of both). */
 /* Trilu: the upper (j - i >= k) or lower (j - i <= k) triangle of the last
  * two axes, the rest zero. */
 struct onnx_const *onnx_fold_trilu(struct onnx_const_pool *p, const struct onnx_const *x, int64_t k, int upper,
                                    char *err, size_t errlen);
+/* Broadcast x to shape (ONNX Expand: the result is the broadcast of both). */
 struct onnx_const *onnx_fold_expand(struct onnx_const_pool *p, const struct onnx_const *x, int ndims,
                                     const int64_t *dims, char *err, size_t errlen);
 /* Range(start, limit, delta). */

@@ -376,6 +376,18 @@ static struct ival *in(struct importer *im, int k)
 static int is_const(const struct ival *v) { return v && v->kind == IV_CONST; }
 static int is_act(const struct ival *v) { return v && v->kind == IV_ACT; }
 
+/* An unnamed activation: a node's output that a mapping chains into its next
+ * node (a Cast operand, the running result of a Sum or a long Concat). */
+static struct ival temp_act(int32_t gid)
+{
+    struct ival v;
+    memset(&v, 0, sizeof v);
+    v.kind = IV_ACT;
+    v.gid = gid;
+    v.param = v.const_gid = -1;
+    return v;
+}
+
 /* Dims of v in world w. */
 static int vdims(struct importer *im, const struct ival *v, int w, int64_t *dims)
 {
@@ -1055,10 +1067,7 @@ static int map_binary(struct importer *im, enum graph_op op, int commutative)
             /* an integer exponent (ONNX allows it for Pow): as float */
             enum graph_op cop = need_op(im, "Cast", &rc);
             if (!cop) return rc;
-            memset(&cast, 0, sizeof cast);
-            cast.kind = IV_ACT;
-            cast.param = cast.const_gid = -1;
-            cast.gid = begin_node(im, cop, 1, &o->gid, 0, NULL);
+            cast = temp_act(begin_node(im, cop, 1, &o->gid, 0, NULL));
             if ((rc = set_int(im, "to", 1)) || (rc = end_node(im))) return rc;
             o = &cast;
         }
@@ -1073,10 +1082,7 @@ static int map_binary(struct importer *im, enum graph_op op, int commutative)
         if ((rc = place_operands(im, ops, 2, ins, &nin, pars, &npar))) return rc;
         gid = begin_node(im, op, nin, ins, npar, pars);
         if ((rc = end_node(im))) return rc;
-        memset(&tmp, 0, sizeof tmp);
-        tmp.kind = IV_ACT;
-        tmp.gid = gid;
-        tmp.param = tmp.const_gid = -1;
+        tmp = temp_act(gid);
         acc = &tmp;
     }
     return set_out_act(im, 0, gid);
@@ -1221,10 +1227,7 @@ static int map_concat(struct importer *im, enum graph_op op)
         if ((rc = place_operands(im, ops, nops, ins, &nin, pars, &npar))) return rc;
         gid = begin_node(im, op, nin, ins, npar, pars);
         if ((rc = copy_attrs(im, n, names)) || (rc = end_node(im))) return rc;
-        memset(&acc, 0, sizeof acc);
-        acc.kind = IV_ACT;
-        acc.gid = gid;
-        acc.param = acc.const_gid = -1;
+        acc = temp_act(gid);
     }
     return set_out_act(im, 0, gid);
 }

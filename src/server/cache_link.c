@@ -8,6 +8,7 @@
  * Callbacks run without the lock; while one runs, l->dispatching names its
  * subscription and cache_link_release waits for it to finish. */
 #include "server/cache_link.h"
+#include "common/deadline.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -486,14 +487,7 @@ void cache_link_release_wait(struct cache_link *l, struct cache_sub *s, int time
     wake(l);
     if (timeout_ms <= 0)
         return;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until); /* the cond's clock */
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = deadline_after_ms(timeout_ms);
     pthread_mutex_lock(&l->lock);
     while (!done) {
         if (pthread_cond_timedwait(&l->cond, &l->lock, &until) == ETIMEDOUT) {

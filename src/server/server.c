@@ -35,6 +35,7 @@
 #include "server/server.h"
 #include "cache/cache_client.h"
 #include "common/args.h"
+#include "common/deadline.h"
 #include "common/err.h"
 #include "common/frame.h"
 #include "common/inbound.h"
@@ -368,14 +369,7 @@ static struct smodel *smodel_new(struct server *srv, const char *name)
 /* Wait (sm->lock held) until cond or failure; PPS_ETIMEOUT after ms. */
 static int wait_until(struct smodel *sm, int (*ready)(const struct smodel *), int ms)
 {
-    struct timespec dl;
-    clock_gettime(CLOCK_REALTIME, &dl);
-    dl.tv_sec += ms / 1000;
-    dl.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    struct timespec dl = deadline_after_ms(ms);
     while (!sm->failed && !ready(sm))
         if (pthread_cond_timedwait(&sm->cond, &sm->lock, &dl) == ETIMEDOUT)
             return ready(sm) ? 0 : PPS_ETIMEOUT;
